@@ -1,0 +1,120 @@
+"""The `llmgen` command line. Library code lives outside this package; this is the boundary where
+typed errors become one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.25 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import ClickException
+
+from llmgen import __version__
+from llmgen.errors import LlmgenError
+
+app = typer.Typer(
+    name="llmgen",
+    help="Generate text with local causal language models, with control over how it is decoded.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llmgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Generate text with local causal language models, with control over how it is decoded."""
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from llmgen.cli import generate, models_cmd, presets_cmd
+
+    app.command("generate")(generate.generate)
+    app.add_typer(models_cmd.app, name="models")
+    app.add_typer(presets_cmd.app, name="presets")
+    try:
+        from llmgen.cli import speculate
+    except ImportError:  # pragma: no cover - the speculative package is optional while it is built
+        return
+    app.command("speculate")(speculate.speculate)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that `finally` blocks flush what was produced."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _error(message: str) -> None:
+    print(f"llmgen: error: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush stays silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns (and, as a script, exits with) the exit code."""
+    _register()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    code = 0
+    try:
+        app(args=argv, prog_name="llmgen", standalone_mode=False)
+    except LlmgenError as err:
+        _error(str(err))
+        code = err.exit_code
+    except typer.Exit as exit_:
+        code = exit_.exit_code
+    except typer.Abort:
+        code = 130
+    except ClickException as err:
+        message = err.format_message().replace("\n", " ").strip()
+        if message:  # empty for "no arguments: help was shown"
+            _error(message)
+        code = err.exit_code
+    except BrokenPipeError:
+        _quiet_stdout()
+        code = 0
+    except KeyboardInterrupt:
+        _flush_quietly()
+        code = 130
+    except Terminated:
+        _flush_quietly()
+        code = 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _flush_quietly() -> None:
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        pass

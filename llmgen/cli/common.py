@@ -1,0 +1,129 @@
+"""The steps every generating command shares: prompt, settings, model, and the per-sequence loop."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from llmgen import models, presets
+from llmgen.cli.options import decoding_flags
+from llmgen.cli.output import Renderer, stderr_console
+from llmgen.config import FIELDS, Resolved, resolve
+from llmgen.errors import PromptError, UsageError
+from llmgen.generation import SequenceResult, TokenSource, check_prompt, run_sequence
+from llmgen.models import LoadedModel
+from llmgen.sampling import make_generator
+
+
+def read_prompt(prompt: str | None) -> str:
+    """The argument, or stdin when the argument is '-' or absent and stdin is not a terminal.
+
+    NOTE: stdin is decoded as UTF-8; invalid bytes become U+FFFD, with a warning on stderr.
+    """
+    if prompt is not None and prompt != "-":
+        text = prompt
+    elif sys.stdin is None or (prompt is None and sys.stdin.isatty()):
+        raise PromptError("no prompt: give one as an argument or on stdin")
+    else:
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        text = raw.decode("utf-8", errors="replace")
+        if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
+            print("llmgen: warning: stdin is not valid UTF-8; invalid bytes were replaced with U+FFFD",
+                  file=sys.stderr)
+    if not text.strip():
+        raise PromptError("the prompt is empty")
+    return text
+
+
+def resolve_settings(sampling: dict[str, Any]) -> Resolved:
+    preset_ref = sampling.get("preset")
+    preset = presets.load(preset_ref) if preset_ref else None
+    return resolve(preset.values if preset else None, preset.name if preset else None,
+                   decoding_flags(sampling))
+
+
+def dump_config(resolved: Resolved, extra: dict[str, tuple[Any, str]] | None = None) -> None:
+    for name in FIELDS:
+        value = getattr(resolved.config, name)
+        print(f"{name} = {_toml_value(value)}  # {resolved.sources[name]}")
+    for name, (value, source) in (extra or {}).items():
+        print(f"{name} = {_toml_value(value)}  # {source}")
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
+
+
+@contextlib.contextmanager
+def spinner(description: str) -> Iterator[None]:
+    """A Rich progress display on stderr while slow work (a GGUF conversion) runs."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=stderr_console(), transient=True) as progress:
+        progress.add_task(description, total=None)
+        yield
+
+
+def load_model(ref: str, model_opts: dict[str, Any]) -> LoadedModel:
+    return models.load(ref, device=model_opts["device"], dtype=model_opts["dtype"],
+                       offline=model_opts["offline"], allow_pickle=model_opts["allow_pickle"],
+                       trust_remote_code=model_opts["trust_remote_code"], progress=spinner)
+
+
+def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any]) -> list[int]:
+    """Chat template when asked (default: when the tokenizer has one), else `tokenizer(text)` as is."""
+    tokenizer = loaded.tokenizer
+    chat = output.get("chat")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat is None:
+        chat = has_template
+    if chat and not has_template:
+        raise UsageError(f"--chat: the tokenizer of {loaded.ref!r} has no chat template; use --raw")
+    if output.get("system") and not chat:
+        raise UsageError("--system needs chat mode")
+    if chat:
+        messages = [{"role": "system", "content": output["system"]}] if output.get("system") else []
+        messages.append({"role": "user", "content": text})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer(text)["input_ids"]
+    ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
+    check_prompt(ids, loaded.context_length)
+    return ids
+
+
+SourceFactory = Callable[[list[int], torch.Generator], tuple[TokenSource, Callable[[], dict[str, Any]]]]
+
+
+def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
+            make_source: SourceFactory) -> list[SequenceResult]:
+    """Generate `n` sequences one after another with one seeded generator, rendering as they come.
+
+    `make_source` returns a token source and a function giving extra statistics once it is done.
+    """
+    config = resolved.config
+    generator = make_generator(config.seed, loaded.device)
+    results = []
+    for index in range(config.n):
+        renderer.begin(index, config.n)
+        source, extra_stats = make_source(ids, generator)
+        result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids,
+                              loaded.context_length, renderer.text)
+        result.stats.update(extra_stats())
+        renderer.end(result)
+        results.append(result)
+    return results

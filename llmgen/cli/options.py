@@ -1,0 +1,135 @@
+"""Command-line options shared by several commands, each declared exactly once.
+
+`with_options(GROUP, ...)` adds a group's parameters to a command's signature (Typer reads the
+signature), and hands the values to the command as one dict per group. A decoding option left out
+on the command line arrives as None, so that a preset can fill it in: explicit flag > preset > default.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmgen.config import DEFAULTS, FIELDS
+from llmgen.errors import UsageError
+
+
+def _help(name: str) -> str:
+    return FIELDS[name].metadata["help"]
+
+
+def _default(name: str) -> str:
+    value = getattr(DEFAULTS, name)
+    return "none" if value in (None, ()) else str(value)
+
+
+def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling") -> inspect.Parameter:
+    option = typer.Option(*flags, help=_help(name), show_default=_default(name), rich_help_panel=panel)
+    return _param(name, Annotated[Optional[type_], option])
+
+
+SAMPLING = [
+    _decoding("temperature", float, "--temperature", "-t"),
+    _param("greedy", Annotated[bool, typer.Option("--greedy", help="Shorthand for --temperature 0.",
+                                                   rich_help_panel="Sampling")], False),
+    _decoding("top_k", int, "--top-k"),
+    _decoding("top_p", float, "--top-p"),
+    _decoding("min_p", float, "--min-p"),
+    _decoding("frequency_penalty", float, "--frequency-penalty", panel="Penalties"),
+    _decoding("presence_penalty", float, "--presence-penalty", panel="Penalties"),
+    _decoding("repetition_penalty", float, "--repetition-penalty", panel="Penalties"),
+    _decoding("penalty_scope", str, "--penalty-scope", panel="Penalties"),
+    _decoding("penalty_window", int, "--penalty-window", panel="Penalties"),
+    _decoding("max_new_tokens", int, "--max-new-tokens", "-N", panel="Length"),
+    _decoding("stop", list[str], "--stop", panel="Length"),
+    _param("ignore_eos", Annotated[Optional[bool], typer.Option(
+        "--ignore-eos", help=_help("ignore_eos"), show_default="off", rich_help_panel="Length")]),
+    _decoding("seed", int, "--seed"),
+    _decoding("n", int, "-n", "--num-return-sequences"),
+    _param("preset", Annotated[Optional[str], typer.Option(
+        "--preset", "-p", help="A preset name (see 'llmgen presets list') or a path to a TOML file.",
+        show_default="none", rich_help_panel="Sampling")]),
+    _param("dump_config", Annotated[bool, typer.Option(
+        "--dump-config", help="Print the resolved settings and where each came from, then exit.",
+        rich_help_panel="Sampling")], False),
+]
+
+MODEL = [
+    _param("model", Annotated[str, typer.Option(
+        "--model", "-m", envvar="LLMGEN_MODEL", rich_help_panel="Model",
+        help="Alias (see 'llmgen models list'), model directory, .gguf file or hub id.")], "smollm2-135m"),
+    _param("device", Annotated[str, typer.Option(
+        "--device", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", rich_help_panel="Model")],
+        "auto"),
+    _param("dtype", Annotated[str, typer.Option(
+        "--dtype", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16 or float16.",
+        rich_help_panel="Model")], "auto"),
+    _param("offline", Annotated[bool, typer.Option(
+        "--offline", help="Never download from the hub; use the local cache only.", rich_help_panel="Model")],
+        False),
+    _param("allow_pickle", Annotated[bool, typer.Option(
+        "--allow-pickle", help="Allow pickle (.bin) weights, which can run code when loaded.",
+        rich_help_panel="Model")], False),
+    _param("trust_remote_code", Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Allow models whose config asks for their own Python code.",
+        rich_help_panel="Model")], False),
+]
+
+OUTPUT = [
+    _param("chat", Annotated[Optional[bool], typer.Option(
+        "--chat/--raw", show_default="chat if the tokenizer has a chat template",
+        help="Chat applies the tokenizer's chat template; raw tokenizes the prompt as it is.",
+        rich_help_panel="Prompt and output")]),
+    _param("system", Annotated[Optional[str], typer.Option(
+        "--system", help="System message (chat mode).", rich_help_panel="Prompt and output")]),
+    _param("json", Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object per sequence (JSON Lines) instead of text.",
+        rich_help_panel="Prompt and output")], False),
+    _param("quiet", Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No statistics on stderr.", rich_help_panel="Prompt and output")], False),
+]
+
+PromptArg = Annotated[Optional[str], typer.Argument(
+    help="The prompt. Read from stdin when it is '-' or absent and stdin is not a terminal.",
+    show_default=False)]
+
+
+def with_options(**groups: list[inspect.Parameter]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add each group's parameters to the command; the command receives `group_name=dict_of_values`."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name not in groups]
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            for group, params in groups.items():
+                kwargs[group] = {p.name: kwargs.pop(p.name) for p in params}
+            return func(**kwargs)
+
+        params = own + [p for group in groups.values() for p in group]
+        params.sort(key=lambda p: p.kind)  # positional arguments first
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # Typer must read our signature, not the original one
+        return wrapper
+
+    return decorate
+
+
+def decoding_flags(values: dict[str, Any]) -> dict[str, Any]:
+    """The decoding options the user actually gave (None means 'not given')."""
+    flags = {k: v for k, v in values.items()
+             if k in FIELDS and v is not None and not (k == "stop" and v == [])}
+    if values.get("greedy"):
+        if flags.get("temperature", 0) != 0:
+            raise UsageError("--greedy means temperature 0; do not combine it with --temperature")
+        flags["greedy"] = True
+    return flags

@@ -1,0 +1,140 @@
+"""Where text and statistics go.
+
+- A terminal: tokens stream live through Rich, then a statistics panel on stderr.
+- A pipe or file: only the plain generated text on stdout; one statistics line on stderr.
+- --json: one JSON object per sequence on stdout (JSON Lines), nothing streamed.
+
+`--quiet` drops the statistics. Rich honours NO_COLOR.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from llmgen.generation import SequenceResult
+
+# How each token origin is shown on a terminal (speculative decoding colours them).
+ORIGIN_STYLES = {"target": "", "accepted": "green", "resampled": "bold red", "bonus": "cyan"}
+ORIGIN_LEGEND = (("accepted", "draft token accepted"), ("resampled", "target's correction at a rejection"),
+                 ("bonus", "bonus token from the target"))
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """Human-readable (label, value) rows for the statistics we know how to describe."""
+    rows: list[tuple[str, str]] = []
+    fmt = {
+        "prompt_tokens": ("prompt tokens", "{}"),
+        "generated_tokens": ("generated tokens", "{}"),
+        "prefill_seconds": ("time to first token", "{:.3f} s"),
+        "tokens_per_second": ("decode speed", "{:.1f} tok/s"),
+        "target_forwards": ("target forwards", "{}"),
+        "draft_tokens": ("draft tokens proposed", "{}"),
+        "accepted_tokens": ("draft tokens accepted", "{}"),
+        "acceptance_rate": ("acceptance rate", "{:.1%}"),
+        "tokens_per_target_forward": ("tokens per target forward", "{:.2f}"),
+        "expected_tokens_per_forward": ("expected from acceptance rate", "{:.2f}"),
+        "speedup": ("speedup over plain decoding", "{:.2f}x"),
+    }
+    for key, (label, pattern) in fmt.items():
+        if stats.get(key) is not None:
+            rows.append((label, pattern.format(stats[key])))
+    if stats.get("acceptance_histogram"):
+        rows.append(("accepted per round (0..gamma)", " ".join(str(c) for c in stats["acceptance_histogram"])))
+    return rows
+
+
+class Renderer:
+    """Base: quiet plain text. Subclasses override what they show."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def begin(self, index: int, total: int) -> None: ...
+
+    def text(self, piece: str, origin: str) -> None: ...
+
+    def end(self, result: SequenceResult) -> None: ...
+
+
+class PlainRenderer(Renderer):
+    """stdout is a pipe or a file: the text only, flushed as it comes; statistics on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(quiet)
+        self.last = "\n"
+
+    def begin(self, index: int, total: int) -> None:
+        if index > 0:
+            sys.stdout.write("\n")
+
+    def text(self, piece: str, origin: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        self.last = piece[-1]
+
+    def end(self, result: SequenceResult) -> None:
+        if self.last != "\n":
+            sys.stdout.write("\n")
+            self.last = "\n"
+        sys.stdout.flush()
+        if not self.quiet:
+            line = ", ".join(f"{label} {value}" for label, value in format_stats(result.stats))
+            print(f"llmgen: {line}, finish {result.finish_reason}", file=sys.stderr, flush=True)
+
+
+class TerminalRenderer(Renderer):
+    """stdout is a terminal: live tokens through Rich, a statistics panel on stderr."""
+
+    def __init__(self, quiet: bool, legend: bool = False) -> None:
+        super().__init__(quiet)
+        self.out = Console(highlight=False)
+        self.err = stderr_console()
+        self.legend = legend
+
+    def begin(self, index: int, total: int) -> None:
+        if self.legend and index == 0:
+            legend = Text("legend: ")
+            for origin, label in ORIGIN_LEGEND:
+                legend.append(label, style=ORIGIN_STYLES[origin]).append("  ")
+            self.err.print(legend)
+        if total > 1:
+            self.out.rule(f"sequence {index + 1} of {total}")
+
+    def text(self, piece: str, origin: str) -> None:
+        self.out.print(Text(piece, style=ORIGIN_STYLES.get(origin, "")), end="")
+        self.out.file.flush()
+
+    def end(self, result: SequenceResult) -> None:
+        self.out.print()
+        if self.quiet:
+            return
+        table = Table.grid(padding=(0, 2))
+        for label, value in format_stats(result.stats):
+            table.add_row(label, value)
+        table.add_row("finish reason", result.finish_reason)
+        self.err.print(Panel(table, title="llmgen", expand=False))
+
+
+class JsonRenderer(Renderer):
+    def end(self, result: SequenceResult) -> None:
+        sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+
+def make_renderer(json_mode: bool, quiet: bool, legend: bool = False) -> Renderer:
+    if json_mode:
+        return JsonRenderer(quiet)
+    if sys.stdout.isatty():
+        return TerminalRenderer(quiet, legend)
+    return PlainRenderer(quiet)

@@ -1,0 +1,73 @@
+"""The autoregressive loop: a model forward with a KV cache, the processors, then a pick.
+
+`CachedLM` owns one sequence's KV cache and its length, and can roll the cache back to any earlier
+length (speculative decoding needs that). `sample_tokens` is plain decoding as an iterator: it
+yields one token per step and never computes a forward pass that nobody asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from llmgen.config import DecodingConfig
+from llmgen.processors import penalty_context, process, token_counts
+from llmgen.sampling import greedy_pick, random_pick
+
+
+class CachedLM:
+    """A causal LM plus the KV cache of the one sequence it is reading."""
+
+    def __init__(self, model: Any) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.device = model.device
+        self.cache = DynamicCache(config=model.config)
+        self.length = 0  # tokens in the cache
+
+    @torch.inference_mode()
+    def forward(self, token_ids: Sequence[int], all_logits: bool = False) -> Tensor:
+        """Append `token_ids` to the sequence; return float32 logits [k, vocab].
+
+        k is len(token_ids) with `all_logits`, else 1 (only the last position is projected to the
+        vocabulary, which saves most of the lm-head work in prefill).
+        """
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)  # [1, k]
+        out = self.model(input_ids=ids, cache=self.cache, use_cache=True,
+                         logits_to_keep=0 if all_logits else 1)
+        self.length += ids.shape[1]
+        return out.logits[0].float()  # [k, vocab]
+
+    def rollback(self, length: int) -> None:
+        """Forget every token after the first `length`."""
+        if length < self.length:
+            self.cache.crop(length - self.length)  # NOTE: transformers 5 crop() takes a negative count
+            self.length = length
+
+
+def pick(logits: Tensor, counts: Tensor | None, config: DecodingConfig, generator: torch.Generator) -> Tensor:
+    """Processors then the pick, row by row: logits [rows, vocab] -> tokens [rows]."""
+    processed = process(logits, counts, config)
+    if config.greedy:
+        return greedy_pick(processed)
+    return random_pick(processed.softmax(dim=-1), generator)
+
+
+def sample_tokens(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig,
+                  generator: torch.Generator) -> Iterator[int]:
+    """Plain decoding: yields generated tokens one at a time, forever; the caller decides when to stop."""
+    generated: list[int] = []
+    logits = lm.forward(prompt_ids)  # prefill: [1, vocab]
+    vocab = logits.shape[-1]
+    while True:
+        counts = None
+        if config.uses_penalties:  # derived from the context on every step; no state to roll back
+            counts = token_counts(penalty_context(prompt_ids, generated, config), vocab, logits.device)[None]
+        token = int(pick(logits, counts, config, generator)[0])
+        generated.append(token)
+        yield token
+        logits = lm.forward([token])

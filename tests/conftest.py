@@ -1,0 +1,110 @@
+"""Tiny models for the tests, built here and saved through the real save/load path
+(safetensors + tokenizer files), so that llmgen loads them exactly as it loads a user's model.
+
+- `char_model`: a llama-like model over a 12-token character vocabulary (exact distribution tests).
+- `draft_model`: another model over the same tokenizer, with different weights (speculative tests).
+- `wide_model`: a tiny llama over the embedded SmolLM2 tokenizer (49,152 tokens, real chat template).
+- `embedded`: the embedded SmolLM2-135M itself, converted once into a cache under tests/.cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / ".cache"
+# NOTE: a persistent cache across local runs (CI starts from a clean clone and converts once).
+os.environ.setdefault("LLMGEN_CACHE_DIR", str(CACHE / "llmgen"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHARS = list("abcdefgh .")  # 10 characters
+SPECIALS = ["<s>", "</s>", "<unk>"]
+VOCAB = len(SPECIALS) + len(CHARS)  # 13
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}g {% else %}h {% endif %}{{ m['content'] }}."
+    "{% endfor %}{% if add_generation_prompt %}a {% endif %}"
+)
+
+
+def build_char_tokenizer(path: Path, chat: bool = True):
+    """A character-level tokenizer: 3 specials + 10 characters = 13 tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="</s>")
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def build_llama(path: Path, vocab_size: int, seed: int, *, hidden: int = 32, layers: int = 2,
+                heads: int = 4, kv_heads: int = 2, context: int = 256, init_range: float = 0.2,
+                bos: int = 0, eos: int = 1) -> None:
+    """A random llama-like model saved as safetensors. A wide init makes its next-token
+    distributions peaked enough that greedy has no near-ties and rejections really happen."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=context, initializer_range=init_range,
+                         tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = eos
+    model.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def char_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("char-target")
+    build_char_tokenizer(path)
+    build_llama(path, VOCAB, seed=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def draft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("char-draft")
+    build_char_tokenizer(path)
+    build_llama(path, VOCAB, seed=2, layers=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded SmolLM2, converted to safetensors once (about 20-30 s the first time)."""
+    from llmgen import models
+
+    resolved = models.resolve(models.DEFAULT_MODEL)
+    return models.convert_gguf(Path(resolved.location))
+
+
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("wide")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    tokenizer.save_pretrained(path)
+    build_llama(path, len(tokenizer), seed=3, hidden=64, heads=4, kv_heads=4, context=512,
+                bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded(embedded_dir: Path):
+    from llmgen import models
+
+    return models.load(models.DEFAULT_MODEL)
