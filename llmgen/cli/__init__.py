@@ -3,6 +3,7 @@ typed errors become one line on stderr and an exit code."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -53,11 +54,15 @@ def _register() -> None:
     app.command("generate")(generate.generate)
     app.add_typer(models_cmd.app, name="models")
     app.add_typer(presets_cmd.app, name="presets")
-    try:
-        from llmgen.cli import speculate
-    except ImportError:  # pragma: no cover - the speculative package is optional while it is built
-        return
-    app.command("speculate")(speculate.speculate)
+    # Commands built in their own modules; each registers itself if present.
+    for module_name, command in (("speculate", "speculate"), ("bench_cmd", "bench")):
+        try:
+            module = importlib.import_module(f"llmgen.cli.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"llmgen.cli.{module_name}":
+                raise
+            continue
+        app.command(command)(getattr(module, command))
 
 
 class Terminated(BaseException):
