@@ -54,13 +54,15 @@ def available() -> dict[str, Path]:
 
 
 def find(name_or_path: str) -> Path:
-    if name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path:
+    """A path ending in .toml is read as given; anything else must be a plain preset name."""
+    if name_or_path.endswith(".toml"):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise PresetError(f"preset file not found: {path}")
         return path
     if not _NAME.match(name_or_path):
-        raise PresetError(f"invalid preset name {name_or_path!r}")
+        raise PresetError(f"invalid preset name {name_or_path!r}: use a name from 'llmgen presets list' "
+                          "or a path ending in .toml")
     path = available().get(name_or_path)
     if path is None:
         raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(sorted(available()))}")
@@ -68,7 +70,7 @@ def find(name_or_path: str) -> Path:
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*=", re.MULTILINE)
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
@@ -87,7 +89,10 @@ def load(name_or_path: str) -> Preset:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise PresetError(f"{path}: invalid TOML: {err}") from None
+        message = str(err)
+        if "(at line" not in message:  # "at end of document": the error is on the last line
+            message = f"{message} (at line {max(1, text.count(chr(10)) + (not text.endswith(chr(10))))})"
+        raise PresetError(f"{path}: invalid TOML: {message}") from None
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise PresetError(f"{path}:{_line_of(text, 'description')}: description must be a string")

@@ -108,3 +108,12 @@ def embedded(embedded_dir: Path):
     from llmgen import models
 
     return models.load(models.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def long_char_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The char model with a long context, for runs that must still be going when interrupted."""
+    path = tmp_path_factory.mktemp("char-long")
+    build_char_tokenizer(path)
+    build_llama(path, VOCAB, seed=1, context=16384)
+    return path

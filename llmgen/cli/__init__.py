@@ -3,11 +3,13 @@ typed errors become one line on stderr and an exit code."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import signal
 import sys
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -51,7 +53,10 @@ def _register() -> None:
     _registered = True
     from llmgen.cli import generate, models_cmd, presets_cmd
 
-    app.command("generate")(generate.generate)
+    app.command("generate")(_guard(generate.generate))
+    for sub in (models_cmd.app, presets_cmd.app):
+        for info in sub.registered_commands:
+            info.callback = _guard(info.callback)
     app.add_typer(models_cmd.app, name="models")
     app.add_typer(presets_cmd.app, name="presets")
     # Commands built in their own modules; each registers itself if present.
@@ -62,7 +67,22 @@ def _register() -> None:
             if err.name != f"llmgen.cli.{module_name}":
                 raise
             continue
-        app.command(command)(getattr(module, command))
+        app.command(command)(_guard(getattr(module, command)))
+
+
+class PipeClosed(Exception):
+    """stdout's reader went away (`| head`). Not an OSError, so that click does not turn it into exit 1."""
+
+
+def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BrokenPipeError:
+            raise PipeClosed() from None
+
+    return guarded
 
 
 class Terminated(BaseException):
@@ -87,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a script, exits with) the exit code."""
     _register()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # NOTE: a shell starts background jobs with SIGINT ignored; Ctrl-C must always stop generation.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
     try:
-        app(args=argv, prog_name="llmgen", standalone_mode=False)
+        # NOTE: without standalone mode, typer returns the code of an Exit (Ctrl-C arrives as Exit(130)).
+        returned = app(args=argv, prog_name="llmgen", standalone_mode=False)
+        code = returned if isinstance(returned, int) else 0
     except LlmgenError as err:
         _error(str(err))
         code = err.exit_code
@@ -102,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if message:  # empty for "no arguments: help was shown"
             _error(message)
         code = err.exit_code
-    except BrokenPipeError:
+    except (BrokenPipeError, PipeClosed):
         _quiet_stdout()
         code = 0
     except KeyboardInterrupt:
@@ -113,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     if argv is None:
         sys.exit(code)
     return code
