@@ -1,0 +1,128 @@
+"""How many tokens the draft proposes per round: a fixed γ, or `auto`.
+
+`auto` estimates the per-token acceptance probability α from the rounds seen so far, with a decay so
+that it follows the text, and picks the γ that maximises the expected tokens per unit of time:
+
+    E(α, γ)    = (1 - α^(γ+1)) / (1 - α)          expected tokens per round (Leviathan et al.)
+    cost(γ)    = γ · c + v(γ + 1)                 c: one draft step; v(k): one target forward over k tokens
+    γ*         = argmax over 1..γ_max of E(α, γ) / cost(γ)
+
+α is estimated as accepted / tested, where a round tests its accepted tokens plus the first rejected
+one (tokens after a rejection are never tested), which is the paper's α. So γ grows after full
+acceptance and shrinks after an early rejection.
+
+The costs are relative to one target forward over one token. v(k) is not monotonic on CPUs (matrix
+kernels handle 2-3 rows badly), so both c and v are *measured* as the run goes: each round reports the
+seconds its draft and target took, and the measured v(k) replaces the prior for that k. Until a k has
+been measured, the prior (the issue's measurement on our CPU for v, c given by the caller) is used.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# One fp32 target forward over k tokens, relative to k = 1, measured on the development CPU
+# (SmolLM2-135M). Values between the listed k are interpolated linearly; beyond 16, extrapolated flat.
+CPU_FORWARD_COST = {1: 1.0, 2: 1.65, 3: 2.2, 4: 1.8, 5: 1.7, 8: 1.65, 16: 2.1}
+
+
+class GammaPolicy(Protocol):
+    @property
+    def gamma(self) -> int: ...
+
+    def update(self, proposed: int, accepted: int, draft_seconds: float, target_seconds: float) -> None: ...
+
+
+class FixedGamma:
+    def __init__(self, gamma: int) -> None:
+        self._gamma = gamma
+
+    @property
+    def gamma(self) -> int:
+        return self._gamma
+
+    def update(self, proposed: int, accepted: int, draft_seconds: float, target_seconds: float) -> None:
+        pass
+
+
+def expected_tokens(alpha: float, gamma: float) -> float:
+    """(1 - α^(γ+1)) / (1 - α): expected tokens per round for an i.i.d. acceptance probability α."""
+    if alpha >= 1.0:
+        return gamma + 1.0
+    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
+
+
+def _interpolate(table: dict[int, float], k: int) -> float:
+    if k in table:
+        return table[k]
+    keys = sorted(table)
+    if k <= keys[0]:
+        return table[keys[0]]
+    if k >= keys[-1]:
+        return table[keys[-1]]
+    lo = max(key for key in keys if key < k)
+    hi = min(key for key in keys if key > k)
+    return table[lo] + (table[hi] - table[lo]) * (k - lo) / (hi - lo)
+
+
+class AdaptiveGamma:
+    """γ = argmax E(α, γ) / (γ·c + v(γ+1)), with α, c and v(k) updated after every round."""
+
+    def __init__(self, start: int = 4, max_gamma: int = 16, draft_cost: float = 0.5,
+                 forward_cost: dict[int, float] | None = None, decay: float = 0.9,
+                 prior_alpha: float = 0.7) -> None:
+        self.max_gamma = max_gamma
+        self.decay = decay
+        self.draft_cost = draft_cost  # c, relative to a one-token target forward
+        self.prior = dict(forward_cost or CPU_FORWARD_COST)
+        # Decayed sums: accepted tokens and tested tokens (two pseudo-rounds of prior).
+        self.accepted = prior_alpha * 2.0
+        self.tested = 2.0
+        self.seconds: dict[int, float] = {}  # measured target seconds per forward over k tokens
+        self.draft_seconds: float | None = None  # measured seconds per draft token
+        self._gamma = start
+
+    @property
+    def alpha(self) -> float:
+        return self.accepted / self.tested
+
+    @property
+    def gamma(self) -> int:
+        return self._gamma
+
+    def _unit(self) -> float:
+        """Seconds of a one-token target forward: measured, or implied by the prior at a measured k."""
+        if 1 in self.seconds:
+            return self.seconds[1]
+        return min(s / _interpolate(self.prior, k) for k, s in self.seconds.items())
+
+    def forward_cost(self, k: int) -> float:
+        """v(k) in units of a one-token forward: measured where we have it, else the prior."""
+        if not self.seconds:
+            return _interpolate(self.prior, k)
+        unit = self._unit()
+        return _interpolate({**self.prior, **{j: s / unit for j, s in self.seconds.items()}}, k)
+
+    def step_cost(self) -> float:
+        """c: one draft step in units of a one-token target forward."""
+        if self.draft_seconds is None or not self.seconds:
+            return self.draft_cost
+        return self.draft_seconds / self._unit()
+
+    def best(self) -> int:
+        alpha, c = self.alpha, self.step_cost()
+        scores = {g: expected_tokens(alpha, g) / (g * c + self.forward_cost(g + 1))
+                  for g in range(1, self.max_gamma + 1)}
+        return max(scores, key=lambda g: (scores[g], -g))
+
+    def update(self, proposed: int, accepted: int, draft_seconds: float, target_seconds: float) -> None:
+        k = proposed + 1
+        self.seconds[k] = target_seconds if k not in self.seconds else 0.7 * self.seconds[k] + 0.3 * target_seconds
+        if proposed == 0:
+            return
+        per_token = draft_seconds / proposed
+        self.draft_seconds = per_token if self.draft_seconds is None else 0.7 * self.draft_seconds + 0.3 * per_token
+        tested = accepted + (1 if accepted < proposed else 0)
+        self.accepted = self.decay * self.accepted + accepted
+        self.tested = self.decay * self.tested + tested
+        self._gamma = self.best()

@@ -1,0 +1,116 @@
+"""The speculative loop: propose -> verify -> roll back, as an iterator of (token, origin) pairs.
+
+One round, with the sequence so far S (prompt + output) and the target's cache holding all of S but
+its last token:
+
+1. The proposer drafts γ tokens x_1..x_γ (γ capped by the policy, by what remains of the token budget
+   minus one, and by the draft's context), with q [γ, vocab] or None for a one-hot draft.
+2. The target reads the last token of S and x_1..x_γ in one forward: logits [γ+1, vocab].
+3. p = the processor chain on those logits, where row i's penalty counts include x_1..x_i.
+4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ).
+5. Both caches roll back to S + x_1..x_n; t becomes the last token of S, which no cache holds yet.
+
+A round that proposes nothing (the n-gram draft found no match) is one plain decoding step.
+The loop never stops by itself before `max_tokens`: the consumer (`generation.run_sequence`) applies the
+stop rules and simply stops reading.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from llmgen.config import DecodingConfig
+from llmgen.processors import distribution
+from llmgen.speculative.counts import draft_counts
+from llmgen.speculative.gamma import GammaPolicy
+from llmgen.speculative.proposers import Proposer
+from llmgen.speculative.stats import SpeculativeStats
+from llmgen.speculative.verify import verify
+
+
+class TargetLM(Protocol):
+    """What the loop needs of the target: `decode.CachedLM`, or a table in the tests."""
+
+    length: int
+
+    def forward(self, token_ids: Sequence[int], all_logits: bool = False) -> Tensor: ...
+
+    def rollback(self, length: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round, as written by `--trace`."""
+
+    index: int
+    proposed: list[int]
+    p: list[float]  # p(x) of each proposed token
+    q: list[float]  # q(x) of each proposed token
+    accepted: int
+    token: int  # the token after the accepted ones
+    origin: str  # 'resampled', 'bonus', or 'target' when nothing was proposed
+    draft_seconds: float
+    target_seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"round": self.index, "proposed": self.proposed, "p": [round(v, 6) for v in self.p],
+                "q": [round(v, 6) for v in self.q],
+                "accepted": [i < self.accepted for i in range(len(self.proposed))],
+                "accepted_count": self.accepted,
+                "rejected_token": self.proposed[self.accepted] if self.accepted < len(self.proposed) else None,
+                "replacement" if self.origin == "resampled" else self.origin: self.token,
+                "draft_seconds": round(self.draft_seconds, 6), "target_seconds": round(self.target_seconds, 6)}
+
+
+OnRound = Callable[[Round], None]
+
+
+def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequence[int], config: DecodingConfig,
+                       generator: torch.Generator, policy: GammaPolicy, max_tokens: int,
+                       stats: SpeculativeStats | None = None, on_round: OnRound | None = None
+                       ) -> Iterator[tuple[int, str]]:
+    """Yield up to `max_tokens` tokens with their origin: 'accepted', 'resampled', 'bonus' or 'target'."""
+    stats = stats if stats is not None else SpeculativeStats()
+    prompt = list(prompt_ids)
+    generated: list[int] = []
+    if len(prompt) > 1:
+        target.forward(prompt[:-1])  # prefill all but the last prompt token; every round reads one pending token
+    index = 0
+    while len(generated) < max_tokens:
+        length = len(prompt) + len(generated)
+        gamma = max(0, min(policy.gamma, max_tokens - len(generated) - 1, proposer.room(length)))
+        # 1. Draft.
+        started = time.perf_counter()
+        proposal = proposer.propose(prompt, generated, gamma, generator)
+        drafted = time.perf_counter()
+        draft = proposal.tokens
+        # 2. One target forward over the pending token(s) and the draft.
+        tail = [*prompt, *generated][target.length:]
+        logits = target.forward([*tail, *draft], all_logits=True)[len(tail) - 1:]  # [γ+1, vocab]
+        # 3. p from the same chain as q; row i counts the first i draft tokens.
+        counts = draft_counts(prompt, generated, draft, config, logits.shape[-1], logits.device)
+        p = distribution(logits, counts, config)  # [γ+1, vocab]
+        # 4. Accept a prefix, then one more token.
+        verdict = verify(draft, proposal.q, p, generator)
+        finished = time.perf_counter()
+        # 5. Keep only what both caches got right: S plus the accepted draft tokens.
+        target.rollback(length + verdict.accepted)
+        proposer.rollback(length + verdict.accepted)
+        stats.record(len(draft), verdict.accepted)
+        policy.update(len(draft), verdict.accepted, drafted - started, finished - drafted)
+        last_origin = verdict.last_origin if draft else "target"
+        if on_round is not None:
+            on_round(Round(index, draft, verdict.p_draft, verdict.q_draft, verdict.accepted,
+                           verdict.tokens[-1], last_origin, drafted - started, finished - drafted))
+        index += 1
+        origins = ["accepted"] * verdict.accepted + [last_origin]
+        for token, origin in zip(verdict.tokens, origins):
+            generated.append(token)
+            stats.tokens += 1
+            yield token, origin

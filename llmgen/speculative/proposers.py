@@ -1,0 +1,129 @@
+"""Proposers: where the γ draft tokens of a round come from.
+
+- `DraftModelProposer`: a smaller model with its own KV cache samples γ tokens one at a time, each
+  from q_i = the same processor chain as the target's (penalties counting the earlier draft tokens,
+  temperature, top-k, top-p, min-p), and returns those q_i: the verifier needs the distribution the
+  draft really sampled from.
+- `NgramProposer`: prompt lookup, no model. The last n tokens are searched for earlier in the context,
+  longest n first (ngram_max down to ngram_min); the tokens that followed the most recent earlier
+  occurrence are proposed. Such a draft is one-hot, q(x) = 1, so it returns q = None.
+
+A proposer is told after every round how much of the sequence is still valid (`rollback`), and is
+never asked for more tokens than its context has room for (`room`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from llmgen.config import DecodingConfig
+from llmgen.decode import CachedLM
+from llmgen.errors import UsageError
+from llmgen.processors import distribution
+from llmgen.sampling import random_pick
+from llmgen.speculative.counts import position_counts
+
+
+@dataclass(frozen=True)
+class Proposal:
+    tokens: list[int]  # 0..γ draft tokens
+    q: Tensor | None  # [len(tokens), vocab], the draft's distributions; None for a one-hot draft
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
+                generator: torch.Generator) -> Proposal: ...
+
+    def rollback(self, length: int) -> None: ...
+
+    def room(self, length: int) -> int: ...
+
+
+class DraftModelProposer:
+    """A draft model with its own KV cache.
+
+    The cache always lags the sequence by at least one token: the draft never runs its last proposed
+    token through the model, because that token's logits are only needed if it is accepted. When every
+    token was accepted, the next round feeds that last draft token and the bonus token together (the
+    draft "catches up").
+    """
+
+    name = "model"
+
+    def __init__(self, lm: CachedLM, config: DecodingConfig, context_length: int) -> None:
+        self.lm = lm
+        self.config = config
+        self.context_length = context_length
+
+    def room(self, length: int) -> int:
+        return max(0, self.context_length - length)
+
+    def rollback(self, length: int) -> None:
+        self.lm.rollback(min(self.lm.length, length))
+
+    def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
+                generator: torch.Generator) -> Proposal:
+        if gamma <= 0:
+            return Proposal([], None)
+        sequence = [*prompt_ids, *generated]
+        tail = sequence[self.lm.length:]  # the tokens the draft has not read yet (at least one)
+        logits = self.lm.forward(tail)  # [1, vocab]
+        tokens: list[int] = []
+        rows: list[Tensor] = []
+        for i in range(gamma):
+            counts = position_counts(prompt_ids, generated, tokens, self.config, logits.shape[-1], logits.device)
+            q_i = distribution(logits, counts, self.config)  # [1, vocab]
+            token = int(q_i.argmax()) if self.config.greedy else int(random_pick(q_i[0], generator))
+            tokens.append(token)
+            rows.append(q_i[0])
+            if i + 1 < gamma:
+                logits = self.lm.forward([token])
+        return Proposal(tokens, torch.stack(rows))  # q: [γ, vocab]
+
+
+def prompt_lookup(tokens: Sequence[int], gamma: int, ngram_max: int, ngram_min: int) -> list[int]:
+    """Up to γ tokens that followed the most recent earlier occurrence of the last n tokens.
+
+    n goes from ngram_max down to ngram_min; the first n with a match wins. [] when nothing matches.
+    """
+    tokens = list(tokens)
+    if gamma <= 0:
+        return []
+    for n in range(min(ngram_max, len(tokens) - 1), ngram_min - 1, -1):
+        pattern = tokens[-n:]
+        last = pattern[-1]
+        # Scan backwards; an occurrence must end before the last token, so that something follows it.
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start + n - 1] == last and tokens[start:start + n] == pattern:
+                return tokens[start + n:start + n + gamma]
+    return []
+
+
+class NgramProposer:
+    """Prompt lookup over prompt + output so far. One-hot, so q = None."""
+
+    name = "ngram"
+
+    def __init__(self, ngram_max: int, ngram_min: int) -> None:
+        if ngram_min < 1 or ngram_max < ngram_min:
+            raise UsageError(f"--ngram-min and --ngram-max need 1 <= min <= max, got {ngram_min} and {ngram_max}")
+        self.ngram_max = ngram_max
+        self.ngram_min = ngram_min
+
+    def room(self, length: int) -> int:
+        return sys.maxsize  # no model, no context limit of its own
+
+    def rollback(self, length: int) -> None:
+        pass  # nothing cached
+
+    def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
+                generator: torch.Generator) -> Proposal:
+        return Proposal(prompt_lookup([*prompt_ids, *generated], gamma, self.ngram_max, self.ngram_min), None)
