@@ -29,10 +29,14 @@ class SequenceResult:
     prompt_token_ids: list[int]
     finish_reason: str  # "length", "stop" or "eos"
     stats: dict[str, Any] = field(default_factory=dict)
+    score: float | None = None  # beam search: sum of log-probs / length ** length_penalty
 
     def as_json(self) -> dict[str, Any]:
-        return {"text": self.text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
-                "finish_reason": self.finish_reason, "stats": self.stats}
+        out = {"text": self.text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
+               "finish_reason": self.finish_reason, "stats": self.stats}
+        if self.score is not None:
+            out["score"] = self.score
+        return out
 
 
 def check_prompt(prompt_ids: Sequence[int], context_length: int) -> None:
