@@ -62,6 +62,22 @@ SAMPLING = [
         rich_help_panel="Sampling")], False),
 ]
 
+BEAM_HELP = ("Beam search is deterministic: there is no beam sampling, so --temperature (other than 0), "
+             "--top-k, --top-p and --min-p are refused with it. Penalties apply per beam, to that beam's tokens.")
+
+BEAM = [
+    _param("num_beams", Annotated[Optional[int], typer.Option(
+        "--num-beams", help=f"{_help('num_beams')} {BEAM_HELP}", show_default=_default("num_beams"),
+        rich_help_panel="Beam search")]),
+    _decoding("length_penalty", float, "--length-penalty", panel="Beam search"),
+    _param("early_stopping", Annotated[Optional[str], typer.Option(
+        "--early-stopping", show_default=_default("early_stopping"), rich_help_panel="Beam search",
+        help=f"{_help('early_stopping')} true: stop as soon as B hypotheses have finished. false: stop once B have "
+             "finished and the best running beam, scored at its current length, cannot beat the worst of them "
+             "(a heuristic). never: stop only when no running beam can possibly beat them.")]),
+    _decoding("no_repeat_ngram_size", int, "--no-repeat-ngram-size", panel="Beam search"),
+]
+
 MODEL = [
     _param("model", Annotated[str, typer.Option(
         "--model", "-m", envvar="LLMGEN_MODEL", rich_help_panel="Model",

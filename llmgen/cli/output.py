@@ -9,11 +9,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -45,6 +49,8 @@ def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
         "tokens_per_target_forward": ("tokens per target forward", "{:.2f}"),
         "expected_tokens_per_forward": ("expected from acceptance rate", "{:.2f}"),
         "speedup": ("speedup over plain decoding", "{:.2f}x"),
+        "num_beams": ("beams", "{}"),
+        "beam_steps": ("beam steps", "{}"),
     }
     for key, (label, pattern) in fmt.items():
         if stats.get(key) is not None:
@@ -90,7 +96,8 @@ class PlainRenderer(Renderer):
         sys.stdout.flush()
         if not self.quiet:
             line = ", ".join(f"{label} {value}" for label, value in format_stats(result.stats))
-            print(f"llmgen: {line}, finish {result.finish_reason}", file=sys.stderr, flush=True)
+            score = "" if result.score is None else f", beam score {result.score:.4f}"
+            print(f"llmgen: {line}, finish {result.finish_reason}{score}", file=sys.stderr, flush=True)
 
 
 class TerminalRenderer(Renderer):
@@ -123,6 +130,8 @@ class TerminalRenderer(Renderer):
         for label, value in format_stats(result.stats):
             table.add_row(label, value)
         table.add_row("finish reason", result.finish_reason)
+        if result.score is not None:
+            table.add_row("beam score", f"{result.score:.4f}")
         self.err.print(Panel(table, title="llmgen", expand=False))
 
 
@@ -138,3 +147,34 @@ def make_renderer(json_mode: bool, quiet: bool, legend: bool = False) -> Rendere
     if sys.stdout.isatty():
         return TerminalRenderer(quiet, legend)
     return PlainRenderer(quiet)
+
+
+# Called after each beam step with (step, hypotheses finished so far, best running beam's tokens).
+BeamProgressHook = Callable[[int, int, list[int]], None]
+
+
+@contextlib.contextmanager
+def beam_progress(tokenizer: Any, enabled: bool) -> Iterator[BeamProgressHook | None]:
+    """Live progress of a beam search on stderr: the step and the best partial hypothesis.
+
+    Beams are reselected every step, so text cannot stream; this display is transient and the
+    final texts are printed afterwards. Disabled (None) unless stderr is a terminal.
+    """
+    console = stderr_console()
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    with Live(console=console, transient=True, refresh_per_second=8) as live:
+        last = 0.0
+
+        def show(step: int, finished: int, best: list[int]) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < 0.1:  # NOTE: decoding the best beam every step would cost more than the step
+                return
+            last = now
+            text = tokenizer.decode(best, skip_special_tokens=True).replace("\n", " ")
+            line = Text(f"step {step} · {finished} finished · best: ", style="dim")
+            live.update(line.append(text[-300:]))
+
+        yield show
