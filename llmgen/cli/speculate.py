@@ -1,0 +1,185 @@
+"""`llmgen speculate`: exact speculative decoding with a draft model or an n-gram draft."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from pathlib import Path
+from typing import IO, Annotated, Any, Optional
+
+import typer
+
+from llmgen.cli import common
+from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, PromptArg, with_options
+from llmgen.cli.output import Renderer, make_renderer
+from llmgen.config import DecodingConfig
+from llmgen.decode import CachedLM, sample_tokens
+from llmgen.errors import ModelError, UsageError
+from llmgen.generation import SequenceResult, run_sequence
+from llmgen.models import LoadedModel
+from llmgen.sampling import make_generator
+from llmgen.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
+
+PANEL = "Speculative decoding"
+
+
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+# The options only `speculate` has; the sampling, model and output options are shared with `generate`.
+SPECULATIVE = [
+    _option(name, annotation, default)
+    for name, annotation, default in (
+        ("draft", Annotated[Optional[str], typer.Option(
+            "--draft", "-d", rich_help_panel=PANEL, show_default="none (required)",
+            help="The draft: 'ngram' (prompt lookup, no model), or a model resolved as for --model "
+                 "(alias, directory, .gguf file, hub id) with the target's vocabulary. "
+                 "'small' is the built-in draft of the default model.")], None),
+        ("gamma", Annotated[str, typer.Option(
+            "--gamma", "-g", rich_help_panel=PANEL, metavar="N|auto",
+            help="Draft tokens per round (>= 1), or 'auto': adapt to the measured acceptance and costs.")], "5"),
+        ("ngram_max", Annotated[int, typer.Option(
+            "--ngram-max", rich_help_panel=PANEL,
+            help="n-gram draft: the longest n-gram to look up (tried first).")], 4),
+        ("ngram_min", Annotated[int, typer.Option(
+            "--ngram-min", rich_help_panel=PANEL,
+            help="n-gram draft: the shortest n-gram to look up; no proposal below it.")], 2),
+        ("draft_dtype", Annotated[str, typer.Option(
+            "--draft-dtype", rich_help_panel=PANEL,
+            help="The draft's dtype: auto (the alias's own, else as --dtype auto), float32, bfloat16, float16.")],
+            "auto"),
+        ("compare", Annotated[bool, typer.Option(
+            "--compare", rich_help_panel=PANEL,
+            help="Also run plain decoding with the same settings and report the measured speedup.")], False),
+        ("trace", Annotated[Optional[Path], typer.Option(
+            "--trace", rich_help_panel=PANEL, show_default="off", metavar="FILE",
+            help="Write one JSON line per round: proposed tokens, p(x) and q(x), accepted or not, "
+                 "and the token that replaced the first rejection (or the bonus token).")], None),
+    )
+]
+
+
+@with_options(spec=SPECULATIVE, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT)
+def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[str, Any],
+              model_opts: dict[str, Any], output: dict[str, Any]) -> None:
+    """Generate text from PROMPT with speculative decoding: the draft proposes, the target verifies.
+
+    The output has exactly the target's distribution, under every sampling option.
+
+    On a terminal, tokens are coloured by origin: accepted draft tokens, corrections, bonus tokens.
+
+    Examples:
+
+      llmgen speculate --draft small --gamma 5 "Write a haiku about tea."
+
+      llmgen speculate --draft ngram --gamma auto --greedy "Fix the spelling: Teh quick brwon fox."
+
+      llmgen speculate -d small -g 4 --compare --trace rounds.jsonl --temperature 0.7 "Tell me a story."
+    """
+    resolved = common.resolve_settings(sampling)
+    config = resolved.config
+    if config.num_beams > 1:
+        raise UsageError("speculative decoding does not do beam search: num_beams must be 1 "
+                         f"(it is {config.num_beams}, from {resolved.sources['num_beams']})")
+    if config.no_repeat_ngram_size > 0:
+        raise UsageError("speculate does not support no_repeat_ngram_size "
+                         f"(set to {config.no_repeat_ngram_size} by {resolved.sources['no_repeat_ngram_size']})")
+    if not spec["draft"]:
+        raise UsageError("--draft is required: 'ngram', or a draft model (e.g. --draft small)")
+    gamma = parse_gamma(spec["gamma"])
+    NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
+    if sampling["dump_config"]:
+        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+                                      "draft": (spec["draft"], "flag"), "gamma": (gamma, "flag or default")})
+        return
+    text = common.read_prompt(prompt)
+    target = common.load_model(model_opts["model"], model_opts)
+    draft = _load_draft(spec["draft"], spec["draft_dtype"], model_opts)
+    if draft is not None:
+        check_compatible(target, draft)
+    ids = common.prompt_ids(target, text, output)
+    renderer = make_renderer(output["json"], output["quiet"], legend=True)
+    if spec["compare"]:
+        renderer = WithBaseline(renderer, target, config)
+    with _trace_file(spec["trace"]) as trace:
+        sequence = -1
+
+        def speculative(prompt_ids: list[int], generator: Any) -> Any:
+            nonlocal sequence
+            sequence += 1
+            on_round = _trace_writer(trace, sequence, target.tokenizer) if trace else None
+            return make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
+                               ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"], on_round=on_round)
+
+        common.run_all(target, ids, resolved, renderer, speculative)
+
+
+def _load_draft(ref: str, dtype: str, model_opts: dict[str, Any]) -> LoadedModel | None:
+    if ref == NGRAM:
+        return None
+    try:
+        return common.load_model(ref, {**model_opts, "dtype": dtype})
+    except ModelError as err:
+        raise ModelError(f"--draft: {err}") from None
+
+
+@contextlib.contextmanager
+def _trace_file(path: Path | None) -> Any:
+    if path is None:
+        yield None
+        return
+    try:
+        handle = path.open("w", encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--trace: cannot write {path}: {err.strerror}") from None
+    with handle:
+        yield handle
+
+
+def _trace_writer(handle: IO[str], sequence: int, tokenizer: Any) -> Any:
+    def write(round_: Round) -> None:
+        record = {"sequence": sequence, **round_.as_json(),
+                  "proposed_text": [tokenizer.decode([t]) for t in round_.proposed],
+                  "token_text": tokenizer.decode([round_.token])}
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+
+    return write
+
+
+class WithBaseline(Renderer):
+    """`--compare`: before a sequence's statistics are shown, run plain decoding for as many tokens, with
+    the same settings, and add its speed and the measured speedup (decode tokens/s over decode tokens/s)."""
+
+    def __init__(self, inner: Renderer, target: LoadedModel, config: DecodingConfig) -> None:
+        super().__init__(inner.quiet)
+        self.inner = inner
+        self.target = target
+        self.config = config
+
+    def begin(self, index: int, total: int) -> None:
+        self.inner.begin(index, total)
+
+    def text(self, piece: str, origin: str) -> None:
+        self.inner.text(piece, origin)
+
+    def end(self, result: SequenceResult) -> None:
+        result.stats.update(plain_baseline(self.target, result, self.config))
+        self.inner.end(result)
+
+
+def plain_baseline(target: LoadedModel, result: SequenceResult, config: DecodingConfig) -> dict[str, Any]:
+    """Plain decoding of as many tokens as `result` has, same settings; its speed and the speedup."""
+    count = max(1, len(result.token_ids))
+    plain_config = config.replace(max_new_tokens=count, ignore_eos=True, stop=(), n=1)
+    generator = make_generator(config.seed, target.device)
+    source = ((token, "target") for token in sample_tokens(CachedLM(target.model), result.prompt_token_ids,
+                                                           plain_config, generator))
+    baseline = run_sequence(source, target.tokenizer, result.prompt_token_ids, plain_config,
+                            target.eos_token_ids, target.context_length)
+    plain_speed = baseline.stats["tokens_per_second"]
+    speed = result.stats.get("tokens_per_second") or 0.0
+    return {"baseline_tokens_per_second": plain_speed,
+            "speedup": round(speed / plain_speed, 3) if plain_speed and speed else None}
