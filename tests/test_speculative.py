@@ -133,6 +133,9 @@ class FixedProposer:
     def __init__(self, tokens: list[int]) -> None:
         self.tokens = tokens
 
+    def prefill(self, prompt_ids) -> None:
+        pass
+
     def room(self, length: int) -> int:
         return 100
 

@@ -8,8 +8,9 @@ that it follows the text, and picks the γ that maximises the expected tokens pe
     γ*         = argmax over 1..γ_max of E(α, γ) / cost(γ)
 
 α is estimated as accepted / tested, where a round tests its accepted tokens plus the first rejected
-one (tokens after a rejection are never tested), which is the paper's α. So γ grows after full
-acceptance and shrinks after an early rejection.
+one (tokens after a rejection are never tested), which is the paper's α; older tokens weigh less
+(a factor `decay` per token tested since, so the estimate covers about the last 1 / (1 - decay)
+tokens). So γ grows after full acceptance and shrinks after an early rejection.
 
 The costs are relative to one target forward over one token. v(k) is not monotonic on CPUs (matrix
 kernels handle 2-3 rows badly), so both c and v are *measured* as the run goes: each round reports the
@@ -19,11 +20,13 @@ been measured, the prior (the issue's measurement on our CPU for v, c given by t
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol
 
 # One fp32 target forward over k tokens, relative to k = 1, measured on the development CPU
 # (SmolLM2-135M). Values between the listed k are interpolated linearly; beyond 16, extrapolated flat.
 CPU_FORWARD_COST = {1: 1.0, 2: 1.65, 3: 2.2, 4: 1.8, 5: 1.7, 8: 1.65, 16: 2.1}
+SAMPLES = 8  # timings kept per forward size
 
 
 class GammaPolicy(Protocol):
@@ -75,11 +78,12 @@ class AdaptiveGamma:
         self.decay = decay
         self.draft_cost = draft_cost  # c, relative to a one-token target forward
         self.prior = dict(forward_cost or CPU_FORWARD_COST)
-        # Decayed sums: accepted tokens and tested tokens (two pseudo-rounds of prior).
-        self.accepted = prior_alpha * 2.0
-        self.tested = 2.0
-        self.seconds: dict[int, float] = {}  # measured target seconds per forward over k tokens
-        self.draft_seconds: float | None = None  # measured seconds per draft token
+        # Decayed sums of accepted and tested tokens, starting from 4 pseudo-tokens at the prior α.
+        self.accepted = prior_alpha * 4.0
+        self.tested = 4.0
+        # Measured seconds: target forward over k tokens, and one draft token (the last few of each).
+        self.samples: dict[int, deque[float]] = {}
+        self.draft_samples: deque[float] = deque(maxlen=SAMPLES)
         self._gamma = start
 
     @property
@@ -90,24 +94,34 @@ class AdaptiveGamma:
     def gamma(self) -> int:
         return self._gamma
 
+    @property
+    def seconds(self) -> dict[int, float]:
+        """Target seconds per forward over k tokens, for each k measured.
+
+        NOTE: the minimum of the last few measurements: timing noise only ever adds time (another
+        process, a page fault), and one stall must not rule a forward size out for good.
+        """
+        return {k: min(samples) for k, samples in self.samples.items()}
+
     def _unit(self) -> float:
         """Seconds of a one-token target forward: measured, or implied by the prior at a measured k."""
-        if 1 in self.seconds:
-            return self.seconds[1]
-        return min(s / _interpolate(self.prior, k) for k, s in self.seconds.items())
+        seconds = self.seconds
+        if 1 in seconds:
+            return seconds[1]
+        return min(s / _interpolate(self.prior, k) for k, s in seconds.items())
 
     def forward_cost(self, k: int) -> float:
         """v(k) in units of a one-token forward: measured where we have it, else the prior."""
-        if not self.seconds:
+        if not self.samples:
             return _interpolate(self.prior, k)
         unit = self._unit()
         return _interpolate({**self.prior, **{j: s / unit for j, s in self.seconds.items()}}, k)
 
     def step_cost(self) -> float:
         """c: one draft step in units of a one-token target forward."""
-        if self.draft_seconds is None or not self.seconds:
+        if not self.draft_samples or not self.samples:
             return self.draft_cost
-        return self.draft_seconds / self._unit()
+        return min(self.draft_samples) / self._unit()
 
     def best(self) -> int:
         alpha, c = self.alpha, self.step_cost()
@@ -116,13 +130,12 @@ class AdaptiveGamma:
         return max(scores, key=lambda g: (scores[g], -g))
 
     def update(self, proposed: int, accepted: int, draft_seconds: float, target_seconds: float) -> None:
-        k = proposed + 1
-        self.seconds[k] = target_seconds if k not in self.seconds else 0.7 * self.seconds[k] + 0.3 * target_seconds
+        self.samples.setdefault(proposed + 1, deque(maxlen=SAMPLES)).append(target_seconds)
         if proposed == 0:
             return
-        per_token = draft_seconds / proposed
-        self.draft_seconds = per_token if self.draft_seconds is None else 0.7 * self.draft_seconds + 0.3 * per_token
+        self.draft_samples.append(draft_seconds / proposed)
         tested = accepted + (1 if accepted < proposed else 0)
-        self.accepted = self.decay * self.accepted + accepted
-        self.tested = self.decay * self.tested + tested
+        keep = self.decay ** tested  # NOTE: decay per tested token, so a long round cannot drown the next ones
+        self.accepted = keep * self.accepted + accepted
+        self.tested = keep * self.tested + tested
         self._gamma = self.best()

@@ -81,6 +81,7 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
     generated: list[int] = []
     if len(prompt) > 1:
         target.forward(prompt[:-1])  # prefill all but the last prompt token; every round reads one pending token
+    proposer.prefill(prompt)
     index = 0
     while len(generated) < max_tokens:
         length = len(prompt) + len(generated)

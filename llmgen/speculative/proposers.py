@@ -8,7 +8,7 @@
   longest n first (ngram_max down to ngram_min); the tokens that followed the most recent earlier
   occurrence are proposed. Such a draft is one-hot, q(x) = 1, so it returns q = None.
 
-A proposer is told after every round how much of the sequence is still valid (`rollback`), and is
+A proposer reads the prompt once (`prefill`), is told after every round how much of the sequence is still valid (`rollback`), and is
 never asked for more tokens than its context has room for (`room`).
 """
 
@@ -39,6 +39,8 @@ class Proposal:
 class Proposer(Protocol):
     name: str
 
+    def prefill(self, prompt_ids: Sequence[int]) -> None: ...
+
     def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
                 generator: torch.Generator) -> Proposal: ...
 
@@ -62,6 +64,11 @@ class DraftModelProposer:
         self.lm = lm
         self.config = config
         self.context_length = context_length
+
+    def prefill(self, prompt_ids: Sequence[int]) -> None:
+        """Read all but the last prompt token, so that rounds (and their timings) start alike."""
+        if len(prompt_ids) > 1:
+            self.lm.forward(list(prompt_ids)[:-1])
 
     def room(self, length: int) -> int:
         return max(0, self.context_length - length)
@@ -117,6 +124,9 @@ class NgramProposer:
             raise UsageError(f"--ngram-min and --ngram-max need 1 <= min <= max, got {ngram_min} and {ngram_max}")
         self.ngram_max = ngram_max
         self.ngram_min = ngram_min
+
+    def prefill(self, prompt_ids: Sequence[int]) -> None:
+        pass  # nothing to read
 
     def room(self, length: int) -> int:
         return sys.maxsize  # no model, no context limit of its own
