@@ -69,6 +69,18 @@ def test_remote_code_is_refused_unless_trusted(tmp_path, char_model) -> None:
         models.load(str(path))
 
 
+def write_minimal_gguf(path: Path) -> None:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), arch="llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 class FakeGGUFLoader:
     """Stands in for transformers' GGUF reader: returns the tiny char model, counting calls."""
 
@@ -99,7 +111,7 @@ def fake_gguf(tmp_path, monkeypatch, char_model):
 
     monkeypatch.setenv("LLMGEN_CACHE_DIR", str(tmp_path / "cache"))
     gguf = tmp_path / "tiny.gguf"
-    gguf.write_bytes(b"GGUF-standin")
+    write_minimal_gguf(gguf)  # a valid header, so that the header check passes; the loader is faked
     loader = FakeGGUFLoader(char_model)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(
         lambda cls, *a, **k: loader.model() if "gguf_file" in k else FakeGGUFLoader.real_model(*a, **k)))
