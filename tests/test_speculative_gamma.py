@@ -33,7 +33,7 @@ def test_auto_grows_after_full_acceptance_and_shrinks_after_early_rejection() ->
         history.append(policy.gamma)
     assert history[-1] > 4 and history == sorted(history)
     high = policy.gamma
-    for _ in range(12):  # now it is wrong from the first token
+    for _ in range(40):  # now it is wrong from the first token
         g = policy.gamma
         policy.update(g, 0, draft_seconds=0.001 * g, target_seconds=flat_cost(policy, g))
     assert policy.gamma < high
@@ -65,3 +65,34 @@ def test_one_stall_does_not_rule_a_size_out() -> None:
     for _ in range(3):
         policy.update(4, 4, draft_seconds=0.004, target_seconds=0.012)
     assert policy.seconds[5] == 0.012
+
+
+def simulate(policy, alpha: float, forward: dict[int, float], draft_step: float, rounds: int = 600) -> float:
+    """Tokens per simulated second, with i.i.d. acceptance α and the given costs (no real timing)."""
+    import random
+
+    from llmgen.speculative.gamma import _interpolate
+
+    rng = random.Random(0)
+    tokens = seconds = 0.0
+    for _ in range(rounds):
+        g = policy.gamma
+        accepted = 0
+        while accepted < g and rng.random() < alpha:
+            accepted += 1
+        target = _interpolate(forward, g + 1)
+        policy.update(g, accepted, draft_seconds=g * draft_step, target_seconds=target)
+        tokens += accepted + 1
+        seconds += g * draft_step + target
+    return tokens / seconds
+
+
+FLAT = {1: 1.0, 2: 1.02, 4: 1.05, 8: 1.1, 16: 1.2, 32: 1.5}
+
+
+@pytest.mark.parametrize("forward", [CPU_FORWARD_COST, FLAT], ids=["cpu", "flat"])
+@pytest.mark.parametrize("alpha,draft_step", [(0.5, 0.05), (0.8, 0.3), (0.95, 0.65), (0.99, 0.02)])
+def test_auto_is_close_to_the_best_fixed_gamma(forward, alpha: float, draft_step: float) -> None:
+    best_fixed = max(simulate(FixedGamma(g), alpha, forward, draft_step) for g in range(1, 17))
+    auto = simulate(AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.5), alpha, forward, draft_step)
+    assert auto >= 0.95 * best_fixed, (auto, best_fixed)

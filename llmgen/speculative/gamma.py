@@ -12,10 +12,12 @@ one (tokens after a rejection are never tested), which is the paper's α; older 
 (a factor `decay` per token tested since, so the estimate covers about the last 1 / (1 - decay)
 tokens). So γ grows after full acceptance and shrinks after an early rejection.
 
-The costs are relative to one target forward over one token. v(k) is not monotonic on CPUs (matrix
-kernels handle 2-3 rows badly), so both c and v are *measured* as the run goes: each round reports the
-seconds its draft and target took, and the measured v(k) replaces the prior for that k. Until a k has
-been measured, the prior (the issue's measurement on our CPU for v, c given by the caller) is used.
+v(k) is not monotonic on CPUs (matrix kernels handle 2-3 rows badly) and depends on the machine, the
+threads and the load, so the costs are *measured* as the run goes, in seconds: each round reports the
+seconds its draft and its target took. A forward size not measured yet is estimated from the nearest
+measured size and the shape of the prior v (our CPU's measurement, `CPU_FORWARD_COST`); the draft
+step, until measured, from the caller's prior c. A neighbour of the chosen γ that was never measured
+is tried once, so that a prior of the wrong shape cannot hide a good size.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class AdaptiveGamma:
     """γ = argmax E(α, γ) / (γ·c + v(γ+1)), with α, c and v(k) updated after every round."""
 
     def __init__(self, start: int = 4, max_gamma: int = 16, draft_cost: float = 0.5,
-                 forward_cost: dict[int, float] | None = None, decay: float = 0.9,
+                 forward_cost: dict[int, float] | None = None, decay: float = 0.97,
                  prior_alpha: float = 0.7) -> None:
         self.max_gamma = max_gamma
         self.decay = decay
@@ -103,31 +105,33 @@ class AdaptiveGamma:
         """
         return {k: min(samples) for k, samples in self.samples.items()}
 
-    def _unit(self) -> float:
-        """Seconds of a one-token target forward: measured, or implied by the prior at a measured k."""
+    def target_seconds(self, k: int) -> float:
+        """Seconds of a target forward over k tokens: measured, or the prior's shape anchored at the
+        nearest measured size (in units of a one-token forward while nothing is measured)."""
         seconds = self.seconds
-        if 1 in seconds:
-            return seconds[1]
-        return min(s / _interpolate(self.prior, k) for k, s in seconds.items())
-
-    def forward_cost(self, k: int) -> float:
-        """v(k) in units of a one-token forward: measured where we have it, else the prior."""
-        if not self.samples:
+        if k in seconds:
+            return seconds[k]
+        if not seconds:
             return _interpolate(self.prior, k)
-        unit = self._unit()
-        return _interpolate({**self.prior, **{j: s / unit for j, s in self.seconds.items()}}, k)
+        near = min(seconds, key=lambda j: (abs(j - k), j))
+        return seconds[near] * _interpolate(self.prior, k) / _interpolate(self.prior, near)
 
-    def step_cost(self) -> float:
-        """c: one draft step in units of a one-token target forward."""
-        if not self.draft_samples or not self.samples:
-            return self.draft_cost
-        return min(self.draft_samples) / self._unit()
+    def draft_seconds(self) -> float:
+        """Seconds of one draft step: measured, or the prior c times a one-token target forward."""
+        if self.draft_samples:
+            return min(self.draft_samples)
+        return self.draft_cost * self.target_seconds(1)
 
     def best(self) -> int:
-        alpha, c = self.alpha, self.step_cost()
-        scores = {g: expected_tokens(alpha, g) / (g * c + self.forward_cost(g + 1))
+        """The γ with the most expected tokens per second (a never-measured neighbour is tried first)."""
+        alpha, step = self.alpha, self.draft_seconds()
+        scores = {g: expected_tokens(alpha, g) / (g * step + self.target_seconds(g + 1))
                   for g in range(1, self.max_gamma + 1)}
-        return max(scores, key=lambda g: (scores[g], -g))
+        best = max(scores, key=lambda g: (scores[g], -g))
+        for neighbour in (best - 1, best + 1):
+            if 1 <= neighbour <= self.max_gamma and neighbour + 1 not in self.samples:
+                return neighbour
+        return best
 
     def update(self, proposed: int, accepted: int, draft_seconds: float, target_seconds: float) -> None:
         self.samples.setdefault(proposed + 1, deque(maxlen=SAMPLES)).append(target_seconds)
