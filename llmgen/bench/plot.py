@@ -1,0 +1,77 @@
+"""`--plot FILE.png`: decode tokens/s by strategy, and speedup against γ for each draft.
+
+matplotlib is an optional extra (`pip install 'llmgen[plot]'`); without it, `write` raises a
+UsageError that says how to install it, before any benchmark runs (`require()`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmgen.bench.report import table_rows
+from llmgen.bench.runner import Result
+from llmgen.errors import UsageError
+
+INSTALL = "--plot needs matplotlib: pip install 'llmgen[plot]' (or pip install matplotlib)"
+
+
+def require() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        raise UsageError(INSTALL) from None
+
+
+def write(result: Result, path: Path) -> None:
+    require()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    rows = table_rows(result)
+    sets = list(dict.fromkeys(t.row.prompt_set for t in rows))
+    sweeps: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for t in rows:
+        c = t.row.contender
+        if c.engine == "llmgen" and c.strategy in ("ngram", "draft") and isinstance(c.gamma, int) and t.vs_plain:
+            name = "ngram" if c.strategy == "ngram" else f"draft {c.draft}"
+            sweeps.setdefault((t.row.prompt_set, name), []).append((c.gamma, t.vs_plain))
+
+    figure, axes = plt.subplots(1, 2 if sweeps else 1, figsize=(13 if sweeps else 8, 5), squeeze=False)
+    bars = axes[0][0]
+    labels = list(dict.fromkeys(t.row.contender.label for t in rows))
+    width = 0.8 / max(1, len(sets))
+    for index, name in enumerate(sets):
+        values = {t.row.contender.label: t for t in rows if t.row.prompt_set == name}
+        xs, heights, low, high = [], [], [], []
+        for position, label in enumerate(labels):
+            t = values.get(label)
+            if t is None or t.tps is None:
+                continue
+            xs.append(position + (index - (len(sets) - 1) / 2) * width)
+            heights.append(t.tps.median)
+            low.append(t.tps.median - t.tps.min)
+            high.append(t.tps.max - t.tps.median)
+        bars.bar(xs, heights, width, yerr=[low, high], capsize=3, label=name)
+    bars.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
+    bars.set_ylabel("decode tokens/s (median, min–max)")
+    bars.set_title(f"{result.model.ref}: tokens/s by strategy")
+    bars.legend(title="prompts")
+    if sweeps:
+        sweep = axes[0][1]
+        for (name, draft), points in sorted(sweeps.items()):
+            points.sort()
+            sweep.plot([g for g, _ in points], [s for _, s in points], marker="o", label=f"{draft} ({name})")
+        sweep.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        sweep.set_xlabel("γ (draft tokens per round)")
+        sweep.set_ylabel("speedup over plain decoding")
+        sweep.set_title("speculative decoding: speedup against γ")
+        sweep.legend()
+    figure.tight_layout()
+    try:
+        figure.savefig(path, format="png", dpi=120)
+    except OSError as err:
+        raise UsageError(f"--plot: cannot write {path}: {err}") from None
+    finally:
+        plt.close(figure)

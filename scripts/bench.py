@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""The README benchmark: llmgen against HF generate() on the embedded model, in one process.
+
+    python scripts/bench.py                      # everything, median of 5 interleaved runs (`make bench`)
+    python scripts/bench.py --runs 1 --quick     # a quick check that it all works
+    python scripts/bench.py --json bench.json --plot docs/bench.png
+
+Sections (each a Markdown table on stdout, ready for the README):
+1. open prompts: llmgen plain greedy against HF greedy (the decode tokens/s ratio: target >= 1.0,
+   aim 1.2), OpenAI penalties and what they do to repetition, the n-gram draft's cost where the
+   answer is not in the prompt (target: <= 5%), and beam search B=4 against HF's.
+2. grounded prompts: the n-gram draft (γ sweep) against plain decoding (target >= 3x) and HF prompt
+   lookup (target >= 1.0x); the model draft `small` (γ sweep): acceptance, tokens per target forward,
+   predicted and measured speedup, and HF assisted generation with the same draft.
+3. the roofline: memory bandwidth, the ceiling it puts on plain decoding, our fraction (target >= 60%).
+4. load time from the safetensors cache against the first GGUF conversion, and peak RSS.
+
+Everything here is built from `llmgen.bench`, which is also what `llmgen bench` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from llmgen import models  # noqa: E402
+from llmgen.bench import contenders, loadtime, plot, prompts, report, roofline, runner  # noqa: E402
+from llmgen.bench.profile import profile_plain  # noqa: E402
+from llmgen.bench.stats import peak_rss_bytes  # noqa: E402
+from llmgen.config import DecodingConfig  # noqa: E402
+
+SWEEP = "1,2,3,4,5,6,8,auto"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="target model (default: %(default)s)")
+    parser.add_argument("--draft", default="small", help="draft model for section 2 (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=5, help="measured runs per configuration (default: 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="default: 128")
+    parser.add_argument("--gamma", default=SWEEP, help=f"γ sweep for section 2 (default: {SWEEP})")
+    parser.add_argument("--quick", action="store_true", help="γ 4 only, open-prompt beam and penalties off")
+    parser.add_argument("--skip-load", action="store_true", help="skip section 4 (it converts the GGUF: ~25 s)")
+    parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
+    parser.add_argument("--plot", type=Path, help="also write the PNG (needs matplotlib)")
+    parser.add_argument("--sections", default="open,grounded,roofline,load",
+                        help="which sections to run, of open, grounded, roofline, load, profile (default: %(default)s)")
+    parser.add_argument("--strategies", default="plain,penalties,ngram,draft,beam",
+                        help="only these strategies in every section (default: all)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def available(names: list[str], allowed: set[str]) -> list[str]:
+    kept = []
+    for name in names:
+        if name not in allowed:
+            continue
+        why = contenders.available(name)
+        if why:
+            print(f"<!-- skipping {name}: {why} -->")
+        else:
+            kept.append(name)
+    return kept
+
+
+def progress(done: int, total: int, what: str) -> None:
+    print(f"\r[{done}/{total}] {what[:70]:<70}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def verdicts(open_result: runner.Result | None, grounded: runner.Result | None, roof: roofline.Roofline | None) -> list[str]:
+    """One line per target of the issues, with the measured value."""
+    lines = []
+
+    def ratio(result: runner.Result, label: str, key: str) -> float | None:
+        row = next((t for t in report.table_rows(result) if t.row.contender.label == label), None)
+        return None if row is None else getattr(row, key)
+
+    vs_hf = ratio(open_result, "plain", "vs_hf") if open_result else None
+    if vs_hf is not None:
+        lines.append(f"- llmgen plain / HF greedy: {vs_hf:.2f}× (target ≥ 1.0, aim 1.2)")
+    for t in report.table_rows(open_result) if open_result else []:
+        if t.row.contender.strategy == "ngram" and t.row.contender.engine == "llmgen" and t.vs_plain:
+            lines.append(f"- {t.row.contender.label} on open prompts: {t.vs_plain:.2f}× plain (target ≥ 0.95)")
+    if grounded is not None:
+        for t in report.table_rows(grounded):
+            c = t.row.contender
+            if c.strategy == "ngram" and c.engine == "llmgen" and t.vs_plain:
+                hf = f", {t.vs_hf:.2f}× HF prompt lookup (target ≥ 1.0)" if t.vs_hf else ""
+                lines.append(f"- {c.label} on grounded prompts: {t.vs_plain:.2f}× plain (target ≥ 3){hf}")
+    if roof is not None and roof.fraction is not None:
+        lines.append(f"- plain decoding at {roof.fraction:.0%} of the memory-bandwidth ceiling (target ≥ 60%)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.plot:
+        plot.require()
+    sections = set(args.sections.split(","))
+    allowed = set(args.strategies.split(",")) | {"plain"}
+    gammas = [4] if args.quick else [g if g == "auto" else int(g) for g in args.gamma.split(",")]
+    config = DecodingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    target = models.load(args.model, device=args.device)
+    open_set, grounded_set = prompts.load("open"), prompts.load("grounded")
+    out: dict = {}
+    open_result = grounded = roof = None
+    print("## Benchmark\n")
+
+    if "open" in sections:
+        wanted = ["plain"] if args.quick else ["plain", "penalties", "ngram", "beam"]
+        plan = runner.Plan([open_set], available(wanted, allowed), [5], runs=args.runs, baseline_hf=True)
+        open_result = runner.run(target, config, plan, progress)
+        print(report.markdown(open_result, title="Open prompts: llmgen against HF generate()"))
+        out["open"] = report.as_json(open_result)
+
+    strategies = available(["plain", "ngram", "draft"], allowed)
+    if "grounded" in sections and len(strategies) > 1:
+        drafts = [models.load(args.draft, device=args.device)] if "draft" in strategies else []
+        plan = runner.Plan([grounded_set], strategies, gammas, drafts, runs=args.runs, baseline_hf=True)
+        grounded = runner.run(target, config, plan, progress)
+        print(report.markdown(grounded, title="Grounded prompts: speculative decoding, γ sweep"))
+        out["grounded"] = report.as_json(grounded)
+
+    if "roofline" in sections:
+        measured = open_result or grounded
+        plain_row = next((t for t in report.table_rows(measured) if t.row.contender.label == "plain"),
+                         None) if measured else None
+        roof = roofline.measure(target.model, target.device,
+                                plain_row.tps.median if plain_row and plain_row.tps else None)
+        print("### Roofline: plain decoding against the memory-bandwidth limit\n")
+        print("\n".join(report.roofline_markdown(roof)) + "\n")
+        out["roofline"] = roof.as_json()
+
+    if "profile" in sections:
+        ids = runner.encode(target, open_set[0], None)
+        found = profile_plain(target, ids, config.replace(ignore_eos=True))
+        print(f"### Profile of plain decoding ({found['steps']} steps)\n")
+        print(f"{found['ms_per_step']:.1f} ms per step ({found['tokens_per_second']:.1f} tok/s): "
+              f"matrix products {found['matmul_share']:.0%}, other operators {found['other_ops_share']:.0%}, "
+              f"outside operators (Python, dispatch) {found['outside_ops_share']:.0%}\n")
+        print("```\n" + found["table"] + "\n```\n")
+        out["profile"] = {k: v for k, v in found.items() if k != "table"}
+
+    if open_result or grounded:
+        print("### Verdicts\n")
+        print("\n".join(verdicts(open_result, grounded, roof)) + "\n")
+
+    if "load" in sections:
+        times = loadtime.load_times(args.model)
+        first, cached = times["first_load"], times["cached_load"]
+        print("### Load time and memory\n")
+        print("| load | seconds | peak RSS MB |\n|---|---|---|")
+        print(f"| first run: GGUF → safetensors conversion, then load | {first['load_seconds']:.1f} "
+              f"| {first['peak_rss_bytes'] / 1e6:.0f} |")
+        print(f"| later runs: from the safetensors cache | {cached['load_seconds']:.2f} "
+              f"| {cached['peak_rss_bytes'] / 1e6:.0f} |")
+        out["load"] = times
+    runs_peak = max((r.peak_rss_bytes for r in (open_result, grounded) if r), default=peak_rss_bytes())
+    print(f"\nPeak RSS of this benchmark process after its runs (target and draft loaded): {runs_peak / 1e6:.0f} MB.")
+    out["peak_rss_bytes"] = runs_peak
+
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if args.plot and (open_result or grounded):
+        base = open_result or grounded
+        merged = replace(base, rows=(open_result.rows if open_result else []) + (grounded.rows if grounded else []),
+                         calibration=grounded.calibration if grounded else {})
+        plot.write(merged, args.plot)
+        print(f"\n![llmgen bench]({args.plot})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
