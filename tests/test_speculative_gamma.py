@@ -91,8 +91,9 @@ FLAT = {1: 1.0, 2: 1.02, 4: 1.05, 8: 1.1, 16: 1.2, 32: 1.5}
 
 
 @pytest.mark.parametrize("forward", [CPU_FORWARD_COST, FLAT], ids=["cpu", "flat"])
-@pytest.mark.parametrize("alpha,draft_step", [(0.5, 0.05), (0.8, 0.3), (0.95, 0.65), (0.99, 0.02)])
+@pytest.mark.parametrize("alpha,draft_step", [(0.1, 0.01), (0.5, 0.05), (0.8, 0.3), (0.95, 0.65), (0.99, 0.02)])
 def test_auto_is_close_to_the_best_fixed_gamma(forward, alpha: float, draft_step: float) -> None:
-    best_fixed = max(simulate(FixedGamma(g), alpha, forward, draft_step) for g in range(1, 17))
+    # γ = 0 is plain decoding: on a CPU, a draft that is right 10% of the time is not worth a longer forward.
+    best_fixed = max(simulate(FixedGamma(g), alpha, forward, draft_step) for g in range(0, 17))
     auto = simulate(AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.5), alpha, forward, draft_step)
     assert auto >= 0.95 * best_fixed, (auto, best_fixed)

@@ -39,7 +39,9 @@ SPECULATIVE = [
                  "'small' is the built-in draft of the default model.")], None),
         ("gamma", Annotated[str, typer.Option(
             "--gamma", "-g", rich_help_panel=PANEL, metavar="N|auto",
-            help="Draft tokens per round (>= 1), or 'auto': adapt to the measured acceptance and costs.")], "5"),
+            help="Draft tokens per round (>= 1), or 'auto': chosen each round from the measured acceptance "
+                 "and the measured costs of draft and target (0 = a plain step when drafting does not pay).")],
+            "auto"),
         ("ngram_max", Annotated[int, typer.Option(
             "--ngram-max", rich_help_panel=PANEL,
             help="n-gram draft: the longest n-gram to look up (tried first).")], 4),

@@ -5,12 +5,14 @@ that it follows the text, and picks the γ that maximises the expected tokens pe
 
     E(α, γ)    = (1 - α^(γ+1)) / (1 - α)          expected tokens per round (Leviathan et al.)
     cost(γ)    = γ · c + v(γ + 1)                 c: one draft step; v(k): one target forward over k tokens
-    γ*         = argmax over 1..γ_max of E(α, γ) / cost(γ)
+    γ*         = argmax over 0..γ_max of E(α, γ) / cost(γ)
 
 α is estimated as accepted / tested, where a round tests its accepted tokens plus the first rejected
 one (tokens after a rejection are never tested), which is the paper's α; older tokens weigh less
 (a factor `decay` per token tested since, so the estimate covers about the last 1 / (1 - decay)
-tokens). So γ grows after full acceptance and shrinks after an early rejection.
+tokens). So γ grows after full acceptance and shrinks after an early rejection. γ = 0 (plain decoding)
+wins when the draft is rarely right and a longer forward costs more than it brings (an n-gram draft on
+open-ended text); a proposal is still made every `probe_every` rounds, to notice when that changes.
 
 v(k) is not monotonic on CPUs (matrix kernels handle 2-3 rows badly) and depends on the machine, the
 threads and the load, so the costs are *measured* as the run goes, in seconds: each round reports the
@@ -22,6 +24,7 @@ is tried once, so that a prior of the wrong shape cannot hide a good size.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Protocol
 
@@ -75,8 +78,9 @@ class AdaptiveGamma:
 
     def __init__(self, start: int = 4, max_gamma: int = 16, draft_cost: float = 0.5,
                  forward_cost: dict[int, float] | None = None, decay: float = 0.97,
-                 prior_alpha: float = 0.7) -> None:
+                 prior_alpha: float = 0.7, probe_every: int = 16) -> None:
         self.max_gamma = max_gamma
+        self.probe_every = probe_every  # while γ = 0 is best, still propose once every this many rounds
         self.decay = decay
         self.draft_cost = draft_cost  # c, relative to a one-token target forward
         self.prior = dict(forward_cost or CPU_FORWARD_COST)
@@ -87,6 +91,7 @@ class AdaptiveGamma:
         self.samples: dict[int, deque[float]] = {}
         self.draft_samples: deque[float] = deque(maxlen=SAMPLES)
         self._gamma = start
+        self._plain_rounds = 0
 
     @property
     def alpha(self) -> float:
@@ -122,12 +127,22 @@ class AdaptiveGamma:
             return min(self.draft_samples)
         return self.draft_cost * self.target_seconds(1)
 
+    def _scores(self, alpha: float) -> dict[int, float]:
+        step = self.draft_seconds()
+        return {g: expected_tokens(alpha, g) / (g * step + self.target_seconds(g + 1))
+                for g in range(0, self.max_gamma + 1)}
+
     def best(self) -> int:
         """The γ with the most expected tokens per second (a never-measured neighbour is tried first)."""
-        alpha, step = self.alpha, self.draft_seconds()
-        scores = {g: expected_tokens(alpha, g) / (g * step + self.target_seconds(g + 1))
-                  for g in range(1, self.max_gamma + 1)}
-        best = max(scores, key=lambda g: (scores[g], -g))
+        scores = self._scores(self.alpha)
+        best = max(range(1, self.max_gamma + 1), key=lambda g: (scores[g], -g))
+        # NOTE: γ = 0 stops the learning of α, so it is chosen only if it wins even for an optimistic α
+        # (two standard errors up); and even then a proposal is made every `probe_every` rounds.
+        optimistic = self._scores(min(1.0, self.alpha + 2 * math.sqrt(self.alpha * (1 - self.alpha) / self.tested)))
+        if optimistic[0] > max(optimistic[g] for g in range(1, self.max_gamma + 1)):
+            self._plain_rounds += 1
+            if self._plain_rounds % self.probe_every:
+                return 0
         for neighbour in (best - 1, best + 1):
             if 1 <= neighbour <= self.max_gamma and neighbour + 1 not in self.samples:
                 return neighbour
@@ -135,11 +150,10 @@ class AdaptiveGamma:
 
     def update(self, proposed: int, accepted: int, draft_seconds: float, target_seconds: float) -> None:
         self.samples.setdefault(proposed + 1, deque(maxlen=SAMPLES)).append(target_seconds)
-        if proposed == 0:
-            return
-        self.draft_samples.append(draft_seconds / proposed)
-        tested = accepted + (1 if accepted < proposed else 0)
-        keep = self.decay ** tested  # NOTE: decay per tested token, so a long round cannot drown the next ones
-        self.accepted = keep * self.accepted + accepted
-        self.tested = keep * self.tested + tested
+        if proposed > 0:
+            self.draft_samples.append(draft_seconds / proposed)
+            tested = accepted + (1 if accepted < proposed else 0)
+            keep = self.decay ** tested  # NOTE: decay per tested token, so a long round cannot drown the next ones
+            self.accepted = keep * self.accepted + accepted
+            self.tested = keep * self.tested + tested
         self._gamma = self.best()

@@ -71,7 +71,7 @@ SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
 
 
 def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int],
-                config: DecodingConfig, generator: torch.Generator, *, gamma: Gamma = 5,
+                config: DecodingConfig, generator: torch.Generator, *, gamma: Gamma = "auto",
                 ngram_max: int = 4, ngram_min: int = 2, on_round: OnRound | None = None) -> SourceWithStats:
     """A fresh token source for one sequence, and a function returning its statistics when it is done.
 
@@ -88,7 +88,7 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
 
 
 def speculate(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int], config: DecodingConfig,
-              *, gamma: Gamma = 5, ngram_max: int = 4, ngram_min: int = 2,
+              *, gamma: Gamma = "auto", ngram_max: int = 4, ngram_min: int = 2,
               generator: torch.Generator | None = None, on_text: OnText | None = None,
               on_round: OnRound | None = None) -> SequenceResult:
     """Generate one sequence with speculative decoding; `result.stats` holds timings and the counts."""
