@@ -85,6 +85,33 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+class _PipeGuard:
+    """sys.stdout while a command runs: a write or flush to a closed pipe raises PipeClosed.
+
+    NOTE: Rich turns a BrokenPipeError into SystemExit(1) (`Console.on_broken_pipe`), and typer turns
+    one raised while parsing (--version, --help) into exit 1; neither catches PipeClosed, so every
+    command reaches the quiet exit 0 in `main`. Everything else is the real stream's.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise PipeClosed() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise PipeClosed() from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class Terminated(BaseException):
     """SIGTERM, raised like Ctrl-C so that `finally` blocks flush what was produced."""
 
@@ -110,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     # NOTE: a shell starts background jobs with SIGINT ignored; Ctrl-C must always stop generation.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
+    stdout = sys.stdout
+    if stdout is not None:
+        sys.stdout = _PipeGuard(stdout)
     try:
         # NOTE: without standalone mode, typer returns the code of an Exit (Ctrl-C arrives as Exit(130)).
         returned = app(args=argv, prog_name="llmgen", standalone_mode=False)
@@ -136,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         _flush_quietly()
         code = 143
     finally:
+        if isinstance(sys.stdout, _PipeGuard):
+            sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
     if argv is None:
@@ -146,5 +178,5 @@ def main(argv: list[str] | None = None) -> int:
 def _flush_quietly() -> None:
     try:
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError, OSError):
+    except (BrokenPipeError, PipeClosed, ValueError, OSError):
         pass
