@@ -20,21 +20,38 @@ from llmgen.models import LoadedModel
 from llmgen.sampling import make_generator
 
 
+MAX_STDIN_BYTES = 16 * 1024 * 1024
+
+
 def read_prompt(prompt: str | None) -> str:
     """The argument, or stdin when the argument is '-' or absent and stdin is not a terminal.
 
-    NOTE: stdin is decoded as UTF-8; invalid bytes become U+FFFD, with a warning on stderr.
+    Decisions for text from strangers (README, "What llmgen does with bad input"):
+    - stdin is decoded as UTF-8; invalid bytes become U+FFFD, with a warning on stderr. Generation goes on,
+      so a file with one stray Latin-1 byte still works.
+    - a NUL byte is refused (usage error): text prompts do not contain one, binary files piped by
+      mistake do, and tokenizers treat it inconsistently.
+    - stdin is read up to 16 MiB; more is refused before it is tokenized (no context is that long).
+    - an empty or all-whitespace prompt is refused.
     """
     if prompt is not None and prompt != "-":
         text = prompt
     elif sys.stdin is None or (prompt is None and sys.stdin.isatty()):
         raise PromptError("no prompt: give one as an argument or on stdin")
     else:
-        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        if hasattr(sys.stdin, "buffer"):
+            raw = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+        else:
+            raw = sys.stdin.read(MAX_STDIN_BYTES + 1).encode()
+        if len(raw) > MAX_STDIN_BYTES:
+            raise PromptError(f"the prompt on stdin is larger than {MAX_STDIN_BYTES // (1024 * 1024)} MiB")
         text = raw.decode("utf-8", errors="replace")
         if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
             print("llmgen: warning: stdin is not valid UTF-8; invalid bytes were replaced with U+FFFD",
                   file=sys.stderr)
+    if "\0" in text:
+        raise PromptError(f"the prompt contains a NUL byte (at character {text.index(chr(0))}); "
+                          "is it a binary file?")
     if not text.strip():
         raise PromptError("the prompt is empty")
     return text
