@@ -129,9 +129,18 @@ def block_repeated_ngrams(log_probs: Tensor, seqs: Tensor, n: int) -> Tensor:
     return log_probs.masked_fill(banned[:, :vocab], NEG_INF)
 
 
-def beam_log_probs(logits: Tensor, seqs: Tensor, prompt_len: int, config: DecodingConfig) -> Tensor:
-    """Step 2: logits [B, V] -> processed log-probs [B, V], each row on its own beam's tokens."""
+def needs_context(config: DecodingConfig) -> bool:
+    """Whether step 2 reads the beams' tokens (penalties or n-gram blocking)."""
+    return config.uses_penalties or config.no_repeat_ngram_size > 0
+
+
+def beam_log_probs(logits: Tensor, seqs: Tensor | None, prompt_len: int, config: DecodingConfig) -> Tensor:
+    """Step 2: logits [B, V] -> processed log-probs [B, V], each row on its own beam's tokens.
+
+    `seqs` [B, prompt + generated] may be None when `needs_context(config)` is false."""
     log_probs = logits.to(torch.float32).log_softmax(dim=-1)
+    if seqs is None:
+        return log_probs
     if config.uses_penalties:
         log_probs = apply_penalties(log_probs, beam_counts(seqs, prompt_len, config, log_probs.shape[-1]), config)
     if config.no_repeat_ngram_size:
@@ -197,10 +206,13 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
     logits = _forward(model, prompt, cache).expand(beams, -1)  # [B, V]: prefill once, then copy the row
     cache.batch_repeat_interleave(beams)
     first_token_at = time.perf_counter()
-    seqs = prompt.expand(beams, -1)  # [B, P + step]
+    # The beams' tokens live on the host; on the device only when penalties or n-gram blocking read them.
+    generated: list[list[int]] = [[] for _ in range(beams)]
+    seqs = prompt.expand(beams, -1) if needs_context(config) else None  # [B, P + step]
     scores = torch.full((beams,), DEAD, dtype=torch.float32, device=device)  # running sums [B]
     scores[0] = 0.0  # NOTE: only beam 0 is live at first; the others are copies of it
     finished = FinishedSet(beams)
+    identity = list(range(beams))
     steps = 0
 
     for step in range(budget):
@@ -209,12 +221,12 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
         vocab = log_probs.shape[-1]
         totals = (log_probs + scores[:, None]).view(-1)  # [B * V]
         top_scores, top_index = torch.topk(totals, min(keep, totals.numel()))  # [K], best first
-        parents = top_index // vocab  # [K]
-        tokens = top_index % vocab  # [K]
 
-        # Which candidates finish, and why (on the host: one transfer per step).
-        host_scores, host_parents, host_tokens = top_scores.tolist(), parents.tolist(), tokens.tolist()
-        generated = seqs[:, prompt_len:].tolist() if stop_check else None
+        # Which candidates finish, and why. NOTE: the one device-to-host transfer of the step.
+        host = torch.stack([top_scores.double(), top_index.double()]).tolist()
+        host_scores = host[0]
+        host_parents = [int(i) // vocab for i in host[1]]
+        host_tokens = [int(i) % vocab for i in host[1]]
         reasons: list[str | None] = []
         for parent, token in zip(host_parents, host_tokens):
             if token in eos:
@@ -229,29 +241,40 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
         # Step 4: only the top B candidates may enter the finished set.
         for i in range(min(beams, len(reasons))):
             if reasons[i] is not None and host_scores[i] > DEAD / 2:  # NOTE: skip descendants of dead rows
-                tokens_i = seqs[host_parents[i], prompt_len:].tolist() + [host_tokens[i]]
                 score = finished_score(host_scores[i], steps, config.length_penalty)
-                finished.add(Hypothesis(tokens_i, score, reasons[i]))
+                finished.add(Hypothesis(generated[host_parents[i]] + [host_tokens[i]], score, reasons[i]))
         if all(r is not None for r in reasons):
             break
 
-        # Step 5: the B best unfinished candidates go on.
-        done = torch.tensor([r is not None for r in reasons], dtype=torch.float32, device=device)
-        running = top_scores + done * DEAD  # [K]
-        chosen = torch.topk(running, beams).indices  # [B]
-        scores = running[chosen]
-        rows, next_tokens = parents[chosen], tokens[chosen]
-        seqs = torch.cat([seqs[rows], next_tokens[:, None]], dim=1)
+        # Step 5: the B best unfinished candidates go on (finished ones, as dead rows, only if too few).
+        chosen = [i for i, r in enumerate(reasons) if r is None]
+        chosen += [i for i, r in enumerate(reasons) if r is not None][:beams - len(chosen)]
+        chosen = chosen[:beams]
+        rows = [host_parents[i] for i in chosen]
+        next_tokens = [host_tokens[i] for i in chosen]
+        generated = [generated[row] + [token] for row, token in zip(rows, next_tokens)]
+        picked = torch.tensor(chosen, device=device)
+        scores = top_scores[picked]  # [B]
+        best = host_scores[chosen[0]]
+        if reasons[chosen[-1]] is not None:
+            dead = torch.tensor([reasons[i] is not None for i in chosen], device=device)
+            scores = scores.masked_fill(dead, DEAD)
+            best = best if reasons[chosen[0]] is None else DEAD
+        rows_t = (top_index[picked] // vocab)  # [B], the parents, without a host-to-device copy
+        tokens_t = (top_index[picked] % vocab)[:, None]  # [B, 1]
+        if seqs is not None:
+            seqs = torch.cat([seqs[rows_t], tokens_t], dim=1)
 
         if on_step is not None:
-            on_step(BeamStep(steps, seqs[0, prompt_len:].tolist(), float(scores[0]), len(finished.items)))
+            on_step(BeamStep(steps, generated[0], best, len(finished.items)))
         if config.early_stopping == "true" and finished.full:
             break
-        if not can_improve(float(scores[0]), finished, steps, budget, config):
+        if not can_improve(best, finished, steps, budget, config):
             break
 
-        cache.reorder_cache(rows)
-        logits = _forward(model, next_tokens[:, None], cache)  # [B, V]
+        if rows != identity:  # NOTE: beams often keep their rows; skip the copy of every layer then
+            cache.reorder_cache(rows_t)
+        logits = _forward(model, tokens_t, cache)  # [B, V]
 
     ended = time.perf_counter()
     decode_seconds = ended - first_token_at
