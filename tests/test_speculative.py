@@ -207,3 +207,12 @@ def test_statistics_add_up() -> None:
     alpha, mean_gamma = 5 / 7, 10 / 3
     expected = (3 * (1 - alpha ** (mean_gamma + 1)) / (1 - alpha) + 1) / 4
     assert d["expected_tokens_per_forward"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["model", "ngram"])
+def test_a_one_token_prompt(target, draft, kind: str) -> None:
+    prompt = ids(target, "a")
+    assert len(prompt) == 1
+    config = GREEDY.replace(max_new_tokens=12)
+    result = speculate(target, draft if kind == "model" else None, prompt, config, gamma=3, ngram_min=1)
+    assert result.token_ids == plain_greedy(target, prompt, config)
