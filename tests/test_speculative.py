@@ -216,3 +216,12 @@ def test_a_one_token_prompt(target, draft, kind: str) -> None:
     config = GREEDY.replace(max_new_tokens=12)
     result = speculate(target, draft if kind == "model" else None, prompt, config, gamma=3, ngram_min=1)
     assert result.token_ids == plain_greedy(target, prompt, config)
+
+
+@pytest.mark.parametrize("kind", ["model", "ngram"])
+def test_gamma_is_capped_by_the_context(target, draft, kind: str) -> None:
+    prompt = ids(target, ("abc " * 70)[:250])  # the tiny models' context is 256 tokens: 6 are left
+    config = GREEDY.replace(max_new_tokens=100)
+    result = speculate(target, draft if kind == "model" else None, prompt, config, gamma=16, ngram_min=1)
+    assert len(result.token_ids) == 6
+    assert result.token_ids == plain_greedy(target, prompt, config.replace(max_new_tokens=6))
