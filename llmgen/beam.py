@@ -260,7 +260,7 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
             dead = torch.tensor([reasons[i] is not None for i in chosen], device=device)
             scores = scores.masked_fill(dead, DEAD)
             best = best if reasons[chosen[0]] is None else DEAD
-        rows_t = (top_index[picked] // vocab)  # [B], the parents, without a host-to-device copy
+        rows_t = top_index[picked] // vocab  # [B], the parents, on the device
         tokens_t = (top_index[picked] % vocab)[:, None]  # [B, 1]
         if seqs is not None:
             seqs = torch.cat([seqs[rows_t], tokens_t], dim=1)
