@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# NOTE: one thread: on a shared 2-core machine two OpenMP threads can stall a forward ~30x.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache"
 # NOTE: a persistent cache across local runs (CI starts from a clean clone and converts once).
