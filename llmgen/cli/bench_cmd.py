@@ -97,7 +97,7 @@ def bench(
     baseline: Annotated[str, typer.Option("--baseline", help="'hf' adds HF generate() with the same settings; "
                                           "'none' = off.", rich_help_panel=PANEL)] = "none",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: tokens/s by strategy, speedup "
-                                                 "against γ (needs llmgen[plot]).", show_default="none",
+                                                 "against γ (needs the extra llmgen\\[plot]: matplotlib).", show_default="none",
                                                  rich_help_panel=PANEL)] = None,
     roofline: Annotated[bool, typer.Option("--roofline", help="Measure memory bandwidth and show plain decoding "
                                            "against its ceiling.", rich_help_panel=PANEL)] = False,
