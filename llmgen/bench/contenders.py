@@ -268,23 +268,26 @@ def _strip_hf(tokens: list[int], loaded: LoadedModel) -> list[int]:
 
 # --- the calibration behind the predicted speedup ------------------------------------------------
 
-@torch.inference_mode()
-def forward_seconds(loaded: LoadedModel, prompt_ids: Sequence[int], k: int, repeats: int = 5) -> float:
-    """Median seconds of one cached forward over k tokens after the prompt (the cache rolled back each time)."""
-    lm = CachedLM(loaded.model)
-    lm.forward(prompt_ids)
-    base = lm.length
-    tokens = list(prompt_ids[-k:]) if len(prompt_ids) >= k else [int(prompt_ids[0])] * k
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
+class ForwardClock:
+    """Times one cached forward over k tokens after a prompt; the cache is rolled back after each."""
+
+    def __init__(self, loaded: LoadedModel, prompt_ids: Sequence[int]) -> None:
+        self.loaded = loaded
+        self.lm = CachedLM(loaded.model)
+        self.lm.forward(prompt_ids)
+        self.base = self.lm.length
+        self.prompt_ids = list(prompt_ids)
+
+    @torch.inference_mode()
+    def seconds(self, k: int) -> float:
+        tokens = (self.prompt_ids * k)[-k:]
         started = time.perf_counter()
-        lm.forward(tokens, all_logits=True)
-        if loaded.device.type == "cuda":
-            torch.cuda.synchronize(loaded.device)
-        times.append(time.perf_counter() - started)
-        lm.rollback(base)
-    times = sorted(times[1:])
-    return times[len(times) // 2]
+        self.lm.forward(tokens, all_logits=True)
+        if self.loaded.device.type == "cuda":
+            torch.cuda.synchronize(self.loaded.device)
+        elapsed = time.perf_counter() - started
+        self.lm.rollback(self.base)
+        return elapsed
 
 
 def check_strategy(name: str) -> None:

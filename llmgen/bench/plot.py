@@ -32,11 +32,17 @@ def write(result: Result, path: Path) -> None:
     rows = table_rows(result)
     sets = list(dict.fromkeys(t.row.prompt_set for t in rows))
     sweeps: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    auto: dict[tuple[str, str], float] = {}  # γ=auto, drawn as a star right of the largest γ
     for t in rows:
         c = t.row.contender
-        if c.engine == "llmgen" and c.strategy in ("ngram", "draft") and isinstance(c.gamma, int) and t.vs_plain:
+        if c.engine == "llmgen" and c.strategy in ("ngram", "draft") and t.vs_plain:
             name = "ngram" if c.strategy == "ngram" else f"draft {c.draft}"
-            sweeps.setdefault((t.row.prompt_set, name), []).append((c.gamma, t.vs_plain))
+            if c.gamma == "auto":
+                auto[(t.row.prompt_set, name)] = t.vs_plain
+            else:
+                sweeps.setdefault((t.row.prompt_set, name), []).append((int(c.gamma), t.vs_plain))
+    for key in auto:
+        sweeps.setdefault(key, [])
 
     figure, axes = plt.subplots(1, 2 if sweeps else 1, figsize=(13 if sweeps else 8, 5), squeeze=False)
     bars = axes[0][0]
@@ -60,9 +66,16 @@ def write(result: Result, path: Path) -> None:
     bars.legend(title="prompts")
     if sweeps:
         sweep = axes[0][1]
+        gammas = sorted({g for points in sweeps.values() for g, _ in points})
+        auto_x = (gammas[-1] if gammas else 0) + 1
         for (name, draft), points in sorted(sweeps.items()):
             points.sort()
-            sweep.plot([g for g, _ in points], [s for _, s in points], marker="o", label=f"{draft} ({name})")
+            line = sweep.plot([g for g, _ in points], [s for _, s in points], marker="o", label=f"{draft} ({name})")
+            if (name, draft) in auto:
+                sweep.plot([auto_x], [auto[(name, draft)]], marker="*", markersize=12, linestyle="none",
+                           color=line[0].get_color())
+        ticks = gammas + ([auto_x] if auto else [])
+        sweep.set_xticks(ticks, [str(g) for g in gammas] + (["auto"] if auto else []))
         sweep.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         sweep.set_xlabel("γ (draft tokens per round)")
         sweep.set_ylabel("speedup over plain decoding")

@@ -192,19 +192,29 @@ def run(loaded: LoadedModel, config: DecodingConfig, plan: Plan,
     return Result(loaded, config, plan, rows, calibration, peak_rss_bytes())
 
 
-def calibrate(loaded: LoadedModel, plan: Plan, prompt_ids: list[int]) -> dict[str, Any]:
+def calibrate(loaded: LoadedModel, plan: Plan, prompt_ids: list[int], repeats: int = 7) -> dict[str, Any]:
     """Forward costs for the predicted speedup E / (γ·c + v) of each model draft:
 
         c      = one draft step over one target step (both over one token, after the same prompt)
         v(k)   = one target forward over k tokens over one target forward over 1 token
+
+    NOTE: the timings are interleaved (1, k..., draft, 1, k..., draft, ...) and the minimum of each
+    is kept: on a busy machine the minimum is the estimate least moved by other processes.
     """
-    gammas = sorted({g for g in plan.gammas if isinstance(g, int)})  # γ=auto varies: no prediction
-    one = cs.forward_seconds(loaded, prompt_ids, 1)
-    target = {"step_seconds": one,
-              "v": {k + 1: cs.forward_seconds(loaded, prompt_ids, k + 1) / one for k in gammas}}
-    drafts = {d.ref: {"step_seconds": (s := cs.forward_seconds(d, prompt_ids, 1)), "c": s / one}
-              for d in plan.drafts}
-    return {"target": target, "drafts": drafts}
+    ks = sorted({g + 1 for g in plan.gammas if isinstance(g, int)})  # γ=auto varies: no prediction
+    target = cs.ForwardClock(loaded, prompt_ids)
+    drafts = {d.ref: cs.ForwardClock(d, prompt_ids) for d in plan.drafts}
+    times: dict[tuple[str, Any], list[float]] = {}
+    for _ in range(repeats + 1):  # the first round is a warm-up
+        for k in [1, *ks]:
+            times.setdefault(("target", k), []).append(target.seconds(k))
+        for ref, clock in drafts.items():
+            times.setdefault(("draft", ref), []).append(clock.seconds(1))
+    best = {key: min(values[1:]) for key, values in times.items()}
+    one = best[("target", 1)]
+    return {"target": {"step_seconds": one, "v": {k: best[("target", k)] / one for k in ks}},
+            "drafts": {ref: {"step_seconds": best[("draft", ref)], "c": best[("draft", ref)] / one}
+                       for ref in drafts}}
 
 
 def expected_tokens_per_forward(alpha: float, gamma: int) -> float:
