@@ -141,3 +141,14 @@ def test_missing_prompt_file_and_model(char_model: Path, capsys: pytest.CaptureF
     assert "neither a built-in set" in capsys.readouterr().err
     assert main(["bench", "--model", "/no/such/model", "--quiet", "-s", "plain"]) == 1
     assert "model" in capsys.readouterr().err
+
+
+def test_rich_table_on_a_terminal(char_model: Path, prompt_file: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(bench(char_model, prompt_file, "-s", "plain", "--warmup", "0", "--roofline", "--roofline-mb", "8")) == 0
+    out = capsys.readouterr().out
+    assert "llmgen bench" in out and "decode tok/s" in out and "roofline" in out
