@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping
 
 from llmgen.errors import ConfigError
 
+GREEDY_BELOW = 1e-5
+
 PenaltyScope = Literal["generated", "all"]
 EarlyStopping = Literal["false", "true", "never"]
 
@@ -28,14 +30,14 @@ def _opt(default: Any, help: str) -> Any:
 class DecodingConfig:
     """Every option that shapes how tokens are picked. Values are validated in `__post_init__`."""
 
-    temperature: float = _opt(1.0, "Softmax temperature; 0 means greedy (argmax).")
+    temperature: float = _opt(1.0, "Softmax temperature; 0 (or below 1e-5) means greedy (argmax).")
     top_k: int = _opt(0, "Keep only the K most likely tokens; 0 = off.")
     top_p: float = _opt(1.0, "Nucleus: keep the smallest set of tokens whose probability reaches P; 1.0 = off.")
     min_p: float = _opt(0.0, "Drop tokens whose probability is below P times the top token's; 0 = off.")
     frequency_penalty: float = _opt(0.0, "OpenAI frequency penalty in [-2, 2]: logit -= count * F; 0 = off.")
     presence_penalty: float = _opt(0.0, "OpenAI presence penalty in [-2, 2]: logit -= P if count > 0; 0 = off.")
     repetition_penalty: float = _opt(
-        1.0, "HF/CTRL repetition penalty (> 0): seen tokens' positive logits / R, negative * R; 1.0 = off."
+        1.0, "HF/CTRL repetition penalty in [0.001, 1000]: seen tokens' positive logits / R, negative * R; 1.0 = off."
     )
     penalty_scope: PenaltyScope = _opt(
         "generated", "Tokens the penalties count: 'generated' (output only) or 'all' (prompt too)."
@@ -59,7 +61,8 @@ class DecodingConfig:
         for name in ("frequency_penalty", "presence_penalty"):
             value = getattr(self, name)
             _check(-2 <= value <= 2, name, value, "must be in [-2, 2]")
-        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "must be > 0 (1.0 = off)")
+        _check(1e-3 <= self.repetition_penalty <= 1e3, "repetition_penalty", self.repetition_penalty,
+               "must be in [0.001, 1000] (1.0 = off)")
         _check(self.penalty_scope in ("generated", "all"), "penalty_scope", self.penalty_scope,
                "must be 'generated' or 'all'")
         _check(self.penalty_window >= 0, "penalty_window", self.penalty_window, "must be >= 0 (0 = whole scope)")
@@ -74,8 +77,12 @@ class DecodingConfig:
 
     @property
     def greedy(self) -> bool:
-        """The one place that decides greedy decoding: temperature 0."""
-        return self.temperature == 0
+        """The one place that decides greedy decoding: temperature 0.
+
+        NOTE: temperatures below 1e-5 count as 0, as in vLLM: logits / 1e-40 would overflow float32 to
+        inf and the softmax to NaN, while the limit of sampling as T -> 0 is the argmax anyway.
+        """
+        return self.temperature < GREEDY_BELOW
 
     @property
     def uses_penalties(self) -> bool:

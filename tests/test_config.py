@@ -16,12 +16,13 @@ def test_defaults_are_what_hf_vllm_and_openai_users_expect() -> None:
 
 def test_temperature_zero_is_greedy() -> None:
     assert DecodingConfig(temperature=0).greedy
-    assert not DecodingConfig(temperature=1e-6).greedy
+    assert DecodingConfig(temperature=1e-6).greedy  # below 1e-5, as vLLM: logits / T would overflow
+    assert not DecodingConfig(temperature=1e-4).greedy
 
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.01), ("min_p", -0.1), ("min_p", 1.5),
-    ("frequency_penalty", 2.01), ("presence_penalty", -2.01), ("repetition_penalty", 0.0),
+    ("frequency_penalty", 2.01), ("presence_penalty", -2.01), ("repetition_penalty", 0.0), ("repetition_penalty", 1e-4), ("repetition_penalty", 1e4),
     ("top_k", -1), ("n", 0), ("max_new_tokens", 0), ("penalty_window", -1), ("penalty_scope", "prompt"),
     ("num_beams", 0), ("early_stopping", "sometimes"), ("stop", ("",)),
 ])

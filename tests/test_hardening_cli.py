@@ -104,8 +104,6 @@ def test_unknown_preset_keys_are_refused(capsys, monkeypatch, tmp_path, content:
     one_line_error(err, "unknown.toml", *needles)
 
 
-@pytest.mark.xfail(strict=True, reason="presets._line_of finds `key =` lines only, not a `[table]` header: "
-                   "the error says 'file:?:'")
 def test_an_unknown_table_in_a_preset_names_its_line(capsys, monkeypatch, tmp_path) -> None:
     preset = tmp_path / "table.toml"
     preset.write_text("temperature = 0.5\n[sampling]\ntop_k = 3\n")
