@@ -7,6 +7,7 @@
     runner.py       the plan, the interleaved runs, the calibration behind predicted speedups
     roofline.py     memory bandwidth and the ceiling it puts on plain decoding
     loadtime.py     load time from the safetensors cache against the first GGUF conversion
+    profile.py      torch.profiler over plain decoding: matrix products, other operators, the rest
     report.py       Markdown, Rich and JSON renderings of a result
     plot.py         the optional PNG (matplotlib)
 """

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 
 from llmgen.config import DecodingConfig
 from llmgen.decode import CachedLM, sample_tokens
