@@ -485,10 +485,22 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool =
                 trust_remote_code=trust_remote_code)
         except (ValueError, OSError, RuntimeError, KeyError, EOFError, TypeError, ImportError) as err:
             raise ModelError(f"cannot load model {ref!r} from {path}: {_first_line(err)}") from None
+    _materialize_tied_weights(model, ref, path)
     model.to(dev).eval()
     return LoadedModel(ref=ref, model=model, tokenizer=tokenizer, device=dev, dtype=dt,
                        context_length=_context_length(model.config), eos_token_ids=_eos_ids(model, tokenizer),
                        load_seconds=time.perf_counter() - started, path=path)
+
+
+def _materialize_tied_weights(model: Any, ref: str, path: Path) -> None:
+    """NOTE: once in a full test run (fresh cache, bfloat16 load of the same checkpoint), transformers
+    left the tied output embedding on the meta device; tying again fixes that. Any other missing
+    weight is an error here, not a crash later."""
+    if any(p.is_meta for p in model.parameters()) and getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise ModelError(f"cannot load model {ref!r} from {path}: no weights for {missing[0]}")
 
 
 def _context_length(config: Any) -> int:
