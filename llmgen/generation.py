@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmgen.config import DecodingConfig
-from llmgen.errors import PromptError
+from llmgen.errors import PromptError, UsageError
 from llmgen.stats import Timer
 from llmgen.textstream import TextStream
 
@@ -45,6 +45,29 @@ def check_prompt(prompt_ids: Sequence[int], context_length: int) -> None:
     if len(prompt_ids) >= context_length:
         raise PromptError(f"the prompt is {len(prompt_ids)} tokens, but the model's context is "
                           f"{context_length} tokens (at least one must be left to generate)")
+
+
+def encode_prompt(loaded: Any, text: str, chat: bool | None, system: str | None = None) -> list[int]:
+    """Prompt ids: the chat template when asked (None: when the tokenizer has one), else exactly
+    `tokenizer(text)`. `loaded` is a `models.LoadedModel`. Checked against the context length."""
+    tokenizer = loaded.tokenizer
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    use_chat = has_template if chat is None else chat
+    if use_chat and not has_template:
+        raise UsageError(f"--chat: the tokenizer of {loaded.ref!r} has no chat template; use --raw")
+    if system and not use_chat:
+        raise UsageError("--system needs chat mode")
+    if use_chat:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": text})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer(text)["input_ids"]
+    ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+    check_prompt(ids, loaded.context_length)
+    return ids
 
 
 def token_budget(prompt_len: int, config: DecodingConfig, context_length: int) -> int:

@@ -20,14 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from llmgen.bench import contenders as cs
 from llmgen.bench.prompts import PromptSet
 from llmgen.bench.stats import Summary, peak_rss_bytes, quality, schedule, summarize
 from llmgen.config import DecodingConfig
 from llmgen.errors import PromptError, UsageError
-from llmgen.generation import check_prompt
+from llmgen.generation import encode_prompt
 from llmgen.models import LoadedModel
 
 # Called before each run: (runs done, runs in all, what runs now).
@@ -100,22 +99,7 @@ class Result:
 
 def encode(loaded: LoadedModel, text: str, chat: bool | None, system: str | None = None) -> list[int]:
     """Prompt ids as `llmgen generate` builds them: the chat template when the tokenizer has one."""
-    tokenizer = loaded.tokenizer
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    use_chat = has_template if chat is None else chat
-    if use_chat and not has_template:
-        raise UsageError(f"--chat: the tokenizer of {loaded.ref!r} has no chat template; use --raw")
-    if use_chat:
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": text})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-    else:
-        ids = tokenizer(text)["input_ids"]
-    ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
-    check_prompt(ids, loaded.context_length)
-    return ids
+    return encode_prompt(loaded, text, chat, system)
 
 
 def gamma_label(gamma: int | str) -> str:

@@ -14,8 +14,8 @@ from llmgen import models, presets
 from llmgen.cli.options import decoding_flags
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.config import FIELDS, Resolved, resolve
-from llmgen.errors import PromptError, UsageError
-from llmgen.generation import SequenceResult, TokenSource, check_prompt, run_sequence
+from llmgen.errors import PromptError
+from llmgen.generation import SequenceResult, TokenSource, encode_prompt, run_sequence
 from llmgen.models import LoadedModel
 from llmgen.sampling import make_generator
 
@@ -101,26 +101,7 @@ def load_model(ref: str, model_opts: dict[str, Any]) -> LoadedModel:
 
 def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any]) -> list[int]:
     """Chat template when asked (default: when the tokenizer has one), else `tokenizer(text)` as is."""
-    tokenizer = loaded.tokenizer
-    chat = output.get("chat")
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if chat is None:
-        chat = has_template
-    if chat and not has_template:
-        raise UsageError(f"--chat: the tokenizer of {loaded.ref!r} has no chat template; use --raw")
-    if output.get("system") and not chat:
-        raise UsageError("--system needs chat mode")
-    if chat:
-        messages = [{"role": "system", "content": output["system"]}] if output.get("system") else []
-        messages.append({"role": "user", "content": text})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-    else:
-        ids = tokenizer(text)["input_ids"]
-    ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
-    check_prompt(ids, loaded.context_length)
-    return ids
+    return encode_prompt(loaded, text, output.get("chat"), output.get("system"))
 
 
 SourceFactory = Callable[[list[int], torch.Generator], tuple[TokenSource, Callable[[], dict[str, Any]]]]
