@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml requirements.txt
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/llmgen generate --max-new-tokens 128 "$(PROMPT)"
+	$(BIN)/llmgen generate --preset balanced --seed 1 --max-new-tokens 128 "$(PROMPT)"
 
 test: install
 	$(BIN)/python -m pytest -q
