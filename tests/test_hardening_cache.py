@@ -49,8 +49,6 @@ class StandIn:
         self.lock = threading.Lock()
 
     def model(self):
-        from transformers import AutoModelForCausalLM
-
         with self.lock:
             self.calls += 1
         model = REAL_MODEL(self.source)

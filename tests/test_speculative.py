@@ -14,7 +14,7 @@ from llmgen.config import DecodingConfig
 from llmgen.decode import CachedLM, sample_tokens
 from llmgen.errors import IncompatibleDraftError
 from llmgen.sampling import make_generator
-from llmgen.speculative import (DraftModelProposer, FixedGamma, NgramProposer, Proposal, SpeculativeStats,
+from llmgen.speculative import (DraftModelProposer, FixedGamma, Proposal, SpeculativeStats,
                                 check_compatible, speculate, speculative_tokens)
 from llmgen.speculative.runner import parse_gamma
 from llmgen.errors import UsageError
