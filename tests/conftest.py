@@ -53,7 +53,7 @@ def build_char_tokenizer(path: Path, chat: bool = True):
 
 def build_llama(path: Path, vocab_size: int, seed: int, *, hidden: int = 32, layers: int = 2,
                 heads: int = 4, kv_heads: int = 2, context: int = 256, init_range: float = 0.2,
-                bos: int = 0, eos: int = 1) -> None:
+                bos: int = 0, eos: int = 1, tied: bool = False) -> None:
     """A random llama-like model saved as safetensors. A wide init makes its next-token
     distributions peaked enough that greedy has no near-ties and rejections really happen."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -61,7 +61,7 @@ def build_llama(path: Path, vocab_size: int, seed: int, *, hidden: int = 32, lay
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=context, initializer_range=init_range,
-                         tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+                         tie_word_embeddings=tied, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = eos

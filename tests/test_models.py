@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -150,3 +151,61 @@ def test_an_interrupted_conversion_leaves_no_cache_behind(fake_gguf) -> None:
     assert list(target.parent.iterdir()) == []  # the temporary directory is gone too
     loader.fail_on_save = False
     assert models.load(str(gguf)).vocab_size == 13
+
+
+@pytest.fixture
+def tied_model(tmp_path: Path) -> Path:
+    from conftest import VOCAB, build_char_tokenizer, build_llama
+
+    path = tmp_path / "tied"
+    build_char_tokenizer(path)
+    build_llama(path, VOCAB, seed=4, tied=True)
+    return path
+
+
+def _load_with(monkeypatch, damage):
+    """models.load, with transformers' loader replaced by one that damages what it returns:
+    damage(model, call number, environment at that call)."""
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained
+    calls: list[str | None] = []
+
+    def loader(*args, **kwargs):
+        model = real(*args, **kwargs)
+        calls.append(os.environ.get("HF_DEACTIVATE_ASYNC_LOAD"))
+        damage(model, len(calls))
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", loader)
+    return calls
+
+
+def _to_meta(module) -> None:
+    import torch
+
+    module.weight = torch.nn.Parameter(torch.empty(module.weight.shape, device="meta"))
+
+
+def test_an_output_embedding_left_on_meta_is_tied_again(monkeypatch, tied_model: Path) -> None:
+    calls = _load_with(monkeypatch, lambda model, n: _to_meta(model.lm_head))
+    loaded = models.load(str(tied_model))
+    assert calls == [None]  # tying was enough, no second load
+    assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
+    assert not any(p.is_meta for p in loaded.model.parameters())
+
+
+def test_weights_left_on_meta_are_loaded_again_without_loader_threads(monkeypatch, char_model: Path) -> None:
+    monkeypatch.delenv("HF_DEACTIVATE_ASYNC_LOAD", raising=False)
+    calls = _load_with(monkeypatch, lambda model, n: _to_meta(model.model.norm) if n == 1 else None)
+    loaded = models.load(str(char_model))
+    assert calls == [None, "1"]
+    assert "HF_DEACTIVATE_ASYNC_LOAD" not in os.environ
+    assert not any(p.is_meta for p in loaded.model.parameters())
+
+
+def test_weights_still_missing_after_the_second_load_are_an_error(monkeypatch, char_model: Path) -> None:
+    calls = _load_with(monkeypatch, lambda model, n: _to_meta(model.model.norm))
+    with pytest.raises(ModelError, match=r"no weights for model\.norm\.weight"):
+        models.load(str(char_model))
+    assert len(calls) == 2
