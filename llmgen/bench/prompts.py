@@ -3,6 +3,7 @@
 Built-in sets (10 prompts each, shipped in `llmgen/bench/prompts/NAME.jsonl`):
 - grounded: rewrite, correct, summarize or extract from a passage given in the prompt. The answer
   copies much of its input, which is where an n-gram (prompt lookup) draft shines.
+- correct: fix the spelling mistakes (two per text) in a given paragraph; the answer is nearly a copy.
 - open: stories, plans and explanations; little of the answer is in the prompt.
 - code: complete or edit a given function.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from llmgen.errors import UsageError
 
-BUILTIN_SETS = ("grounded", "open", "code")
+BUILTIN_SETS = ("grounded", "correct", "open", "code")
 
 
 @dataclass(frozen=True)
