@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from llmgen import models  # noqa: E402
-from llmgen.bench import contenders, loadtime, plot, prompts, report, roofline, runner  # noqa: E402
+from llmgen.bench import contenders, loadtime, lookup_bound, plot, prompts, report, roofline, runner  # noqa: E402
 from llmgen.bench.profile import profile_plain  # noqa: E402
 from llmgen.bench.stats import peak_rss_bytes  # noqa: E402
 from llmgen.config import DecodingConfig  # noqa: E402
@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-load", action="store_true", help="skip section 4 (it converts the GGUF: ~25 s)")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("--plot", type=Path, help="also write the PNG (needs matplotlib)")
-    parser.add_argument("--sections", default="open,grounded,roofline,load",
-                        help="which sections to run, of open, grounded, roofline, load, profile (default: %(default)s)")
+    parser.add_argument("--sections", default="open,grounded,correct,bound,roofline,load",
+                        help="which sections to run, of open, grounded, correct, bound, roofline, load, profile "
+                             "(default: %(default)s)")
     parser.add_argument("--strategies", default="plain,penalties,ngram,draft,beam",
                         help="only these strategies in every section (default: all)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
@@ -75,7 +76,17 @@ def progress(done: int, total: int, what: str) -> None:
     print(f"\r[{done}/{total}] {what[:70]:<70}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
-def verdicts(open_result: runner.Result | None, grounded: runner.Result | None, roof: roofline.Roofline | None) -> list[str]:
+def paired_ratios(result: runner.Result, label: str) -> list[float]:
+    """Per-prompt speed of row `label` over plain (run i of both reads prompt i)."""
+    rows = {row.contender.label: row for row in result.rows}
+    plain, row = rows.get("plain"), rows.get(label)
+    if plain is None or row is None:
+        return []
+    return [r.decode_tps / p.decode_tps for r, p in zip(row.records, plain.records) if r.decode_tps and p.decode_tps]
+
+
+def verdicts(open_result: runner.Result | None, grounded: list[runner.Result],
+             roof: roofline.Roofline | None) -> list[str]:
     """One line per target of the issues, with the measured value."""
     lines = []
 
@@ -89,15 +100,54 @@ def verdicts(open_result: runner.Result | None, grounded: runner.Result | None, 
     for t in report.table_rows(open_result) if open_result else []:
         if t.row.contender.strategy == "ngram" and t.row.contender.engine == "llmgen" and t.vs_plain:
             lines.append(f"- {t.row.contender.label} on open prompts: {t.vs_plain:.2f}× plain (target ≥ 0.95)")
-    if grounded is not None:
-        for t in report.table_rows(grounded):
+    for result in grounded:
+        name = result.plan.prompt_sets[0].name
+        for t in report.table_rows(result):
             c = t.row.contender
             if c.strategy == "ngram" and c.engine == "llmgen" and t.vs_plain:
                 hf = f", {t.vs_hf:.2f}× HF prompt lookup (target ≥ 1.0)" if t.vs_hf else ""
-                lines.append(f"- {c.label} on grounded prompts: {t.vs_plain:.2f}× plain (target ≥ 3){hf}")
+                paired = paired_ratios(result, c.label)
+                reached = sum(r >= 3.0 for r in paired)
+                lines.append(f"- {c.label} on {name} prompts: {t.vs_plain:.2f}× plain (target ≥ 3){hf}; "
+                             f"≥ 3× on {reached} of {len(paired)} prompts (best {max(paired, default=0):.2f}×)")
     if roof is not None and roof.fraction is not None:
         lines.append(f"- plain decoding at {roof.fraction:.0%} of the memory-bandwidth ceiling (target ≥ 60%)")
     return lines
+
+
+def lookup_bounds(target: models.LoadedModel, results: list[runner.Result], gammas: list) -> dict:
+    """Replays of the plain runs' outputs (`lookup_bound`): llmgen's lookup at each fixed γ against
+    the copy oracle, costed with v(k) measured now, next to the measured speedups."""
+    first = results[0].plan.prompt_sets[0]
+    clock = contenders.ForwardClock(target, runner.encode(target, first[0], None))
+    ks = range(1, 18)
+    samples = {k: [] for k in ks}
+    for _ in range(6):  # interleaved; the first round is a warm-up; minimum of the rest
+        for k in ks:
+            samples[k].append(clock.seconds(k))
+    v = {k: min(samples[k][1:]) / min(samples[1][1:]) for k in ks}
+    lines = ["v(k), one target forward over k tokens relative to one token, measured now: "
+             + ", ".join(f"{k}: {v[k]:.2f}" for k in ks) + "\n",
+             "| prompts | draft | tok/fwd | predicted × plain (median) | measured × plain |", "|---|---|---|---|---|"]
+    data: dict = {"v": v, "sets": {}}
+    for result in results:
+        prompt_set = result.plan.prompt_sets[0]
+        plain = next(row for row in result.rows if row.contender.label == "plain")
+        runs = [(runner.encode(target, prompt_set[i], None), record.token_ids)
+                for i, record in enumerate(plain.records)]
+        measured = {t.row.contender.label: t.vs_plain for t in report.table_rows(result)}
+        drafts = [(f"ngram γ={g}", lookup_bound.lookup_draft(g, 4, 2)) for g in gammas if isinstance(g, int)]
+        drafts.append(("copy oracle (≤ 16)", lookup_bound.copy_oracle(16)))
+        data["sets"][prompt_set.name] = {}
+        for label, draft in drafts:
+            found = lookup_bound.bound(label, runs, draft, lambda k: v[min(k, 17)])
+            seen = measured.get(label)
+            lines.append(f"| {prompt_set.name} | {label} | {found.tokens_per_forward:.2f} | "
+                         f"{found.median_speedup:.2f}× | {f'{seen:.2f}×' if seen else '—'} |")
+            data["sets"][prompt_set.name][label] = {"tokens_per_forward": found.tokens_per_forward,
+                                                    "predicted_median": found.median_speedup,
+                                                    "per_prompt": found.per_run, "measured": seen}
+    return {"markdown": lines, "json": data}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     gammas = [4] if args.quick else [g if g == "auto" else int(g) for g in args.gamma.split(",")]
     config = DecodingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
     target = models.load(args.model, device=args.device)
-    open_set, grounded_set = prompts.load("open"), prompts.load("grounded")
+    open_set, grounded_set, correct_set = prompts.load("open"), prompts.load("grounded"), prompts.load("correct")
     out: dict = {}
-    open_result = grounded = roof = None
+    open_result = grounded = correct = roof = None
     print("## Benchmark\n")
 
     if "open" in sections:
@@ -128,6 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         grounded = runner.run(target, config, plan, progress)
         print(report.markdown(grounded, title="Grounded prompts: speculative decoding, γ sweep"))
         out["grounded"] = report.as_json(grounded)
+
+    if "correct" in sections and "ngram" in strategies:
+        # NOTE: all 10 prompts (run i reads prompt i): this set is small and the n-gram runs are short.
+        plan = runner.Plan([correct_set], ["plain", "ngram"], gammas, runs=max(args.runs, len(correct_set.prompts)),
+                           baseline_hf=True)
+        correct = runner.run(target, config, plan, progress)
+        print(report.markdown(correct, title="Spelling-correction prompts: the n-gram draft, γ sweep"))
+        out["correct"] = report.as_json(correct)
+
+    if "bound" in sections and (grounded or correct):
+        print("### The ceiling of prompt lookup on these prompts\n")
+        bounds = lookup_bounds(target, [r for r in (grounded, correct) if r], gammas)
+        print("\n".join(bounds["markdown"]) + "\n")
+        out["bound"] = bounds["json"]
 
     if "roofline" in sections:
         measured = open_result or grounded
@@ -149,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         print("```\n" + found["table"] + "\n```\n")
         out["profile"] = {k: v for k, v in found.items() if k != "table"}
 
-    if open_result or grounded:
+    if open_result or grounded or correct:
         print("### Verdicts\n")
-        print("\n".join(verdicts(open_result, grounded, roof)) + "\n")
+        print("\n".join(verdicts(open_result, [r for r in (grounded, correct) if r], roof)) + "\n")
 
     if "load" in sections:
         times = loadtime.load_times(args.model)
@@ -163,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| later runs: from the safetensors cache | {cached['load_seconds']:.2f} "
               f"| {cached['peak_rss_bytes'] / 1e6:.0f} |")
         out["load"] = times
-    runs_peak = max((r.peak_rss_bytes for r in (open_result, grounded) if r), default=peak_rss_bytes())
+    runs_peak = max((r.peak_rss_bytes for r in (open_result, grounded, correct) if r), default=peak_rss_bytes())
     print(f"\nPeak RSS of this benchmark process after its runs (target and draft loaded): {runs_peak / 1e6:.0f} MB.")
     out["peak_rss_bytes"] = runs_peak
 
