@@ -67,8 +67,11 @@ def test_one_stall_does_not_rule_a_size_out() -> None:
     assert policy.seconds[5] == 0.012
 
 
-def simulate(policy, alpha: float, forward: dict[int, float], draft_step: float, rounds: int = 600) -> float:
-    """Tokens per simulated second, with i.i.d. acceptance α and the given costs (no real timing)."""
+def simulate(policy, alpha: float, forward: dict[int, float], draft_step: float, rounds: int = 600,
+             later: float | None = None) -> float:
+    """Tokens per simulated second (no real timing), with the given costs and acceptance: the first draft
+    token of a round is accepted with probability α, each later one with probability `later` (α when
+    None: i.i.d. acceptance) once the ones before it were."""
     import random
 
     from llmgen.speculative.gamma import _interpolate
@@ -78,7 +81,7 @@ def simulate(policy, alpha: float, forward: dict[int, float], draft_step: float,
     for _ in range(rounds):
         g = policy.gamma
         accepted = 0
-        while accepted < g and rng.random() < alpha:
+        while accepted < g and rng.random() < (alpha if accepted == 0 or later is None else later):
             accepted += 1
         target = _interpolate(forward, g + 1)
         policy.update(g, accepted, draft_seconds=g * draft_step, target_seconds=target)
@@ -96,4 +99,14 @@ def test_auto_is_close_to_the_best_fixed_gamma(forward, alpha: float, draft_step
     # γ = 0 is plain decoding: on a CPU, a draft that is right 10% of the time is not worth a longer forward.
     best_fixed = max(simulate(FixedGamma(g), alpha, forward, draft_step) for g in range(0, 17))
     auto = simulate(AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.5), alpha, forward, draft_step)
+    assert auto >= 0.95 * best_fixed, (auto, best_fixed)
+
+
+@pytest.mark.parametrize("forward", [CPU_FORWARD_COST, FLAT], ids=["cpu", "flat"])
+@pytest.mark.parametrize("first,later", [(0.3, 0.95), (0.6, 0.97), (0.8, 0.99)])
+def test_auto_follows_a_copying_draft(forward, first: float, later: float) -> None:
+    # Prompt lookup: a round fails at its first token or copies on for long, so one α (the i.i.d. model)
+    # would keep γ far too short. Costs of a nearly free draft; γ up to 24, as `speculate` uses for it.
+    best_fixed = max(simulate(FixedGamma(g), first, forward, 0.001, later=later) for g in range(0, 25))
+    auto = simulate(AdaptiveGamma(start=4, max_gamma=24, draft_cost=0.02), first, forward, 0.001, later=later)
     assert auto >= 0.95 * best_fixed, (auto, best_fixed)

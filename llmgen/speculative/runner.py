@@ -57,7 +57,7 @@ def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
     if gamma != "auto":
         return FixedGamma(gamma)
     if draft is None:  # n-gram: drafting is nearly free
-        return AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.02)
+        return AdaptiveGamma(start=4, max_gamma=24, draft_cost=0.02)
     return AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.65)
 
 
