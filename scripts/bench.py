@@ -12,6 +12,8 @@ Sections (each a Markdown table on stdout, ready for the README):
 2. grounded prompts: the n-gram draft (γ sweep) against plain decoding (target >= 3x) and HF prompt
    lookup (target >= 1.0x); the model draft `small` (γ sweep): acceptance, tokens per target forward,
    predicted and measured speedup, and HF assisted generation with the same draft.
+   Then the n-gram draft alone on the two spelling-correction sets (`correct`, `proofread`), and
+   `bound`: replays of the plain outputs that bound what any prompt-lookup draft can reach on them.
 3. the roofline: memory bandwidth, the ceiling it puts on plain decoding, our fraction (target >= 60%).
 4. load time from the safetensors cache against the first GGUF conversion, and peak RSS.
 
@@ -50,8 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-load", action="store_true", help="skip section 4 (it converts the GGUF: ~25 s)")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("--plot", type=Path, help="also write the PNG (needs matplotlib)")
-    parser.add_argument("--sections", default="open,grounded,correct,bound,roofline,load",
-                        help="which sections to run, of open, grounded, correct, bound, roofline, load, profile "
+    parser.add_argument("--sections", default="open,grounded,correct,proofread,bound,roofline,load",
+                        help="which sections to run, of open, grounded, correct, proofread, bound, roofline, load, "
+                             "profile "
                              "(default: %(default)s)")
     parser.add_argument("--strategies", default="plain,penalties,ngram,draft,beam",
                         help="only these strategies in every section (default: all)")
@@ -115,6 +118,11 @@ def verdicts(open_result: runner.Result | None, grounded: list[runner.Result],
     return lines
 
 
+# The copy-heavy prompt sets of the n-gram sections, each run on all its prompts.
+LOOKUP_SETS = {"correct": "Spelling-correction prompts",
+               "proofread": "Proofreading prompts (long paragraphs: the answer fills the 128-token budget)"}
+
+
 def lookup_bounds(target: models.LoadedModel, results: list[runner.Result], gammas: list) -> dict:
     """Replays of the plain runs' outputs (`lookup_bound`): llmgen's lookup at each fixed γ against
     the copy oracle, costed with v(k) measured now, next to the measured speedups."""
@@ -159,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     gammas = [4] if args.quick else [g if g == "auto" else int(g) for g in args.gamma.split(",")]
     config = DecodingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
     target = models.load(args.model, device=args.device)
-    open_set, grounded_set, correct_set = prompts.load("open"), prompts.load("grounded"), prompts.load("correct")
+    open_set, grounded_set = prompts.load("open"), prompts.load("grounded")
     out: dict = {}
-    open_result = grounded = correct = roof = None
+    open_result = grounded = roof = None
+    lookups: list[runner.Result] = []  # the n-gram draft on the copy-heavy sets: correct, proofread
     print("## Benchmark\n")
 
     if "open" in sections:
         wanted = ["plain"] if args.quick else ["plain", "penalties", "ngram", "beam"]
-        plan = runner.Plan([open_set], available(wanted, allowed), [5], runs=args.runs, baseline_hf=True)
+        plan = runner.Plan([open_set], available(wanted, allowed), ["auto"], runs=args.runs, baseline_hf=True)
         open_result = runner.run(target, config, plan, progress)
         print(report.markdown(open_result, title="Open prompts: llmgen against HF generate()"))
         out["open"] = report.as_json(open_result)
@@ -179,17 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         print(report.markdown(grounded, title="Grounded prompts: speculative decoding, γ sweep"))
         out["grounded"] = report.as_json(grounded)
 
-    if "correct" in sections and "ngram" in strategies:
-        # NOTE: all 10 prompts (run i reads prompt i): this set is small and the n-gram runs are short.
-        plan = runner.Plan([correct_set], ["plain", "ngram"], gammas, runs=max(args.runs, len(correct_set.prompts)),
+    for name, title in LOOKUP_SETS.items():
+        if name not in sections or "ngram" not in strategies:
+            continue
+        prompt_set = prompts.load(name)
+        # NOTE: all 10 prompts (run i reads prompt i): these sets are small and the n-gram runs are short.
+        plan = runner.Plan([prompt_set], ["plain", "ngram"], gammas, runs=max(args.runs, len(prompt_set.prompts)),
                            baseline_hf=True)
-        correct = runner.run(target, config, plan, progress)
-        print(report.markdown(correct, title="Spelling-correction prompts: the n-gram draft, γ sweep"))
-        out["correct"] = report.as_json(correct)
+        lookups.append(runner.run(target, config, plan, progress))
+        print(report.markdown(lookups[-1], title=f"{title}: the n-gram draft, γ sweep"))
+        out[name] = report.as_json(lookups[-1])
 
-    if "bound" in sections and (grounded or correct):
+    if "bound" in sections and (grounded or lookups):
         print("### The ceiling of prompt lookup on these prompts\n")
-        bounds = lookup_bounds(target, [r for r in (grounded, correct) if r], gammas)
+        bounds = lookup_bounds(target, [r for r in (grounded, *lookups) if r], gammas)
         print("\n".join(bounds["markdown"]) + "\n")
         out["bound"] = bounds["json"]
 
@@ -213,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         print("```\n" + found["table"] + "\n```\n")
         out["profile"] = {k: v for k, v in found.items() if k != "table"}
 
-    if open_result or grounded or correct:
+    if open_result or grounded or lookups:
         print("### Verdicts\n")
-        print("\n".join(verdicts(open_result, [r for r in (grounded, correct) if r], roof)) + "\n")
+        print("\n".join(verdicts(open_result, [r for r in (grounded, *lookups) if r], roof)) + "\n")
 
     if "load" in sections:
         times = loadtime.load_times(args.model)
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| later runs: from the safetensors cache | {cached['load_seconds']:.2f} "
               f"| {cached['peak_rss_bytes'] / 1e6:.0f} |")
         out["load"] = times
-    runs_peak = max((r.peak_rss_bytes for r in (open_result, grounded, correct) if r), default=peak_rss_bytes())
+    runs_peak = max((r.peak_rss_bytes for r in (open_result, grounded, *lookups) if r), default=peak_rss_bytes())
     print(f"\nPeak RSS of this benchmark process after its runs (target and draft loaded): {runs_peak / 1e6:.0f} MB.")
     out["peak_rss_bytes"] = runs_peak
 

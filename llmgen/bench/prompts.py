@@ -4,6 +4,8 @@ Built-in sets (10 prompts each, shipped in `llmgen/bench/prompts/NAME.jsonl`):
 - grounded: rewrite, correct, summarize or extract from a passage given in the prompt. The answer
   copies much of its input, which is where an n-gram (prompt lookup) draft shines.
 - correct: fix the spelling mistakes (two per text) in a given paragraph; the answer is nearly a copy.
+- proofread: the same task on paragraphs of 110-130 words, long enough that the corrected text fills
+  the benchmark's 128-token budget (the answers to `correct` end after 40-85 tokens).
 - open: stories, plans and explanations; little of the answer is in the prompt.
 - code: complete or edit a given function.
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from llmgen.errors import UsageError
 
-BUILTIN_SETS = ("grounded", "correct", "open", "code")
+BUILTIN_SETS = ("grounded", "correct", "proofread", "open", "code")
 
 
 @dataclass(frozen=True)

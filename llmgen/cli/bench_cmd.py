@@ -76,7 +76,7 @@ def pick_strategies(requested: list[str], explicit: bool, drafts: list[str], mod
 def bench(
     *,
     prompts: Annotated[Optional[list[str]], typer.Option(
-        "--prompts", help="Prompt sets: built-in grounded, correct, open, code, or a file (one prompt per line, or JSONL "
+        "--prompts", help="Prompt sets: built-in grounded, correct, proofread, open, code, or a file (one prompt per line, or JSONL "
         'with a "prompt" field). Repeat or separate with commas.', show_default="grounded",
         rich_help_panel=PANEL)] = None,
     strategies: Annotated[Optional[list[str]], typer.Option(
