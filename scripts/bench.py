@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import replace
@@ -79,6 +80,10 @@ def progress(done: int, total: int, what: str) -> None:
     print(f"\r[{done}/{total}] {what[:70]:<70}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+
+
 def paired_ratios(result: runner.Result, label: str) -> list[float]:
     """Per-prompt speed of row `label` over plain (run i of both reads prompt i)."""
     rows = {row.contender.label: row for row in result.rows}
@@ -112,6 +117,7 @@ def verdicts(open_result: runner.Result | None, grounded: list[runner.Result],
                 paired = paired_ratios(result, c.label)
                 reached = sum(r >= 3.0 for r in paired)
                 lines.append(f"- {c.label} on {name} prompts: {t.vs_plain:.2f}× plain (target ≥ 3){hf}; "
+                             f"paired per prompt {geometric_mean(paired):.2f}×; "
                              f"≥ 3× on {reached} of {len(paired)} prompts (best {max(paired, default=0):.2f}×)")
     if roof is not None and roof.fraction is not None:
         lines.append(f"- plain decoding at {roof.fraction:.0%} of the memory-bandwidth ceiling (target ≥ 60%)")
