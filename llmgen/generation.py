@@ -2,8 +2,9 @@
 
 A token source yields `(token_id, origin)` pairs, where origin says where a token came from:
 "target" for plain decoding; "accepted", "resampled" or "bonus" for speculative decoding.
-`run_sequence` consumes it until one of the stop rules fires, in this order per token:
-end-of-sequence (unless ignored), a stop string in the text, `max_new_tokens`.
+`run_sequence` consumes it until one of the stop rules of `SequenceState` fires, in this order per
+token: end-of-sequence (unless ignored), a stop string in the text, `max_new_tokens`. Batched decoding
+(`batch.py`) keeps one `SequenceState` per row.
 """
 
 from __future__ import annotations
@@ -75,34 +76,68 @@ def token_budget(prompt_len: int, config: DecodingConfig, context_length: int) -
     return max(0, min(config.max_new_tokens, context_length - prompt_len))
 
 
+class SequenceState:
+    """One sequence's stop rules, text and timer, fed one token at a time.
+
+    The stop rules, in this order per token: end-of-sequence (unless ignored), a stop string in the
+    text, the token budget. Plain, speculative and batched decoding all stop through this class.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], config: DecodingConfig,
+                 eos_token_ids: frozenset[int], context_length: int) -> None:
+        self.prompt_ids = list(prompt_ids)
+        self.config = config
+        self.eos_token_ids = eos_token_ids
+        self.stream = TextStream(tokenizer, config.stop)
+        self.timer = Timer()
+        self.budget = token_budget(len(prompt_ids), config, context_length)
+        self.tokens: list[int] = []
+        self.reason: str | None = None  # set once the sequence is finished
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text that became final. Sets `reason` when a stop rule fires."""
+        self.tokens.append(token)
+        self.timer.token()
+        if token in self.eos_token_ids and not self.config.ignore_eos:
+            self.reason = "eos"
+            return ""
+        piece = self.stream.push(token)
+        if self.stream.stopped:
+            self.reason = "stop"
+        elif len(self.tokens) >= self.budget:
+            self.reason = "length"
+        return piece
+
+    def finish(self) -> str:
+        """Release the text held back (also after an interruption); returns it."""
+        if self.reason is None:
+            self.reason = "length"
+        return self.stream.finish()
+
+    def result(self) -> SequenceResult:
+        return SequenceResult(self.stream.text, self.tokens, self.prompt_ids, self.reason or "length",
+                              self.timer.as_dict(len(self.prompt_ids)))
+
+
 def run_sequence(source: TokenSource, tokenizer: Any, prompt_ids: Sequence[int], config: DecodingConfig,
                  eos_token_ids: frozenset[int], context_length: int,
                  on_text: OnText | None = None) -> SequenceResult:
-    stream = TextStream(tokenizer, config.stop)
-    timer = Timer()
-    budget = token_budget(len(prompt_ids), config, context_length)
-    tokens: list[int] = []
-    reason = "length"
+    state = SequenceState(tokenizer, prompt_ids, config, eos_token_ids, context_length)
     origin = "target"
     try:
         for token, origin in source:
-            tokens.append(token)
-            timer.token()
-            if token in eos_token_ids and not config.ignore_eos:
-                reason = "eos"
-                break
-            piece = stream.push(token)
+            piece = state.push(token)
             if piece and on_text:
                 on_text(piece, origin)
-            if stream.stopped:
-                reason = "stop"
-                break
-            if len(tokens) >= budget:
+            if state.done:
                 break
     finally:
         # NOTE: also runs on Ctrl-C or a broken pipe, so text already decided is not lost.
-        piece = stream.finish()
+        piece = state.finish()
         if piece and on_text:
             on_text(piece, origin)
-    return SequenceResult(stream.text, tokens, list(prompt_ids), reason, timer.as_dict(len(prompt_ids)))
-
+    return state.result()
