@@ -19,10 +19,12 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import ClickException
 
 from llmgen import __version__
+from llmgen.cli.helpfmt import Command, Group
 from llmgen.errors import LlmgenError
 
 app = typer.Typer(
     name="llmgen",
+    cls=Group,
     help="Generate text with local causal language models, with control over how it is decoded.",
     no_args_is_help=True,
     add_completion=False,
@@ -53,12 +55,13 @@ def _register() -> None:
     _registered = True
     from llmgen.cli import generate, models_cmd, presets_cmd
 
-    app.command("generate")(_guard(generate.generate))
+    app.command("generate", cls=Command)(_guard(generate.generate))
     for sub in (models_cmd.app, presets_cmd.app):
         for info in sub.registered_commands:
             info.callback = _guard(info.callback)
-    app.add_typer(models_cmd.app, name="models")
-    app.add_typer(presets_cmd.app, name="presets")
+            info.cls = Command
+    app.add_typer(models_cmd.app, name="models", cls=Group)
+    app.add_typer(presets_cmd.app, name="presets", cls=Group)
     # Commands built in their own modules; each registers itself if present.
     for module_name, command in (("speculate", "speculate"), ("bench_cmd", "bench")):
         try:
@@ -67,7 +70,7 @@ def _register() -> None:
             if err.name != f"llmgen.cli.{module_name}":
                 raise
             continue
-        app.command(command)(_guard(getattr(module, command)))
+        app.command(command, cls=Command)(_guard(getattr(module, command)))
 
 
 class PipeClosed(Exception):
