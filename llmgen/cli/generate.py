@@ -1,4 +1,5 @@
-"""`llmgen generate`: plain decoding with every sampling option, or beam search with --num-beams."""
+"""`llmgen generate`: plain decoding with every sampling option, or beam search with --num-beams;
+`-n N` decodes the N samples as one batch, and `--input FILE` decodes many prompts (`batch_run.py`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import sys
 from typing import Any
 
 from llmgen import beam
-from llmgen.cli import common
+from llmgen.cli import batch_run, common
+from llmgen.cli.batch_run import BATCH
 from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.cli.output import TerminalRenderer, beam_progress, make_renderer
 from llmgen.config import Resolved
@@ -15,10 +17,19 @@ from llmgen.generation import token_budget
 from llmgen.models import LoadedModel
 
 
-@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT)
+@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, batch=BATCH)
 def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[str, Any],
-             model_opts: dict[str, Any], output: dict[str, Any]) -> None:
+             model_opts: dict[str, Any], output: dict[str, Any], batch: dict[str, Any]) -> None:
     """Generate text from PROMPT with the target model.
+
+    With -n N the N samples decode together as one batch, each with its own random stream (from --seed
+    and its index), penalties and stop rules; they are printed in order. Beam search (--num-beams) and
+    `llmgen speculate` decode one sequence at a time.
+
+    With --input FILE, every prompt of FILE is decoded, --batch-size at a time. Output: with --json, one
+    row per prompt with "index", "id" (when given) and the fields of a single run, or "error" for a
+    prompt that failed (the others go on; the exit code is then 1). Without --json, the texts, separated
+    by a line holding only the record separator \x1e (or each ended by NUL with -0).
 
     Examples:
 
@@ -27,6 +38,8 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
       cat notes.txt | llmgen generate --preset precise > out.txt
 
       llmgen generate --num-beams 4 -n 2 --no-repeat-ngram-size 3 --json "Translate to French: cheese"
+
+      llmgen generate --input questions.jsonl --json --greedy -N 64 > answers.jsonl
     """
     resolved = common.resolve_settings({**sampling, **beams})
     notes = beam.check_combination(resolved)
@@ -35,6 +48,11 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         return
     for note in notes:
         print(f"llmgen: note: {note}", file=sys.stderr)
+    if batch["input"] is not None:
+        batch_run.check_combination(prompt, resolved)
+        loaded = common.load_model(model_opts["model"], model_opts)
+        batch_run.run_input(loaded, resolved, batch, output)
+        return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
     ids = common.prompt_ids(loaded, text, output)
@@ -42,6 +60,9 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         run_beam_search(loaded, ids, resolved, output)
         return
     renderer = make_renderer(output["json"], output["quiet"])
+    if resolved.config.n > 1:
+        batch_run.sample_n(loaded, ids, resolved, renderer)
+        return
 
     def plain(prompt_ids: list[int], generator: Any) -> Any:
         lm = CachedLM(loaded.model)

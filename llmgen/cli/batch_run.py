@@ -1,0 +1,288 @@
+"""`generate -n N` and `generate --input FILE`: batched decoding at the command line.
+
+- `-n N` decodes the N samples as rows of one batch. On a terminal or a pipe they are shown in order:
+  the first unfinished sample streams, the others wait in memory until their turn.
+- `--input FILE` decodes many prompts, `--batch-size` at a time; a finished row's slot goes to the next
+  prompt at once. Each row is written and flushed as soon as it (and, unless `--unordered`, every row
+  before it) is done, so an interruption loses nothing already finished. A bad row becomes an error
+  row; the others go on, and the exit code is 1 at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from llmgen import prompt_file
+from llmgen.batch import DEFAULT_BATCH_SIZE, Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen.cli.output import Renderer, stderr_console
+from llmgen.config import Resolved
+from llmgen.errors import LlmgenError, UsageError
+from llmgen.generation import SequenceResult, encode_prompt
+from llmgen.hfutil import first_line
+from llmgen.models import LoadedModel
+from llmgen.rowcache import RowCache
+from llmgen.sampling import make_generator
+
+PANEL = "Many prompts (--input)"
+RECORD_SEPARATOR = "\x1e"
+
+
+def _option(name: str, annotation: Any, default: Any) -> Any:
+    import inspect
+
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+BATCH = [
+    _option("input", Annotated[Optional[str], typer.Option(
+        "--input", "-i", metavar="FILE", rich_help_panel=PANEL, show_default="off",
+        help="Decode every prompt of FILE ('-' = stdin): one prompt per line, or JSON Lines with \"prompt\" "
+             "and optional \"id\", \"system\" and decoding keys as in presets (they override the command line "
+             "for that row). Output: one row per prompt, in input order.")], None),
+    _option("batch_size", Annotated[int, typer.Option(
+        "--batch-size", "-B", metavar="B", rich_help_panel=PANEL, min=1,
+        help="Prompts decoded together; when one finishes, the next prompt takes its slot.")], DEFAULT_BATCH_SIZE),
+    _option("unordered", Annotated[bool, typer.Option(
+        "--unordered", rich_help_panel=PANEL,
+        help="Write each row as soon as it finishes, not in input order (rows carry their index with --json).")],
+        False),
+    _option("null", Annotated[bool, typer.Option(
+        "-0", "--null", rich_help_panel=PANEL,
+        help="Text output: end each text with a NUL byte, instead of separating texts by a line holding "
+             "only the record separator \\x1e.")], False),
+    _option("resume", Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="OUT.jsonl", rich_help_panel=PANEL, show_default="off", dir_okay=False,
+        help="Append JSON rows to OUT.jsonl instead of stdout, skipping the prompts whose index is already "
+             "there (an error row counts as done: delete it to retry).")], None),
+]
+
+
+class RowsFailed(LlmgenError):
+    """Some rows of --input failed; their rows hold the error."""
+
+
+def limits(loaded: LoadedModel) -> Limits:
+    return Limits(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
+
+
+# --- -n N ----------------------------------------------------------------------------------------
+
+def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer) -> list[SequenceResult]:
+    """The `n` samples as one batch, rendered in sample order."""
+    config = resolved.config
+    shown = InOrder(renderer, config.n)
+    return sample_rows(RowCache(loaded.model), ids, config, limits(loaded), on_text=shown.text, on_done=shown.done)
+
+
+class InOrder:
+    """Shows rows that decode together one after another: the lowest unfinished row streams live."""
+
+    def __init__(self, renderer: Renderer, total: int) -> None:
+        self.renderer, self.total = renderer, total
+        self.live = 0
+        self.waiting: dict[int, list[str]] = {}
+        self.finished: dict[int, SequenceResult] = {}
+        renderer.begin(0, total)
+
+    def text(self, row: Row, piece: str) -> None:
+        if row.key == self.live:
+            self.renderer.text(piece, "target")
+        else:
+            self.waiting.setdefault(row.key, []).append(piece)
+
+    def done(self, row: Row, result: SequenceResult) -> None:
+        self.finished[row.key] = result
+        while self.live in self.finished:
+            self.renderer.end(self.finished.pop(self.live))
+            self.live += 1
+            if self.live < self.total:
+                self.renderer.begin(self.live, self.total)
+                for piece in self.waiting.pop(self.live, []):
+                    self.renderer.text(piece, "target")
+
+
+# --- --input FILE --------------------------------------------------------------------------------
+
+def check_combination(prompt: str | None, resolved: Resolved) -> None:
+    if prompt is not None:
+        raise UsageError("give either a PROMPT or --input, not both")
+    if resolved.config.n > 1:
+        raise UsageError("--input gives one row per prompt; -n > 1 is not supported with it")
+    if resolved.config.num_beams > 1:
+        raise UsageError("--input decodes with sampling or greedy; beam search takes one PROMPT at a time")
+
+
+def read_input(source: str) -> str:
+    if source == "-":
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        try:
+            raw = Path(source).read_bytes()
+        except OSError as err:
+            raise UsageError(f"--input {source}: {err.strerror or first_line(err)}") from None
+    text = raw.decode("utf-8", errors="replace")
+    if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
+        print("llmgen: warning: --input is not valid UTF-8; invalid bytes were replaced with U+FFFD", file=sys.stderr)
+    return text
+
+
+def done_indices(path: Path) -> set[int]:
+    """Indices of the rows already in a --resume file (lines that do not parse are ignored)."""
+    if not path.exists():
+        return set()
+    done = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            obj = json.loads(line)
+            if isinstance(obj, dict) and isinstance(obj.get("index"), int):
+                done.add(obj["index"])
+    return done
+
+
+class RowWriter:
+    """Writes finished rows to `stream`, flushed one by one: JSON lines, or text records."""
+
+    def __init__(self, stream: IO[str], json_mode: bool, null: bool, order: list[int] | None) -> None:
+        self.stream, self.json_mode, self.null = stream, json_mode, null
+        self.order, self.position = order, 0  # order: the indices in output order (None: as they come)
+        self.held: dict[int, dict[str, Any]] = {}
+        self.written = 0
+
+    def put(self, index: int, record: dict[str, Any]) -> None:
+        if self.order is None:
+            self._write(record)
+            return
+        self.held[index] = record
+        while self.position < len(self.order) and self.order[self.position] in self.held:
+            self._write(self.held.pop(self.order[self.position]))
+            self.position += 1
+
+    def drain(self) -> None:
+        """After an interruption: JSON rows finished out of turn are written too (they carry their index)."""
+        if self.json_mode:
+            for index in sorted(self.held):
+                self._write(self.held.pop(index))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.json_mode:
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            text = record.get("text", "")
+            if self.null:
+                self.stream.write(text + "\0")
+            else:
+                separator = f"{RECORD_SEPARATOR}\n" if self.written else ""
+                self.stream.write(separator + text + ("" if text.endswith("\n") else "\n"))
+        self.stream.flush()
+        self.written += 1
+
+
+Progressed = Callable[[int], None]  # called with the generated tokens of each finished row
+
+
+@contextlib.contextmanager
+def progress_bar(total: int) -> Iterator[Progressed]:
+    """Prompts done/total, tokens/s and ETA on stderr; nothing unless stderr is a terminal."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield lambda tokens: None
+        return
+    columns = (TextColumn("{task.completed}/{task.total} prompts"), BarColumn(),
+               TextColumn("{task.fields[rate]} tok/s"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("prompts", total=total, rate="-")
+        started, tokens_so_far = time.perf_counter(), 0
+
+        def advance(tokens: int) -> None:
+            nonlocal tokens_so_far
+            tokens_so_far += tokens
+            rate = tokens_so_far / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=1, rate=f"{rate:.1f}")
+
+        yield advance
+
+
+def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any]) -> None:
+    """Decode every prompt of --input; raises RowsFailed at the end if any row failed."""
+    jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
+    chat, system = output.get("chat"), output.get("system")
+    encode_prompt(loaded, "x", chat, system)  # --chat without a template, --system without chat: exit 2 now
+    resume: Path | None = batch["resume"]
+    skip = done_indices(resume) if resume else set()
+    jobs = [job for job in jobs if job.index not in skip]
+    order = None if batch["unordered"] else [job.index for job in jobs]
+    quiet = output["quiet"]
+    failed, tokens, started = 0, 0, time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        stream: IO[str] = sys.stdout
+        if resume:
+            stream = stack.enter_context(_append(resume))
+        writer = RowWriter(stream, json_mode=output["json"] or resume is not None, null=batch["null"], order=order)
+        advance = stack.enter_context(progress_bar(len(jobs)))
+        by_index = {job.index: job for job in jobs}
+
+        def head(index: int) -> dict[str, Any]:
+            job = by_index[index]
+            return {"index": index} if job.id is None else {"index": index, "id": job.id}
+
+        def fail(index: int, message: str) -> None:
+            nonlocal failed
+            failed += 1
+            if not quiet:
+                print(f"llmgen: error: prompt {index} (line {index + 1}): {message}", file=sys.stderr, flush=True)
+            writer.put(index, {**head(index), "error": message})
+            advance(0)
+
+        def done(row: Row, result: SequenceResult) -> None:
+            nonlocal tokens
+            tokens += len(result.token_ids)
+            writer.put(row.key, {**head(row.key), **result.as_json()})
+            advance(len(result.token_ids))
+
+        def rows() -> Iterator[Row]:
+            for job in jobs:
+                if job.error is not None:
+                    fail(job.index, job.error)
+                    continue
+                try:
+                    ids = encode_prompt(loaded, job.prompt, chat, job.system or system)
+                except Exception as err:  # noqa: BLE001 - a tokenizer's failure on one row must not stop the others
+                    fail(job.index, first_line(err))
+                    continue
+                seed = job.config.seed
+                generator = (make_generator(seed, loaded.device) if job.own_seed
+                             else row_generator(seed, job.index, loaded.device))
+                yield Row(job.index, ids, job.config, generator)
+
+        try:
+            decode_rows(RowCache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"], on_done=done)
+        finally:
+            writer.drain()
+    if not quiet:
+        seconds = time.perf_counter() - started
+        print(f"llmgen: {len(jobs)} prompts ({failed} failed), {tokens} tokens in {seconds:.1f} s, "
+              f"{tokens / max(seconds, 1e-9):.1f} tok/s", file=sys.stderr, flush=True)
+    if failed:
+        raise RowsFailed(f"{failed} of {len(jobs)} prompts failed; their rows hold an \"error\" field")
+
+
+@contextlib.contextmanager
+def _append(path: Path) -> Iterator[IO[str]]:
+    try:
+        with open(path, "ab+") as raw:  # NOTE: a run killed mid-line left half a row; start on a fresh line
+            if raw.seek(0, 2) > 0 and raw.seek(-1, 2) >= 0 and raw.read(1) != b"\n":
+                raw.write(b"\n")
+        handle = open(path, "a", encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--resume {path}: {err.strerror or first_line(err)}") from None
+    with handle:
+        yield handle
