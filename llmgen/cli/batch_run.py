@@ -60,8 +60,8 @@ BATCH = [
         help="Text output: end each text with a NUL byte, instead of separating texts by a line holding "
              "only the record separator \\x1e.")], False),
     _option("resume", Annotated[Optional[Path], typer.Option(
-        "--resume", metavar="OUT.jsonl", rich_help_panel=PANEL, show_default="off", dir_okay=False,
-        help="Append JSON rows to OUT.jsonl instead of stdout, skipping the prompts whose index is already "
+        "--resume", metavar="FILE", rich_help_panel=PANEL, show_default="off", dir_okay=False,
+        help="Append JSON rows to FILE (JSON Lines) instead of stdout, skipping the prompts whose index is already "
              "there (an error row counts as done: delete it to retry).")], None),
 ]
 
