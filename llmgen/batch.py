@@ -30,7 +30,7 @@ from torch import Tensor
 from llmgen.config import DecodingConfig
 from llmgen.generation import SequenceResult, SequenceState
 from llmgen.processors import penalty_context, process, token_counts
-from llmgen.rowcache import RowCache
+from llmgen.rowcache import Rows
 from llmgen.sampling import greedy_pick, make_generator, random_pick
 
 DEFAULT_BATCH_SIZE = 8
@@ -99,7 +99,7 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> Tensor:
     return tokens
 
 
-def decode_rows(cache: RowCache, pending: Iterable[Row], limits: Limits, *, batch_size: int = DEFAULT_BATCH_SIZE,
+def decode_rows(cache: Rows, pending: Iterable[Row], limits: Limits, *, batch_size: int = DEFAULT_BATCH_SIZE,
                 continuous: bool = True, on_text: OnText | None = None, on_done: OnDone | None = None) -> None:
     """Decode every row of `pending` (read lazily), at most `batch_size` at a time.
 
@@ -119,7 +119,7 @@ def decode_rows(cache: RowCache, pending: Iterable[Row], limits: Limits, *, batc
         raise
 
 
-def _loop(cache: RowCache, queue: Iterator[Row], limits: Limits, batch_size: int, continuous: bool,
+def _loop(cache: Rows, queue: Iterator[Row], limits: Limits, batch_size: int, continuous: bool,
           on_text: OnText | None, on_done: OnDone | None, active: list[Row]) -> None:
     """The loop of `decode_rows`; `active` (the rows running) is kept up to date in place."""
     logits = torch.empty(0)
@@ -165,7 +165,7 @@ def _take(queue: Iterator[Row], count: int) -> list[Row]:
     return taken
 
 
-def _admit(cache: RowCache, rows: list[Row], limits: Limits) -> Tensor:
+def _admit(cache: Rows, rows: list[Row], limits: Limits) -> Tensor:
     """Prefill the rows' distinct prompts once each, then repeat cache rows so each row has its own."""
     before = cache.rows
     distinct: dict[tuple[int, ...], int] = {}
@@ -188,7 +188,7 @@ def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
         on_done(row, row.state.result())
 
 
-def sample_rows(cache: RowCache, prompt_ids: list[int], config: DecodingConfig, limits: Limits, *,
+def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: Limits, *,
                 on_text: OnText | None = None, on_done: OnDone | None = None) -> list[SequenceResult]:
     """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order."""
     rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device)) for i in range(config.n)]

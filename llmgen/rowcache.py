@@ -17,7 +17,8 @@ and positions follow from `lengths` alone. Three operations keep that layout:
   prompt to N samples. Columns that have become padding in every row are cut from the left.
 
 Another backend (a static, position-indexed cache) can provide the same three operations and the
-`rows` count; `batch.py` uses nothing else. The model call is the HF one:
+`rows` count; `batch.py` uses nothing else. `SerialRows` does so for a model with its own
+single-sequence cache, one forward per row. The model call is the HF one:
 `model(input_ids, attention_mask, position_ids, cache=..., use_cache=True, logits_to_keep=1).logits`.
 
 NOTE: positions of left padding are set to 1, as HF `generate()` sets them, so that a greedy batch
@@ -127,3 +128,58 @@ def _pad_left(states: Tensor, width: int) -> Tensor:
     if missing <= 0:
         return states
     return torch.nn.functional.pad(states, (0, 0, missing, 0))
+
+
+class SerialRows:
+    """The `RowCache` operations over one `decode.CachedLM` per row, for a model that brings its own
+    single-sequence cache (`model.new_cache()`, the lean int4 Llama): rows are correct and independent,
+    but each step runs one forward per row. A batched cache for such a model replaces this class."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.device = model.device
+        self.lms: list[Any] = []
+        self.tokens: list[list[int]] = []  # each row's tokens, to rebuild a repeated row's cache
+
+    @property
+    def rows(self) -> int:
+        return len(self.lms)
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
+        from llmgen.decode import CachedLM
+
+        logits = []
+        for prompt in prompts:
+            lm = CachedLM(self.model)
+            logits.append(lm.forward(prompt))  # [1, vocab]
+            self.lms.append(lm)
+            self.tokens.append(list(prompt))
+        return torch.cat(logits)  # [k, vocab]
+
+    def step(self, tokens: Tensor) -> Tensor:
+        for row, token in zip(self.tokens, tokens.tolist()):
+            row.append(token)
+        return torch.cat([lm.forward([row[-1]]) for lm, row in zip(self.lms, self.tokens)])  # [rows, vocab]
+
+    def select(self, indices: Sequence[int]) -> None:
+        from llmgen.decode import CachedLM
+
+        lms, tokens, used = [], [], set()
+        for i in indices:
+            if i in used:  # a repeated row gets its own cache, rebuilt from its tokens
+                lm = CachedLM(self.model)
+                lm.forward(self.tokens[i])
+            else:
+                lm = self.lms[i]
+            used.add(i)
+            lms.append(lm)
+            tokens.append(list(self.tokens[i]))
+        self.lms, self.tokens = lms, tokens
+
+
+Rows = RowCache | SerialRows  # what `batch.py` decodes with
+
+
+def row_cache(model: Any) -> Rows:
+    """The row cache for `model`: one left-padded batch for a transformers model, else one cache per row."""
+    return SerialRows(model) if hasattr(model, "new_cache") else RowCache(model)

@@ -12,7 +12,7 @@ from llmgen.batch import Limits, Row, decode_rows, row_generator, sample_rows
 from llmgen.config import DecodingConfig
 from llmgen.decode import CachedLM, sample_tokens
 from llmgen.generation import run_sequence
-from llmgen.rowcache import RowCache
+from llmgen.rowcache import RowCache, SerialRows
 from llmgen.sampling import make_generator
 
 CHAR_PROMPTS = ["abc", "hello.", "a bad cafe", "h", "dead beef cafe", "ab", "fade.", "cab bag"]
@@ -169,3 +169,18 @@ def test_row_cache_keeps_rows_left_padded_and_cuts_padding_columns(char_lm) -> N
     expected = fresh.add([[8, 3, 9], [4, 5, 6, 7, 9]])
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
     assert first.shape == (2, 13) and more.shape == (1, 13)
+
+
+def test_serial_rows_give_the_rows_of_the_batched_cache(char_lm) -> None:
+    """The fallback for a model with its own single-sequence cache (the lean int4 Llama): same rows."""
+    prompts = [char_lm.tokenizer(p)["input_ids"] for p in CHAR_PROMPTS[:5]]
+    config = DecodingConfig(seed=2, top_k=5, max_new_tokens=15)
+    rows = [Row(i, p, config, row_generator(2, i)) for i, p in enumerate(prompts)]
+    serial: dict[int, list[int]] = {}
+    decode_rows(SerialRows(char_lm.model), rows, limits(char_lm), batch_size=3,
+                on_done=lambda row, result: serial.__setitem__(row.key, result.token_ids))
+    assert [serial[i] for i in range(5)] == batched(char_lm, prompts, config, batch_size=3)
+    n = DecodingConfig(seed=2, n=4, max_new_tokens=10, ignore_eos=True)
+    ids = prompts[0]
+    assert ([r.token_ids for r in sample_rows(SerialRows(char_lm.model), ids, n, limits(char_lm))]
+            == [r.token_ids for r in sample_rows(RowCache(char_lm.model), ids, n, limits(char_lm))])

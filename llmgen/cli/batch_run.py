@@ -29,7 +29,7 @@ from llmgen.errors import LlmgenError, UsageError
 from llmgen.generation import SequenceResult, encode_prompt
 from llmgen.hfutil import first_line
 from llmgen.models import LoadedModel
-from llmgen.rowcache import RowCache
+from llmgen.rowcache import row_cache
 from llmgen.sampling import make_generator
 
 PANEL = "Many prompts (--input)"
@@ -80,7 +80,7 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
     """The `n` samples as one batch, rendered in sample order."""
     config = resolved.config
     shown = InOrder(renderer, config.n)
-    return sample_rows(RowCache(loaded.model), ids, config, limits(loaded), on_text=shown.text, on_done=shown.done)
+    return sample_rows(row_cache(loaded.model), ids, config, limits(loaded), on_text=shown.text, on_done=shown.done)
 
 
 class InOrder:
@@ -264,7 +264,7 @@ def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], ou
                 yield Row(job.index, ids, job.config, generator)
 
         try:
-            decode_rows(RowCache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"], on_done=done)
+            decode_rows(row_cache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"], on_done=done)
         finally:
             writer.drain()
     if not quiet:
