@@ -22,11 +22,14 @@ class CachedLM:
     """A causal LM plus the KV cache of the one sequence it is reading."""
 
     def __init__(self, model: Any) -> None:
-        from transformers import DynamicCache
-
         self.model = model
         self.device = model.device
-        self.cache = DynamicCache(config=model.config)
+        if hasattr(model, "new_cache"):  # a model with its own cache (`quant.llama.LeanLlama`)
+            self.cache = model.new_cache()
+        else:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=model.config)
         self.length = 0  # tokens in the cache
 
     @torch.inference_mode()

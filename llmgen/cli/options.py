@@ -88,6 +88,11 @@ MODEL = [
     _param("dtype", Annotated[str, typer.Option(
         "--dtype", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16 or float16.",
         rich_help_panel="Model")], "auto"),
+    _param("quant", Annotated[str, typer.Option(
+        "--quant", metavar="auto|none|int4", rich_help_panel="Model",
+        help="Weights: none (the model's float weights through transformers) or int4 (4-bit weights on the "
+             "CPU through llmgen's lean Llama forward; a GGUF file's own Q4_0/Q4_1 codes, else quantized at "
+             "group 32). Default: the alias's own setting, else none.")], "auto"),
     _param("offline", Annotated[bool, typer.Option(
         "--offline", help="Never download from the hub; use the local cache only.", rich_help_panel="Model")],
         False),

@@ -22,6 +22,7 @@ from llmgen.sampling import make_generator
 from llmgen.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
 
 PANEL = "Speculative decoding"
+SELF = "self"
 
 
 def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
@@ -34,9 +35,10 @@ SPECULATIVE = [
     for name, annotation, default in (
         ("draft", Annotated[Optional[str], typer.Option(
             "--draft", "-d", rich_help_panel=PANEL, show_default="none (required)",
-            help="The draft: 'ngram' (prompt lookup, no model), or a model resolved as for --model "
-                 "(alias, directory, .gguf file, hub id) with the target's vocabulary. "
-                 "'small' is the built-in draft of the default model.")], None),
+            help="The draft: 'ngram' (prompt lookup, no model), 'self' (the target's own weights in int4), "
+                 "or a model resolved as for --model (alias, directory, .gguf file, hub id) with the target's "
+                 "vocabulary. 'small' is the built-in draft of the default model: the same file in int4.")],
+            None),
         ("gamma", Annotated[str, typer.Option(
             "--gamma", "-g", rich_help_panel=PANEL, metavar="N|auto",
             help="Draft tokens per round (>= 1), or 'auto': chosen each round from the measured acceptance "
@@ -51,6 +53,11 @@ SPECULATIVE = [
         ("draft_dtype", Annotated[str, typer.Option(
             "--draft-dtype", rich_help_panel=PANEL,
             help="The draft's dtype: auto (the alias's own, else as --dtype auto), float32, bfloat16, float16.")],
+            "auto"),
+        ("draft_quant", Annotated[str, typer.Option(
+            "--draft-quant", rich_help_panel=PANEL, metavar="auto|none|int4",
+            help="The draft's weights, as --quant: auto is the alias's own setting ('small' is int4), int4 for "
+                 "--draft self, else none. The target's output does not depend on it, only the speed.")],
             "auto"),
         ("compare", Annotated[bool, typer.Option(
             "--compare", rich_help_panel=PANEL,
@@ -98,7 +105,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
         return
     text = common.read_prompt(prompt)
     target = common.load_model(model_opts["model"], model_opts)
-    draft = _load_draft(spec["draft"], spec["draft_dtype"], model_opts)
+    draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts)
     if draft is not None:
         check_compatible(target, draft)
     ids = common.prompt_ids(target, text, output)
@@ -118,11 +125,13 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
         common.run_all(target, ids, resolved, renderer, speculative)
 
 
-def _load_draft(ref: str, dtype: str, model_opts: dict[str, Any]) -> LoadedModel | None:
+def _load_draft(ref: str, dtype: str, quant: str, model_opts: dict[str, Any]) -> LoadedModel | None:
     if ref == NGRAM:
         return None
+    if ref == SELF:  # the target's own weights, in 4 bits unless asked otherwise
+        ref, quant = model_opts["model"], "int4" if quant == "auto" else quant
     try:
-        return common.load_model(ref, {**model_opts, "dtype": dtype})
+        return common.load_model(ref, {**model_opts, "dtype": dtype, "quant": quant})
     except ModelError as err:
         raise ModelError(f"--draft: {err}") from None
 

@@ -1,0 +1,97 @@
+"""The 4-bit path (`--quant int4`): packed weights, the int4 linear layer and a lean Llama forward.
+
+- `blocks.py`  GGUF Q4_0 / Q4_1 / Q8_0 blocks and group-32 quantization, in the int4 kernel's convention
+- `linear.py`  `Int4Linear`, over torch's CPU kernel `_weight_int4pack_mm_for_cpu`
+- `llama.py`   `LeanLlama`: the Llama forward with a position-indexed cache, called like a transformers model
+- `pack.py`    from a GGUF file or a transformers checkpoint to packed tensors, and from those to a model
+- `cache.py`   the packed tensors cached on disk, checked and rebuilt like the GGUF cache
+
+A loaded int4 model is still "a module that returns logits": `decode.CachedLM`, the speculative loop and
+the benchmark do not know it is quantized.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmgen.errors import ModelError
+from llmgen.gguf_cache import ProgressHook, gguf_cache_path
+from llmgen.hfutil import first_line, quiet
+
+__all__ = ["load_int4"]
+
+
+def _gguf_directory(resolved: Any, offline: bool, progress: ProgressHook | None) -> Path:
+    """The converted directory of a GGUF file, for its config and tokenizer. The int4 path reads neither
+    its float weights nor their checksums (which cost ~0.4 s a load), so a finished conversion is used
+    as it is; only a missing one is made."""
+    from llmgen import models
+
+    directory = gguf_cache_path(Path(resolved.location))
+    if (directory / "config.json").is_file() and (directory / "tokenizer_config.json").is_file():
+        return directory
+    return models.model_path(resolved, offline, progress)
+
+
+def load_int4(resolved: Any, *, device: str, offline: bool, allow_pickle: bool, trust_remote_code: bool,
+              progress: ProgressHook | None, started: float | None = None) -> Any:
+    """Load `resolved` (a `models.Resolved`) for the int4 path; a `models.LoadedModel`."""
+    from llmgen import models
+    from llmgen.quant import cache, pack
+    from llmgen.quant.linear import int4_kernels_available
+    from llmgen.quant.llama import Shape, unsupported
+
+    started = time.perf_counter() if started is None else started
+    ref = resolved.ref
+    if not int4_kernels_available():
+        raise ModelError(f"--quant int4: torch {torch.__version__} has no CPU int4 kernels (torch >= 2.6 has them)")
+    dev = models.pick_device(device)
+    if dev.type != "cpu":
+        raise ModelError(f"--quant int4 runs on the CPU only (no {dev.type} kernel is wired up); "
+                         "use --device cpu, or --quant none")
+    is_gguf = resolved.kind == "gguf"
+    path = _gguf_directory(resolved, offline, progress) if is_gguf else models.model_path(resolved, offline, progress)
+    models.check_directory(path, allow_pickle, trust_remote_code)
+    from transformers import AutoConfig, GenerationConfig
+
+    with quiet():
+        try:
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except (ValueError, OSError, KeyError, TypeError) as err:
+            raise ModelError(f"cannot read the config of {ref!r} in {path}: {first_line(err)}") from None
+        try:
+            generation_config = GenerationConfig.from_pretrained(str(path))
+        except (OSError, ValueError):
+            generation_config = None
+    why = unsupported(config)
+    if why is None:
+        shape = Shape.from_config(config)
+        if shape.hidden % 32 or shape.intermediate % 32:
+            why = f"hidden size {shape.hidden} and MLP size {shape.intermediate} must be multiples of 32"
+    if why:
+        raise ModelError(f"--quant int4: no int4 path for {ref!r}: {why}; use --quant none")
+    if is_gguf:
+        gguf = Path(resolved.location)
+        target = cache.gguf_int4_path(gguf)
+
+        def build() -> Any:
+            return pack.from_gguf(gguf, shape)
+    else:
+        target = cache.dir_cache_path(path)
+
+        def build() -> Any:
+            return pack.from_checkpoint(path, shape)
+    try:
+        packed = cache.load_or_build(target, path / "config.json", build, progress)
+        model = pack.build(packed, config, generation_config)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ModelError(f"--quant int4: cannot pack {ref!r}: {first_line(err)}") from None
+    tokenizer = models.load_tokenizer(ref, path, trust_remote_code)
+    return models.LoadedModel(ref=ref, model=model, tokenizer=tokenizer, device=dev, dtype=torch.bfloat16,
+                              context_length=models.context_length(config),
+                              eos_token_ids=models.eos_ids(model, tokenizer),
+                              load_seconds=time.perf_counter() - started, path=path, quant="int4")

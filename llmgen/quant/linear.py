@@ -1,0 +1,57 @@
+"""The int4 linear layer: `Int4Blocks` packed for torch's CPU int4 kernel.
+
+    y = x' . w'^T,  x' = [x] * repeat along K,  w' = (c - 8) * scale + zero   (blocks.py)
+
+The kernel (`torch.ops.aten._weight_int4pack_mm_for_cpu`, group 32) reads 4 bits per weight, so one
+decode step reads about an eighth of the float32 bytes. Its fast path wants bfloat16 activations and
+bfloat16 scales and zeros; the output is bfloat16 and is returned as float32.
+
+In the spirit of gpt-fast's `WeightOnlyInt4Linear`: a module with a packed buffer and nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from llmgen.quant.blocks import GROUP, Int4Blocks
+
+ROW_MULTIPLE = 16  # NOTE: the CPU packing needs N divisible by 16; extra rows are zeros, cut from the output
+
+
+def int4_kernels_available() -> bool:
+    ops = torch.ops.aten
+    return hasattr(ops, "_convert_weight_to_int4pack_for_cpu") and hasattr(ops, "_weight_int4pack_mm_for_cpu")
+
+
+class Int4Linear(nn.Module):
+    """A bias-free linear layer over packed 4-bit weights."""
+
+    def __init__(self, blocks: Int4Blocks) -> None:
+        super().__init__()
+        n, k = blocks.codes.shape
+        if k % GROUP:
+            raise ValueError(f"int4: the input dimension {k} is not a multiple of {GROUP}")
+        padded = -n % ROW_MULTIPLE
+        codes, scale, zero = blocks.codes, blocks.scale, blocks.zero
+        if padded:
+            codes = torch.cat([codes, torch.full((padded, k), 8, dtype=codes.dtype)])
+            scale = torch.cat([scale, torch.zeros(padded, scale.shape[1])])
+            zero = torch.cat([zero, torch.zeros(padded, zero.shape[1])])
+        self.out_features = n
+        self.repeat = blocks.repeat
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+        self.register_buffer("packed", packed, persistent=False)  # [N', K / 2] uint8, the kernel's layout
+        # [K / 32, N', 2]: the kernel's layout of scales and zeros
+        scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+        self.register_buffer("scales_zeros", scales_zeros, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # [M, K]
+        if self.repeat > 1:
+            x = x.repeat(1, self.repeat)  # [M, repeat * K]
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_zeros)  # [M, N']
+        if y.shape[-1] != self.out_features:
+            y = y[:, :self.out_features]
+        return y.float().reshape(*shape, self.out_features)
