@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""The README benchmark: llmgen against HF generate() on the embedded model, in one process.
+"""The benchmark behind docs/benchmarks.md: llmgen against HF generate() on the embedded model, in one process.
 
     python scripts/bench.py                      # everything, median of 5 interleaved runs (`make bench`)
     python scripts/bench.py --runs 1 --quick     # a quick check that it all works
-    python scripts/bench.py --json bench.json --plot docs/bench.png
+    python scripts/bench.py --json docs/results/bench.json --plot docs/bench.png
 
-Sections (each a Markdown table on stdout, ready for the README):
+Sections (each a Markdown table on stdout, ready for docs/benchmarks.md):
 1. open prompts: llmgen plain greedy against HF greedy (the decode tokens/s ratio: target >= 1.0,
    aim 1.2), OpenAI penalties and what they do to repetition, the n-gram draft's cost where the
    answer is not in the prompt (target: <= 5%), and beam search B=4 against HF's.
