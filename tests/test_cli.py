@@ -125,7 +125,7 @@ def test_models_list_shows_the_embedded_aliases(capsys) -> None:
     code, out, _ = run(capsys, "models", "list", "--json")
     rows = {row["alias"]: row for row in map(json.loads, out.splitlines())}
     assert code == 0 and {"smollm2-135m", "small"} <= set(rows)
-    assert rows["small"]["dtype"] == "bfloat16"
+    assert rows["small"]["quant"] == "int4" and rows["smollm2-135m"]["quant"] == "none"
 
 
 def test_version(capsys) -> None:

@@ -17,7 +17,7 @@ def test_default_alias_is_the_embedded_gguf() -> None:
     resolved = models.resolve(models.DEFAULT_MODEL)
     assert resolved.kind == "gguf" and resolved.location.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     small = models.resolve("small")
-    assert small.location == resolved.location and small.dtype == "bfloat16"
+    assert small.location == resolved.location and small.quant == "int4" and small.dtype is None
 
 
 def test_user_registry_adds_aliases(tmp_path, monkeypatch, char_model) -> None:
@@ -26,6 +26,18 @@ def test_user_registry_adds_aliases(tmp_path, monkeypatch, char_model) -> None:
     assert models.resolve("tiny").location == str(char_model)
     loaded = models.load("tiny")
     assert loaded.ref == "tiny" and loaded.vocab_size == 13 and loaded.context_length == 256
+
+
+def test_a_user_alias_can_default_to_int4(tmp_path, monkeypatch, char_model) -> None:
+    monkeypatch.setenv("LLMGEN_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LLMGEN_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "models.toml").write_text(f'[models.tiny4]\nsource = "{char_model}"\nquant = "int4"\n')
+    assert models.load("tiny4").quant == "int4"
+    assert models.load("tiny4", quant="none").quant == "none"
+    (tmp_path / "config" / "models.toml").write_text(f'[models.tiny4]\nsource = "{char_model}"\nquant = "int2"\n')
+    with pytest.raises(ModelError, match="quant must be one of none, int4"):
+        models.resolve("tiny4")
 
 
 def test_bad_user_registry_is_a_model_error(tmp_path, monkeypatch) -> None:

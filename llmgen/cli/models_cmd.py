@@ -26,13 +26,15 @@ def list_models(json: bool = typer.Option(False, "--json", help="One JSON object
         except ModelError as err:
             cached, where = "unavailable", str(err)
         rows.append({"alias": entry.name, "description": entry.description, "source": where,
-                     "dtype": entry.dtype or "auto", "origin": entry.origin, "cached": cached})
+                     "dtype": entry.dtype or "auto", "quant": entry.quant or "none", "origin": entry.origin,
+                     "cached": cached})
     if json:
         for row in rows:
             print(jsonlib.dumps(row))
         return
-    table = Table("alias", "what it is", "dtype", "defined in", "cached", "source")
+    table = Table("alias", "what it is", "dtype", "quant", "defined in", "cached", "source")
     for row in rows:
-        table.add_row(row["alias"], row["description"], row["dtype"], row["origin"], row["cached"], row["source"])
+        table.add_row(row["alias"], row["description"], row["dtype"], row["quant"], row["origin"], row["cached"],
+                      row["source"])
     Console().print(table)
     Console(stderr=True).print(f"registry: {models.config_dir() / 'models.toml'}   cache: {models.cache_dir()}")
