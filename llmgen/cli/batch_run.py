@@ -151,8 +151,8 @@ def done_indices(path: Path) -> set[int]:
 class RowWriter:
     """Writes finished rows to `stream`, flushed one by one: JSON lines, or text records."""
 
-    def __init__(self, stream: IO[str], json_mode: bool, null: bool, order: list[int] | None) -> None:
-        self.stream, self.json_mode, self.null = stream, json_mode, null
+    def __init__(self, stream: IO[str] | None, json_mode: bool, null: bool, order: list[int] | None) -> None:
+        self.file, self.json_mode, self.null = stream, json_mode, null  # None: sys.stdout at each write
         self.order, self.position = order, 0  # order: the indices in output order (None: as they come)
         self.held: dict[int, dict[str, Any]] = {}
         self.written = 0
@@ -171,6 +171,11 @@ class RowWriter:
         if self.json_mode:
             for index in sorted(self.held):
                 self._write(self.held.pop(index))
+
+    @property
+    def stream(self) -> IO[str]:
+        # NOTE: looked up at each write: the progress bar redirects sys.stdout so that rows print above it.
+        return sys.stdout if self.file is None else self.file
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.json_mode:
@@ -223,7 +228,7 @@ def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], ou
     quiet = output["quiet"]
     failed, tokens, started = 0, 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
-        stream: IO[str] = sys.stdout
+        stream: IO[str] | None = None
         if resume:
             stream = stack.enter_context(_append(resume))
         writer = RowWriter(stream, json_mode=output["json"] or resume is not None, null=batch["null"], order=order)
