@@ -121,7 +121,7 @@ def test_plot_without_matplotlib_says_how_to_install(char_model: Path, prompt_fi
     (["--gamma", "0"], "--gamma: 0 must be >= 1"),
     (["--gamma", "fast"], "--gamma: 'fast' is not an integer or 'auto'"),
     (["-s", "turbo"], "unknown strategy 'turbo'"),
-    (["--baseline", "vllm"], "--baseline: 'vllm' must be 'hf' or 'none'"),
+    (["--baseline", "vllm"], "--baseline: 'vllm' must be none, hf, llamacpp or hf,llamacpp"),
     (["--plot", "out.jpg"], "must end in .png"),
     (["-n", "2"], "-n: bench generates one sequence per run"),
     (["--temperature", "-1"], "temperature"),

@@ -18,6 +18,7 @@ contender is built, so the benchmark works on an installation that lacks them (`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ from llmgen.models import LoadedModel
 from llmgen.sampling import make_generator
 from llmgen.stats import Timer
 
-# The strategies `llmgen bench` knows, in the order rows are shown.
-STRATEGIES = ("plain", "penalties", "ngram", "draft", "beam")
+# The strategies `llmgen bench` knows, in the order rows are shown. `int4` is plain decoding with the
+# target's weights in 4 bits (`--quant int4`), measured against `plain` in the same run.
+STRATEGIES = ("plain", "int4", "penalties", "ngram", "draft", "beam")
 # The `penalties` strategy: plain decoding with these OpenAI penalties, unless set by flag or preset.
 PENALTIES = {"frequency_penalty": 0.5, "presence_penalty": 0.5}
 HF_PROMPT_LOOKUP = 10  # HF generate(prompt_lookup_num_tokens=...), the value HF's docs suggest
@@ -205,8 +207,10 @@ class _StreamClock:
     def end(self) -> None: ...
 
 
-def hf_unsupported(config: DecodingConfig) -> str | None:
-    """Why HF generate() cannot run these settings, or None."""
+def hf_unsupported(config: DecodingConfig, loaded: LoadedModel | None = None) -> str | None:
+    """Why HF generate() cannot run these settings (on this model), or None."""
+    if loaded is not None and loaded.quant != "none":
+        return f"HF generate() cannot run llmgen's {loaded.quant} path"
     if config.frequency_penalty or config.presence_penalty:
         return "HF generate() has no OpenAI frequency or presence penalty"
     if config.uses_penalties and config.penalty_scope != "all":
@@ -293,3 +297,50 @@ class ForwardClock:
 def check_strategy(name: str) -> None:
     if name not in STRATEGIES:
         raise UsageError(f"--strategies: unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
+
+
+# --- llama.cpp (the optional extra llmgen[llamacpp]) -----------------------------------------------
+
+LLAMACPP_INSTALL = "pip install 'llmgen[llamacpp]' (llama-cpp-python; it builds llama.cpp from source, ~5 min)"
+
+
+def llamacpp_unavailable(loaded: LoadedModel, config: DecodingConfig, gguf: str | None) -> str | None:
+    """Why llama.cpp cannot be a baseline here, or None."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return f"llama.cpp is not installed: {LLAMACPP_INSTALL}"
+    if gguf is None:
+        return f"{loaded.ref!r} is not a GGUF file; llama.cpp runs GGUF files"
+    if not config.greedy or config.uses_penalties:
+        return "the llama.cpp baseline runs greedy decoding without penalties only"
+    return None
+
+
+def llamacpp(loaded: LoadedModel, config: DecodingConfig, gguf: str, label: str, twin: str) -> Contender:
+    """llama.cpp (llama-cpp-python) on the same GGUF file: greedy, the same prompt ids, as many threads
+    as torch uses, its own KV cache reset before every run."""
+    import llama_cpp
+
+    threads = torch.get_num_threads()
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=min(loaded.context_length, 4096), n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+
+    def run_once(ids: list[int]) -> RunRecord:
+        budget = token_budget(len(ids), config, loaded.context_length)
+
+        def body() -> Marks:
+            timer = Timer()
+            tokens: list[int] = []
+            for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                      reset=True):
+                timer.token()
+                if token in loaded.eos_token_ids:
+                    break
+                tokens.append(int(token))
+                if len(tokens) >= budget:
+                    break
+            return Marks.from_timer(timer, tokens)
+
+        return measure(loaded.device, body, len(ids))
+
+    return Contender(label, "llamacpp", "llamacpp", run_once, twin=twin,
+                     settings={**_settings(config), "threads": threads, "llama_cpp": llama_cpp.__version__})

@@ -37,6 +37,7 @@ class TableRow:
     predicted: float | None
     same_as_twin: str | None  # "k/n" runs whose tokens equal the twin's (greedy rows)
     quality: dict[str, Summary | None]
+    vs_llamacpp: float | None = None  # speed over the llama.cpp row that names this row as its twin
 
 
 def twin_key(row: Row) -> str:
@@ -62,16 +63,19 @@ def table_rows(result: Result) -> list[TableRow]:
         plain = next((r for r in rows if r.contender.strategy == "plain" and r.contender.engine == "llmgen"), None)
         plain_tps = plain.summary("decode_tps") if plain else None
         hf_rows = {r.contender.twin: r for r in rows if r.contender.engine == "hf"}
+        llamacpp_rows = {r.contender.twin: r for r in rows if r.contender.engine == "llamacpp"}
         for row in rows:
             tps = row.summary("decode_tps")
             twin = hf_rows.get(twin_key(row)) if row.contender.engine == "llmgen" else None
+            llamacpp = llamacpp_rows.get(row.contender.label) if row.contender.engine == "llmgen" else None
             acceptance = row.extra_summary("acceptance_rate")
             out.append(TableRow(
                 row, tps, row.summary("ttft_s"), row.summary("prefill_tps"), row.summary("peak_bytes"),
                 row.summary("generated_tokens"), _ratio(tps, plain_tps),
                 _ratio(tps, twin.summary("decode_tps")) if twin else None, acceptance,
                 row.extra_summary("tokens_per_target_forward"), _predicted(result, row, acceptance),
-                _same(row, twin) if twin and result.config.greedy else None, row.quality()))
+                _same(row, twin) if twin and result.config.greedy else None, row.quality(),
+                _ratio(tps, llamacpp.summary("decode_tps")) if llamacpp else None))
     return out
 
 
@@ -131,7 +135,7 @@ def _span(s: Summary | None, pattern: str = "{:.1f}") -> str:
     return f"{pattern.format(s.median)} ({pattern.format(s.min)}–{pattern.format(s.max)})"
 
 
-HEADERS = ("prompts", "strategy", "decode tok/s (min–max)", "× plain", "× HF", "TTFT ms", "prefill tok/s",
+HEADERS = ("prompts", "strategy", "decode tok/s (min–max)", "× plain", "× HF", "× llama.cpp", "TTFT ms", "prefill tok/s",
            "peak MB", "α", "tok/fwd", "speedup pred", "distinct-2", "distinct-3", "rep. 3-grams")
 
 
@@ -139,6 +143,7 @@ def cells(t: TableRow) -> list[str]:
     q = t.quality
     return [
         t.row.prompt_set, t.row.contender.label, _span(t.tps), _f(t.vs_plain, "{:.2f}×"), _f(t.vs_hf, "{:.2f}×"),
+        _f(t.vs_llamacpp, "{:.2f}×"),
         _f(t.ttft.median * 1000 if t.ttft else None, "{:.0f}"), _f(t.prefill.median if t.prefill else None, "{:.0f}"),
         _f(t.peak.max / MB if t.peak else None, "{:.0f}"), _f(t.acceptance.median if t.acceptance else None, "{:.2f}"),
         _f(t.per_forward.median if t.per_forward else None, "{:.2f}"), _f(t.predicted, "{:.2f}×"),
@@ -185,7 +190,7 @@ def rich_table(result: Result, roofline: Roofline | None = None) -> list[Any]:
     for header in HEADERS:
         table.add_column(header, justify="left" if header in ("prompts", "strategy") else "right")
     for t in table_rows(result):
-        table.add_row(*cells(t), style="dim" if t.row.contender.engine == "hf" else None)
+        table.add_row(*cells(t), style="dim" if t.row.contender.engine != "llmgen" else None)
     out: list[Any] = [table]
     if roofline:
         roof = Table(title="roofline: plain decoding against the memory-bandwidth limit", title_justify="left")
@@ -215,6 +220,7 @@ def as_json(result: Result, roofline: Roofline | None = None) -> dict[str, Any]:
             "generated_tokens": s(t.generated, 1),
             "ratio_to_plain": None if t.vs_plain is None else round(t.vs_plain, 4),
             "ratio_to_hf": None if t.vs_hf is None else round(t.vs_hf, 4),
+            "ratio_to_llamacpp": None if t.vs_llamacpp is None else round(t.vs_llamacpp, 4),
             "acceptance_rate": s(t.acceptance), "tokens_per_target_forward": s(t.per_forward),
             "predicted_speedup": None if t.predicted is None else round(t.predicted, 4),
             "measured_speedup": None if t.vs_plain is None or c.strategy not in ("ngram", "draft") else round(t.vs_plain, 4),
@@ -228,12 +234,13 @@ def as_json(result: Result, roofline: Roofline | None = None) -> dict[str, Any]:
         })
     return {
         "date": today(), "machine": machine(loaded.device),
-        "model": {"ref": loaded.ref, "path": str(loaded.path), "device": str(loaded.device),
+        "model": {"ref": loaded.ref, "path": str(loaded.path), "device": str(loaded.device), "quant": loaded.quant,
                   "dtype": str(loaded.dtype).removeprefix("torch."), "load_seconds": round(loaded.load_seconds, 3)},
         "settings": {**rows[0]["settings"]} if rows else {},
         "plan": {"prompt_sets": [p.name for p in plan.prompt_sets], "strategies": list(plan.strategies),
                  "gammas": list(plan.gammas), "drafts": [d.ref for d in plan.drafts], "runs": plan.runs,
                  "warmup": plan.warmup, "baseline": "hf" if plan.baseline_hf else None,
+                 "baseline_llamacpp": plan.llamacpp_gguf,
                  "num_beams": plan.num_beams},
         "rows": rows,
         "calibration": result.calibration,

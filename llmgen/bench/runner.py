@@ -47,6 +47,8 @@ class Plan:
     num_beams: int = 4
     chat: bool | None = None
     system: str | None = None
+    int4: LoadedModel | None = None  # the target in 4 bits, for the `int4` strategy
+    llamacpp_gguf: str | None = None  # a GGUF file: add llama.cpp on it as a baseline (greedy)
 
     def __post_init__(self) -> None:
         if self.runs < 1:
@@ -115,11 +117,21 @@ def build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.Co
         if plan.baseline_hf and twin is not None:
             out.append(twin())
 
-    hf_ok = cs.hf_unsupported(config) is None
+    hf_ok = cs.hf_unsupported(config, loaded) is None
+
+    def llamacpp(twin: str) -> None:
+        if plan.llamacpp_gguf:
+            out.append(cs.llamacpp(loaded, config, plan.llamacpp_gguf, "llama.cpp (same GGUF)", twin))
+
     for strategy in plan.strategies:
         if strategy == "plain":
             with_twin(cs.plain(loaded, config), (lambda: cs.hf(loaded, config, "HF generate", "plain"))
                       if hf_ok else None)
+            if "int4" not in plan.strategies or plan.int4 is None:
+                llamacpp("plain")
+        elif strategy == "int4" and plan.int4 is not None:
+            out.append(cs.plain(plan.int4, config, label="plain int4", strategy="int4"))
+            llamacpp("plain int4")
         elif strategy == "penalties":
             penalized = config.replace(**{k: getattr(config, k) or v for k, v in cs.PENALTIES.items()})
             label = f"penalties F={penalized.frequency_penalty:g} P={penalized.presence_penalty:g}"
@@ -137,7 +149,7 @@ def build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.Co
                 for gamma in plan.gammas:
                     label = f"draft {draft.ref} {gamma_label(gamma)}"
                     out.append(cs.speculative(loaded, config, draft, gamma, label))
-                if plan.baseline_hf and hf_ok:
+                if plan.baseline_hf and hf_ok and draft.quant == "none":
                     out.append(cs.hf(loaded, config, f"HF assisted ({draft.ref})", f"draft {draft.ref}",
                                      strategy="draft", extra={"assistant_model": draft.model}, draft=draft.ref))
         elif strategy == "beam":

@@ -13,7 +13,7 @@ from llmgen.cli import common
 from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, with_options
 from llmgen.cli.output import stderr_console
 from llmgen.config import DecodingConfig
-from llmgen.errors import IncompatibleDraftError, UsageError
+from llmgen.errors import IncompatibleDraftError, ModelError, UsageError
 
 PANEL = "Benchmark"
 
@@ -80,13 +80,15 @@ def bench(
         'with a "prompt" field). Repeat or separate with commas.', show_default="grounded",
         rich_help_panel=PANEL)] = None,
     strategies: Annotated[Optional[list[str]], typer.Option(
-        "--strategies", "-s", help="plain, penalties, ngram, draft, beam; repeat or separate with commas.",
-        show_default="plain,ngram,draft,beam (those installed)", rich_help_panel=PANEL)] = None,
+        "--strategies", "-s", help="plain, int4 (plain decoding with the target's weights in 4 bits), penalties, "
+        "ngram, draft, beam; repeat or separate with commas.",
+        show_default="plain,int4,ngram,draft,beam (those that can run)", rich_help_panel=PANEL)] = None,
     gamma: Annotated[Optional[list[str]], typer.Option(
         "--gamma", "-g", help="Draft lengths for ngram and draft, e.g. 1,2,4,8,auto (a sweep).",
         show_default="5", rich_help_panel=PANEL)] = None,
     draft: Annotated[Optional[list[str]], typer.Option(
-        "--draft", help="Draft model(s) for the draft strategy; repeatable.",
+        "--draft", help="Draft model(s) for the draft strategy, each with its alias's own --quant ('small' is "
+        "int4); 'self' is the target in int4. Repeatable.",
         show_default="small, with the default model", rich_help_panel=PANEL)] = None,
     num_beams: Annotated[int, typer.Option("--num-beams", help="Beams for the beam strategy.",
                                            rich_help_panel=PANEL)] = 4,
@@ -94,8 +96,10 @@ def bench(
                                       "prompt i of the set).", rich_help_panel=PANEL)] = 5,
     warmup: Annotated[int, typer.Option("--warmup", help="Unmeasured warm-up runs per configuration; 0 = none.",
                                         rich_help_panel=PANEL)] = 1,
-    baseline: Annotated[str, typer.Option("--baseline", help="'hf' adds HF generate() with the same settings; "
-                                          "'none' = off.", rich_help_panel=PANEL)] = "none",
+    baseline: Annotated[str, typer.Option("--baseline", metavar="none|hf|llamacpp", help="'hf' adds HF generate() "
+                                          "with the same settings; 'llamacpp' adds llama.cpp on the same GGUF file "
+                                          "(greedy, the same threads; extra llmgen\\[llamacpp]); both: hf,llamacpp.",
+                                          rich_help_panel=PANEL)] = "none",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: tokens/s by strategy, speedup "
                                                  "against γ (needs the extra llmgen\\[plot]: matplotlib).", show_default="none",
                                                  rich_help_panel=PANEL)] = None,
@@ -122,8 +126,9 @@ def bench(
     from llmgen.bench import plot as plotting
     from llmgen.bench import report, roofline as roof, runner
 
-    if baseline not in ("hf", "none"):
-        raise UsageError(f"--baseline: {baseline!r} must be 'hf' or 'none'")
+    baselines = set(_split([baseline])) - {"none"}
+    if baselines - {"hf", "llamacpp"}:
+        raise UsageError(f"--baseline: {baseline!r} must be none, hf, llamacpp or hf,llamacpp")
     if roofline_mb < 1:
         raise UsageError(f"--roofline-mb must be >= 1, not {roofline_mb}")
     if plot is not None:
@@ -138,29 +143,66 @@ def bench(
     gammas = parse_gammas(gamma)
     drafts = _split(draft)
     explicit = bool(strategies)
-    chosen, notes = pick_strategies(_split(strategies) or ["plain", "ngram", "draft", "beam"], explicit, drafts,
-                                    model_opts["model"])
+    chosen, notes = pick_strategies(_split(strategies) or ["plain", "int4", "ngram", "draft", "beam"], explicit,
+                                    drafts, model_opts["model"])
     if roofline and "plain" not in chosen:
         chosen.insert(0, "plain")
     sets = [prompt_sets.load(ref) for ref in dict.fromkeys(_split(prompts) or ["grounded"])]
     # Checked before the (slow) loads: Plan validates the numbers.
-    runner.Plan(sets, chosen, gammas, (), runs, warmup, baseline == "hf", num_beams)
+    runner.Plan(sets, chosen, gammas, (), runs, warmup, "hf" in baselines, num_beams)
     console = stderr_console()
     for note in notes:
         if not output["quiet"]:
             console.print(f"llmgen bench: {note}", highlight=False)
 
     loaded = common.load_model(model_opts["model"], model_opts)
+    late_notes: list[str] = []  # what only the loaded models tell
+    if roofline and loaded.quant != "none":
+        raise UsageError(f"--roofline measures the float path; drop --quant {loaded.quant}")
+    if loaded.quant != "none":  # the target itself runs in 4 bits
+        for name in ("int4", "beam"):
+            if name in chosen:
+                chosen.remove(name)
+                why = "the target is already int4" if name == "int4" else "beam search runs on the float path only"
+                if explicit:
+                    raise UsageError(f"--strategies {name}: {why}")
+                late_notes.append(f"skipping {name}: {why}")
+    int4 = None
+    if "int4" in chosen:
+        try:
+            int4 = common.load_model(model_opts["model"], {**model_opts, "quant": "int4"})
+        except ModelError as err:
+            if explicit:
+                raise
+            chosen.remove("int4")
+            late_notes.append(f"skipping int4: {err}")
+    llamacpp_gguf = None
+    if "llamacpp" in baselines:
+        from llmgen.bench import contenders
+        from llmgen.models import resolve
+
+        resolved_model = resolve(model_opts["model"])
+        gguf = resolved_model.location if resolved_model.kind == "gguf" else None
+        why = contenders.llamacpp_unavailable(loaded, config, gguf)
+        if why:
+            raise UsageError(f"--baseline llamacpp: {why}")
+        llamacpp_gguf = gguf
+    for note in late_notes:
+        if not output["quiet"]:
+            console.print(f"llmgen bench: {note}", highlight=False)
     draft_models = []
     if "draft" in chosen:
         for ref in drafts or ["small"]:
-            model = common.load_model(ref, {**model_opts, "dtype": "auto"})
+            if ref == "self":
+                model = common.load_model(model_opts["model"], {**model_opts, "dtype": "auto", "quant": "int4"})
+            else:
+                model = common.load_model(ref, {**model_opts, "dtype": "auto", "quant": "auto"})
             if model.vocab_size != loaded.vocab_size:
                 raise IncompatibleDraftError(f"draft {ref!r} has a vocabulary of {model.vocab_size} tokens; "
                                              f"the target {loaded.ref!r} has {loaded.vocab_size}")
             draft_models.append(model)
-    plan = runner.Plan(sets, chosen, gammas, draft_models, runs, warmup, baseline == "hf", num_beams,
-                       output["chat"], output["system"])
+    plan = runner.Plan(sets, chosen, gammas, draft_models, runs, warmup, "hf" in baselines, num_beams,
+                       output["chat"], output["system"], int4, llamacpp_gguf)
     result = _run_with_progress(loaded, config, plan, quiet=output["quiet"])
     roofline_result = None
     if roofline:
