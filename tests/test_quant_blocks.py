@@ -75,7 +75,7 @@ def test_nibbles_round_trip() -> None:
     assert torch.equal(qb.unpack_nibbles(packed), codes)
 
 
-@pytest.mark.parametrize("rows", [13, 48, 64])  # 13: padded to 16 rows for the kernel
+@pytest.mark.parametrize("rows", [13, 48, 64, 1040])  # 13: padded to 16 rows; 1040: packed in two slices
 def test_int4_linear_computes_the_dequantized_product(rows: int) -> None:
     torch.manual_seed(0)
     blocks = qb.quantize_q4(torch.randn(rows, 96) * 0.1)

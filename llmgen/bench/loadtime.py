@@ -25,7 +25,16 @@ _PROBE = """
 import json, resource, sys, time
 started = time.perf_counter()
 from llmgen import models
-loaded = models.load(sys.argv[1])
+loaded = models.load(sys.argv[1], quant=sys.argv[2])
+generate = int(sys.argv[3])
+if generate:  # a greedy run after loading, so that the peak includes the KV cache and activations
+    from llmgen.config import DecodingConfig
+    from llmgen.decode import CachedLM, sample_tokens
+    from llmgen.sampling import make_generator
+    ids = loaded.tokenizer("Write a short story about a lighthouse keeper.")["input_ids"]
+    tokens = sample_tokens(CachedLM(loaded.model), ids, DecodingConfig(temperature=0.0), make_generator(0))
+    for _ in range(generate):
+        next(tokens)
 try:
     with open("/proc/self/status") as status:
         peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
@@ -36,15 +45,22 @@ print(json.dumps({"load_seconds": loaded.load_seconds, "with_imports_seconds": t
 """
 
 
-def _probe(ref: str, cache_dir: str | None) -> dict[str, Any]:
+def _probe(ref: str, cache_dir: str | None, quant: str = "auto", generate: int = 0) -> dict[str, Any]:
     env = dict(os.environ)
     if cache_dir is not None:
         env["LLMGEN_CACHE_DIR"] = cache_dir
-    done = subprocess.run([sys.executable, "-c", _PROBE, ref], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _PROBE, ref, quant, str(generate)], env=env, capture_output=True,
+                          text=True)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or ["no output"]
         raise ModelError(f"loading {ref!r} in a fresh process failed: {lines[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cached_run(ref: str, quant: str, generate: int = 0) -> dict[str, Any]:
+    """A load from the user's cache (and `generate` greedy tokens) in a fresh process: load_seconds,
+    peak_rss_bytes."""
+    return _probe(ref, None, quant, generate)
 
 
 def load_times(ref: str) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from llmgen.quant.blocks import GROUP, Int4Blocks
 
 ROW_MULTIPLE = 16  # NOTE: the CPU packing needs N divisible by 16; extra rows are zeros, cut from the output
+PACK_ROWS = 1024  # rows packed at a time (a multiple of 64)
 
 
 def int4_kernels_available() -> bool:
@@ -40,7 +41,10 @@ class Int4Linear(nn.Module):
             zero = torch.cat([zero, torch.zeros(padded, zero.shape[1])])
         self.out_features = n
         self.repeat = blocks.repeat
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+        # NOTE: packed in slices of rows, which the kernel's layout allows (it interleaves within 64 rows):
+        # the int32 copy it wants of a 49152-row head would otherwise cost 226 MB at its peak.
+        packed = torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            codes[start:start + PACK_ROWS].to(torch.int32).contiguous(), 1) for start in range(0, len(codes), PACK_ROWS)])
         self.register_buffer("packed", packed, persistent=False)  # [N', K / 2] uint8, the kernel's layout
         # [K / 32, N', 2]: the kernel's layout of scales and zeros
         scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
