@@ -54,6 +54,8 @@ class RowCache:
         return int(self.lengths.max()) if self.rows else 0
 
     def _empty_cache(self) -> Any:
+        if hasattr(self.model, "new_cache"):  # the lean int4 Llama: its own cache, with the same layer view
+            return self.model.new_cache()
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
@@ -181,5 +183,7 @@ Rows = RowCache | SerialRows  # what `batch.py` decodes with
 
 
 def row_cache(model: Any) -> Rows:
-    """The row cache for `model`: one left-padded batch for a transformers model, else one cache per row."""
-    return SerialRows(model) if hasattr(model, "new_cache") else RowCache(model)
+    """The row cache for `model`: one left-padded batch for a transformers model and for the lean int4
+    Llama (whose cache shows the same layers); one cache per row for any other model with its own cache."""
+    batched = not hasattr(model, "new_cache") or getattr(model, "batched_rows", False)
+    return RowCache(model) if batched else SerialRows(model)

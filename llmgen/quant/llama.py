@@ -98,34 +98,47 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 class StaticCache:
-    """Keys and values by position, [layers, B, kv_heads, capacity, head_dim] float32.
+    """Keys and values by position: per layer, buffers [B, kv_heads, capacity, head_dim] float32.
 
     `length` is how many positions are valid; rolling back only lowers it. The capacity doubles when
-    needed (up to the context), so a short run does not hold the whole context's memory.
+    needed (up to the context), so a short run does not hold the whole context's memory. The batch size
+    is set by the first forward.
+
+    `layers[i].keys` / `.values` are the valid part, [B, kv_heads, length, head_dim], and can be assigned
+    (rows selected, columns cut or padded) as on a transformers `DynamicCache` layer: that is what
+    `rowcache.RowCache` does to a batch of left-padded rows, with this model as with a transformers one.
     """
 
-    def __init__(self, shape: Shape, batch: int = 1, capacity: int = 256) -> None:
+    def __init__(self, shape: Shape, batch: int | None = None, capacity: int = 256) -> None:
         self.shape = shape
-        self.batch = batch
         self.length = 0
-        self.keys = self._empty(min(capacity, shape.context))
-        self.values = self._empty(min(capacity, shape.context))
+        self.capacity = min(capacity, shape.context)
+        self.keys: list[Tensor] = []  # per layer [B, kv_heads, capacity, head_dim]; empty until the first forward
+        self.values: list[Tensor] = []
+        self.layers = [_CacheLayer(self, i) for i in range(shape.layers)]
+        if batch is not None:
+            self._allocate(batch, self.capacity)
 
-    def _empty(self, capacity: int) -> Tensor:
+    def _allocate(self, batch: int, capacity: int) -> None:
         s = self.shape
-        return torch.zeros(s.layers, self.batch, s.kv_heads, capacity, s.head_dim)
+        self.keys = [torch.zeros(batch, s.kv_heads, capacity, s.head_dim) for _ in range(s.layers)]
+        self.values = [torch.zeros(batch, s.kv_heads, capacity, s.head_dim) for _ in range(s.layers)]
+        self.capacity = capacity
 
-    def reserve(self, length: int) -> None:
-        capacity = self.keys.shape[3]
-        if length <= capacity:
+    def reserve(self, batch: int, length: int) -> None:
+        """Room for `length` positions of `batch` rows, keeping the valid ones."""
+        if not self.keys:
+            self._allocate(batch, max(self.capacity, min(length, self.shape.context)))
+        if self.keys[0].shape[0] != batch:
+            raise ValueError(f"the cache holds {self.keys[0].shape[0]} rows, not {batch}")
+        if length <= self.capacity:
             return
         if length > self.shape.context:
             raise ValueError(f"the sequence ({length} tokens) is longer than the context ({self.shape.context})")
-        new = min(self.shape.context, max(length, 2 * capacity))
-        keys, values = self._empty(new), self._empty(new)
-        keys[..., :self.length, :] = self.keys[..., :self.length, :]
-        values[..., :self.length, :] = self.values[..., :self.length, :]
-        self.keys, self.values = keys, values
+        old_keys, old_values = self.keys, self.values
+        self._allocate(batch, min(self.shape.context, max(length, 2 * self.capacity)))
+        for new, old in zip(self.keys + self.values, old_keys + old_values):
+            new[:, :, :self.length] = old[:, :, :self.length]
 
     def get_seq_length(self, layer: int = 0) -> int:
         return self.length
@@ -133,6 +146,37 @@ class StaticCache:
     def crop(self, length: int) -> None:
         """As transformers' `Cache.crop`: a negative count drops that many positions from the end."""
         self.length = self.length + length if length < 0 else min(self.length, length)
+
+
+class _CacheLayer:
+    """One layer's valid keys and values, as a transformers cache layer shows them."""
+
+    is_sliding = False
+
+    def __init__(self, cache: StaticCache, index: int) -> None:
+        self.cache, self.index = cache, index
+
+    @property
+    def keys(self) -> Tensor:
+        return self.cache.keys[self.index][:, :, :self.cache.length]
+
+    @keys.setter
+    def keys(self, value: Tensor) -> None:
+        self._replace(self.cache.keys, value)
+
+    @property
+    def values(self) -> Tensor:
+        return self.cache.values[self.index][:, :, :self.cache.length]
+
+    @values.setter
+    def values(self, value: Tensor) -> None:
+        self._replace(self.cache.values, value)
+
+    def _replace(self, buffers: list[Tensor], value: Tensor) -> None:
+        # NOTE: every layer's keys and values are replaced in turn, with the same shape, so that the
+        # length (shared) and the capacity agree again once all of them are.
+        buffers[self.index] = value.contiguous()
+        self.cache.length = self.cache.capacity = int(value.shape[2])
 
 
 class Layer(nn.Module):
@@ -170,30 +214,32 @@ class LeanLlama(nn.Module):
     def vocab_size(self) -> int:
         return self.shape.vocab
 
-    def new_cache(self, batch: int = 1) -> StaticCache:
-        return StaticCache(self.shape, batch)
+    batched_rows = True  # `rowcache.RowCache` can decode left-padded rows with this model and its cache
 
-    def _rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [k, head_dim / 2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos() * self.rope_scaling, emb.sin() * self.rope_scaling  # [k, head_dim]
+    def new_cache(self, batch: int | None = None) -> StaticCache:
+        return StaticCache(self.shape, batch)
 
     @torch.inference_mode()
     def forward(self, input_ids: Tensor, cache: StaticCache | None = None, use_cache: bool = True,
-                logits_to_keep: int = 0, **_: Any) -> SimpleNamespace:
+                logits_to_keep: int = 0, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                **_: Any) -> SimpleNamespace:
         """input_ids [B, k] after `cache.length` cached positions (a fresh cache when None)
-        -> .logits [B, k or logits_to_keep, vocab]."""
+        -> .logits [B, k or logits_to_keep, vocab].
+
+        Rows of one length need neither `attention_mask` nor `position_ids`. Left-padded rows give both,
+        as for a transformers model: attention_mask [B, cache.length + k] (0 on padding) and
+        position_ids [B, k]."""
         s = self.shape
         batch, k = input_ids.shape
         if cache is None:
             cache = StaticCache(s, batch, capacity=k)
         start = cache.length
         end = start + k
-        cache.reserve(end)
-        cos, sin = self._rotary(torch.arange(start, end))
-        mask = None
-        if k > 1 and start > 0:  # query i sits at start + i and sees keys 0 .. start + i
-            mask = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]  # [k, end]
+        cache.reserve(batch, end)
+        if position_ids is None:
+            position_ids = torch.arange(start, end)[None]  # [1, k]
+        cos, sin = self._rotary(position_ids)  # [B or 1, 1, k, head_dim]
+        mask = self._mask(start, k, attention_mask)
         h = self.embed(input_ids)  # [B, k, D] float32
         q_size, kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
         for index, layer in enumerate(self.layers):
@@ -204,11 +250,12 @@ class LeanLlama(nn.Module):
             value = value.view(batch, k, s.kv_heads, s.head_dim).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             key = key * cos + rotate_half(key) * sin
-            cache.keys[index, :, :, start:end] = key
-            cache.values[index, :, :, start:end] = value
+            keys, values = cache.keys[index], cache.values[index]
+            keys[:, :, start:end] = key
+            values[:, :, start:end] = value
             attention = F.scaled_dot_product_attention(
-                q, cache.keys[index, :, :, :end], cache.values[index, :, :, :end], attn_mask=mask,
-                is_causal=k > 1 and start == 0, scale=self.scale, enable_gqa=s.kv_heads != s.heads)
+                q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, is_causal=mask is None and k > 1,
+                scale=self.scale, enable_gqa=s.kv_heads != s.heads)
             h = h + layer.o(attention.transpose(1, 2).reshape(batch, k, q_size))
             x = rms_norm(h, layer.norm_mlp, s.eps)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
@@ -217,6 +264,25 @@ class LeanLlama(nn.Module):
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return SimpleNamespace(logits=self.head(rms_norm(h, self.norm, s.eps)))
+
+    def _rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        freqs = positions.float()[..., None] * self.inv_freq  # [B or 1, k, head_dim / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B or 1, 1, k, head_dim]
+        return emb.cos() * self.rope_scaling, emb.sin() * self.rope_scaling
+
+    @staticmethod
+    def _mask(start: int, k: int, attention_mask: Tensor | None) -> Tensor | None:
+        """None where SDPA's own causal flag (or no mask, k = 1) does; else bool [B or 1, 1, k, start + k]."""
+        if attention_mask is None:
+            if k == 1 or start == 0:
+                return None
+            return (torch.arange(start + k)[None, :] <= torch.arange(start, start + k)[:, None])[None, None]
+        columns = torch.arange(start + k)[None, :]
+        rows = torch.arange(start, start + k)[:, None]
+        causal = columns <= rows  # [k, start + k]
+        # NOTE: a padding query sees no real key; letting every query see itself keeps its softmax finite
+        # (a fully masked row would be NaN, and NaN keys would leak into later rows through 0 * NaN).
+        return ((attention_mask[:, None, None, :].bool() & causal) | (columns == rows))  # [B, 1, k, start + k]
 
 
 def from_transformers(model: Any) -> LeanLlama:
