@@ -9,15 +9,17 @@ load hit both; one short warm-up of every code path first):
 - n8: `generate -n 8` (one prefill, 8 rows) against HF `generate(num_return_sequences=8)`, top-p 0.9,
   exactly 64 and 128 new tokens per row (EOS ignored by both: HF through min_new_tokens), one prompt of
   the open set per run. tokens/s = 8 x new tokens / wall time, prefill included.
-- input: 32 prompts (open, code and grounded sets, chat template), top-p 0.9, up to 64 new tokens with
-  EOS, at --batch-size 8 against the same prompts one at a time through the single-sequence loop. Each
+- input: 32 prompts (the open set, cycled; chat template), top-p 0.9, up to 64 new tokens with EOS,
+  at --batch-size 8 against the same prompts one at a time through the single-sequence loop. Each
   prompt has the same seeded stream on both sides, so both draw (nearly) the same samples.
-- continuous: the 32 prompts, greedy, with mixed answer lengths (16 to 128 tokens, EOS ignored), in
-  continuous batches of 8 against static batches of 8 (a batch ends when its longest row ends).
-- rss: peak resident memory of a fresh process decoding 8 prompts x 128 tokens at batch 8 and at batch 1
-  (one process each: a peak does not drift like a rate).
-- sweep: batch size 1, 2, 4, 8, 16 over 16 prompts (greedy, 16 new tokens, EOS ignored): throughput and
-  mean per-row latency, against HF `generate()` on the same left-padded batches.
+- continuous: 32 prompts (the open, code and grounded sets), greedy, with mixed answer lengths (16 to
+  128 tokens, EOS ignored), in continuous batches of 8 against static batches of 8 (a batch ends when
+  its longest row ends).
+- rss: peak resident memory of a fresh process decoding 8 open prompts x 128 tokens at batch 8 and at
+  batch 1 (one process each: a peak does not drift like a rate).
+- sweep: batch size 1, 2, 4, 8, 16 over 16 prompts (the open set, then 6 of the code set; greedy, 16 new
+  tokens, EOS ignored): throughput and mean per-row latency, against HF `generate()` on the same
+  left-padded batches.
 """
 
 from __future__ import annotations
@@ -64,9 +66,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def prompts_of(loaded: models.LoadedModel, count: int) -> list[list[int]]:
-    texts = [p for name in ("open", "code", "grounded") for p in load_set(name).prompts]
-    return [encode_prompt(loaded, texts[i % len(texts)], None) for i in range(count)]
+def prompts_of(loaded: models.LoadedModel, count: int, sets: tuple[str, ...] = ("open",)) -> list[list[int]]:
+    """`count` prompts from the sets, cycled; from the second cycle on, a copy number is appended
+    (" (2)", " (3)", ...) so that no two prompts are equal and none shares a prefill with another."""
+    texts = [p for name in sets for p in load_set(name).prompts]
+    return [encode_prompt(loaded, texts[i % len(texts)] + (f" ({i // len(texts) + 1})" if i >= len(texts) else ""),
+                          None) for i in range(count)]
 
 
 def limits(loaded: models.LoadedModel) -> Limits:
@@ -114,7 +119,7 @@ def summary(rates: dict[str, list[float]], ours: str, theirs: str) -> dict[str, 
 # --- sections ------------------------------------------------------------------------------------
 
 def bench_n8(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
-    prompts = prompts_of(loaded, 10)[:10]  # the open set
+    prompts = prompts_of(loaded, 10)  # the open set
     out = {}
     for new in (64, 128):
         config = DecodingConfig(top_p=0.9, n=8, max_new_tokens=new, ignore_eos=True, seed=SEED)
@@ -166,7 +171,7 @@ def mixed_lengths(count: int) -> list[int]:
 
 
 def bench_continuous(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
-    prompts = prompts_of(loaded, 32)
+    prompts = prompts_of(loaded, 32, ("open", "code", "grounded"))
     lengths = mixed_lengths(32)
 
     def side(continuous: bool) -> Any:
@@ -205,7 +210,7 @@ def bench_rss(model: str, threads: int) -> dict[str, Any]:
 
 
 def bench_sweep(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
-    prompts = prompts_of(loaded, 16)
+    prompts = prompts_of(loaded, 16, ("open", "code", "grounded"))
     new = 16
     config = DecodingConfig(temperature=0, max_new_tokens=new, ignore_eos=True)
     pad = min(loaded.eos_token_ids)
