@@ -29,6 +29,7 @@ from torch import Tensor
 
 from llmgen.config import DecodingConfig
 from llmgen.generation import SequenceResult, SequenceState
+from llmgen.logprobs import LogprobSpec, TokenLogprob, token_logprobs
 from llmgen.processors import penalty_context, process, token_counts
 from llmgen.rowcache import Rows
 from llmgen.sampling import greedy_pick, make_generator, random_pick
@@ -57,6 +58,7 @@ class Row:
     config: DecodingConfig
     generator: torch.Generator
     state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
+    logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
 
 
 @dataclass(frozen=True)
@@ -72,18 +74,20 @@ OnText = Callable[[Row, str], None]
 OnDone = Callable[[Row, SequenceResult], None]
 
 
-def pick_rows(logits: Tensor, rows: list[Row]) -> Tensor:
-    """Processors then the pick, for rows that may each have their own settings: [rows, vocab] -> [rows].
+def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogprob | None]]:
+    """Processors then the pick, for rows that may each have their own settings: [rows, vocab] -> [rows],
+    and each row's logprobs of its token (None for rows that did not ask).
 
     Rows with equal settings go through the processor chain together; each sampled row then draws
     with its own generator.
     """
     tokens = torch.empty(len(rows), dtype=torch.long)
+    entries: list[TokenLogprob | None] = [None] * len(rows)
     vocab = logits.shape[-1]
-    groups: dict[DecodingConfig, list[int]] = defaultdict(list)
+    groups: dict[tuple[DecodingConfig, LogprobSpec | None], list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
-        groups[row.config].append(i)
-    for config, members in groups.items():
+        groups[row.config, row.logprobs].append(i)
+    for (config, spec), members in groups.items():
         counts = None
         if config.uses_penalties:  # each row's own counts, derived from its own context
             counts = torch.stack([
@@ -92,11 +96,14 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> Tensor:
         processed = process(logits[members], counts, config)  # [g, vocab]
         if config.greedy:
             tokens[members] = greedy_pick(processed).cpu()
-            continue
-        probs = processed.softmax(dim=-1)
-        for j, i in enumerate(members):
-            tokens[i] = int(random_pick(probs[j:j + 1], rows[i].generator)[0])
-    return tokens
+        else:
+            probs = processed.softmax(dim=-1)
+            for j, i in enumerate(members):
+                tokens[i] = int(random_pick(probs[j:j + 1], rows[i].generator)[0])
+        if spec is not None:
+            for i, entry in zip(members, token_logprobs(logits[members], processed, tokens[members], spec)):
+                entries[i] = entry
+    return tokens, entries
 
 
 def decode_rows(cache: Rows, pending: Iterable[Row], limits: Limits, *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -136,11 +143,11 @@ def _loop(cache: Rows, queue: Iterator[Row], limits: Limits, batch_size: int, co
         if not active:
             return
         # 2. pick
-        tokens = pick_rows(logits, active)  # [rows]
+        tokens, entries = pick_rows(logits, active)  # [rows]
         # 3. stop
         running = []
         for i, row in enumerate(active):
-            piece = row.state.push(int(tokens[i]))
+            piece = row.state.push(int(tokens[i]), entries[i])
             if piece and on_text:
                 on_text(row, piece)
             if row.state.done:
@@ -189,9 +196,11 @@ def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
 
 
 def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: Limits, *,
-                on_text: OnText | None = None, on_done: OnDone | None = None) -> list[SequenceResult]:
+                on_text: OnText | None = None, on_done: OnDone | None = None,
+                logprobs: LogprobSpec | None = None) -> list[SequenceResult]:
     """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order."""
-    rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device)) for i in range(config.n)]
+    rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device), logprobs=logprobs)
+            for i in range(config.n)]
     results: dict[int, SequenceResult] = {}
 
     def done(row: Row, result: SequenceResult) -> None:

@@ -2,7 +2,8 @@
 
 `CachedLM` owns one sequence's KV cache and its length, and can roll the cache back to any earlier
 length (speculative decoding needs that). `sample_tokens` is plain decoding as an iterator: it
-yields one token per step and never computes a forward pass that nobody asked for.
+yields one token per step and never computes a forward pass that nobody asked for. `plain_source`
+is the same loop as a token source, with each token's logprobs when asked (`logprobs.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from llmgen.config import DecodingConfig
+from llmgen.logprobs import LogprobSpec, TokenLogprob, token_logprobs
 from llmgen.processors import penalty_context, process, token_counts
 from llmgen.sampling import greedy_pick, random_pick
 
@@ -54,7 +56,11 @@ class CachedLM:
 
 def pick(logits: Tensor, counts: Tensor | None, config: DecodingConfig, generator: torch.Generator) -> Tensor:
     """Processors then the pick, row by row: logits [rows, vocab] -> tokens [rows]."""
-    processed = process(logits, counts, config)
+    return pick_processed(process(logits, counts, config), config, generator)
+
+
+def pick_processed(processed: Tensor, config: DecodingConfig, generator: torch.Generator) -> Tensor:
+    """The pick from logits that went through `process` already: [rows, vocab] -> tokens [rows]."""
     if config.greedy:
         return greedy_pick(processed)
     return random_pick(processed.softmax(dim=-1), generator)
@@ -63,6 +69,19 @@ def pick(logits: Tensor, counts: Tensor | None, config: DecodingConfig, generato
 def sample_tokens(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig,
                   generator: torch.Generator) -> Iterator[int]:
     """Plain decoding: yields generated tokens one at a time, forever; the caller decides when to stop."""
+    for token, _ in decode_steps(lm, prompt_ids, config, generator):
+        yield token
+
+
+def plain_source(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
+                 logprobs: LogprobSpec | None = None) -> Iterator[tuple[int, str, TokenLogprob | None]]:
+    """Plain decoding as a token source (`generation.TokenSource`): (token, "target", its logprobs or None)."""
+    return ((token, "target", entry) for token, entry in decode_steps(lm, prompt_ids, config, generator, logprobs))
+
+
+def decode_steps(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
+                 logprobs: LogprobSpec | None = None) -> Iterator[tuple[int, TokenLogprob | None]]:
+    """The loop: each step yields the picked token and, when asked, its logprobs (else None)."""
     generated: list[int] = []
     logits = lm.forward(prompt_ids)  # prefill: [1, vocab]
     vocab = logits.shape[-1]
@@ -70,7 +89,9 @@ def sample_tokens(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfi
         counts = None
         if config.uses_penalties:  # derived from the context on every step; no state to roll back
             counts = token_counts(penalty_context(prompt_ids, generated, config), vocab, logits.device)[None]
-        token = int(pick(logits, counts, config, generator)[0])
+        processed = process(logits, counts, config)  # [1, vocab]
+        token = int(pick_processed(processed, config, generator)[0])
+        entry = token_logprobs(logits, processed, [token], logprobs)[0] if logprobs is not None else None
         generated.append(token)
-        yield token
+        yield token, entry
         logits = lm.forward([token])

@@ -1,7 +1,9 @@
 """From a token source to a finished sequence: stop rules, streaming text and statistics.
 
 A token source yields `(token_id, origin)` pairs, where origin says where a token came from:
-"target" for plain decoding; "accepted", "resampled" or "bonus" for speculative decoding.
+"target" for plain decoding; "accepted", "resampled" or "bonus" for speculative decoding. A source
+asked for logprobs yields `(token_id, origin, logprobs.TokenLogprob)` instead: computed where the
+token was picked, carried with it into the result.
 `run_sequence` consumes it until one of the stop rules of `SequenceState` fires, in this order per
 token: end-of-sequence (unless ignored), a stop string in the text, `max_new_tokens`. Batched decoding
 (`batch.py`) keeps one `SequenceState` per row.
@@ -15,12 +17,14 @@ from typing import Any
 
 from llmgen.config import DecodingConfig
 from llmgen.errors import PromptError, UsageError
+from llmgen.logprobs import TokenLogprob, to_json
 from llmgen.stats import Timer
 from llmgen.textstream import TextStream
 
-TokenSource = Iterator[tuple[int, str]]
-# Called with each piece of final text and the origin of the token that completed it.
-OnText = Callable[[str, str], None]
+TokenSource = Iterator[tuple[int, str]] | Iterator[tuple[int, str, TokenLogprob | None]]
+# Called with each piece of final text, the origin of the token that completed it, and that token's
+# logprobs (None when not asked for, and for text released at the end).
+OnText = Callable[[str, str, TokenLogprob | None], None]
 
 
 @dataclass
@@ -31,12 +35,15 @@ class SequenceResult:
     finish_reason: str  # "length", "stop" or "eos"
     stats: dict[str, Any] = field(default_factory=dict)
     score: float | None = None  # beam search: sum of log-probs / length ** length_penalty
+    logprobs: list[dict[str, Any]] | None = None  # --logprobs: one entry per token id (`logprobs.to_json`)
 
     def as_json(self) -> dict[str, Any]:
         out = {"text": self.text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
                "finish_reason": self.finish_reason, "stats": self.stats}
         if self.score is not None:
             out["score"] = self.score
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
         return out
 
 
@@ -92,15 +99,20 @@ class SequenceState:
         self.timer = Timer()
         self.budget = token_budget(len(prompt_ids), config, context_length)
         self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = None  # set on the first token that carries logprobs
         self.reason: str | None = None  # set once the sequence is finished
 
     @property
     def done(self) -> bool:
         return self.reason is not None
 
-    def push(self, token: int) -> str:
+    def push(self, token: int, logprob: TokenLogprob | None = None) -> str:
         """Add one token; return the text that became final. Sets `reason` when a stop rule fires."""
         self.tokens.append(token)
+        if logprob is not None:
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.append(logprob)
         self.timer.token()
         if token in self.eos_token_ids and not self.config.ignore_eos:
             self.reason = "eos"
@@ -120,7 +132,8 @@ class SequenceState:
 
     def result(self) -> SequenceResult:
         return SequenceResult(self.stream.text, self.tokens, self.prompt_ids, self.reason or "length",
-                              self.timer.as_dict(len(self.prompt_ids)))
+                              self.timer.as_dict(len(self.prompt_ids)),
+                              logprobs=None if self.logprobs is None else to_json(self.logprobs, self.stream.tokenizer))
 
 
 def run_sequence(source: TokenSource, tokenizer: Any, prompt_ids: Sequence[int], config: DecodingConfig,
@@ -129,15 +142,17 @@ def run_sequence(source: TokenSource, tokenizer: Any, prompt_ids: Sequence[int],
     state = SequenceState(tokenizer, prompt_ids, config, eos_token_ids, context_length)
     origin = "target"
     try:
-        for token, origin in source:
-            piece = state.push(token)
+        for item in source:
+            token, origin = item[0], item[1]
+            logprob = item[2] if len(item) > 2 else None
+            piece = state.push(token, logprob)
             if piece and on_text:
-                on_text(piece, origin)
+                on_text(piece, origin, logprob)
             if state.done:
                 break
     finally:
         # NOTE: also runs on Ctrl-C or a broken pipe, so text already decided is not lost.
         piece = state.finish()
         if piece and on_text:
-            on_text(piece, origin)
+            on_text(piece, origin, None)
     return state.result()

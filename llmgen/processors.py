@@ -24,6 +24,7 @@ rolled back after a rejected speculative round.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -100,25 +101,58 @@ def apply_min_p(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, NEG_INF)
 
 
+STAGES = ("penalties", "temperature", "top_k", "top_p", "min_p")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The logits after one step of the chain. `on` is False when the step left them as they were."""
+
+    name: str  # "raw", then the names of STAGES
+    logits: Tensor  # [rows, vocab], float32
+    on: bool
+
+
+def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> list[Stage]:
+    """The chain step by step: raw -> penalties -> temperature -> top-k -> top-p -> min-p.
+
+    `process` is the last stage, and `llmgen inspect` shows every stage, so that what it shows is
+    what decoding does. A stage that is off (its "off" value, or a warper in greedy mode: it cannot
+    change the argmax) is listed with `on = False` and its input unchanged.
+    """
+    logits = logits.to(torch.float32)
+    out = [Stage("raw", logits, True)]
+    penalise = counts is not None and config.uses_penalties
+    if penalise:
+        logits = apply_penalties(logits, counts, config)
+    out.append(Stage("penalties", logits, penalise))
+    warp = not config.greedy
+    steps = (("temperature", config.temperature != 1.0, lambda x: apply_temperature(x, config.temperature)),
+             ("top_k", 0 < config.top_k < logits.shape[-1], lambda x: apply_top_k(x, config.top_k)),
+             ("top_p", config.top_p < 1.0, lambda x: apply_top_p(x, config.top_p)),
+             ("min_p", config.min_p > 0, lambda x: apply_min_p(x, config.min_p)))
+    for name, active, apply in steps:
+        if warp and active:
+            logits = apply(logits)
+        out.append(Stage(name, logits, warp and active))
+    return out
+
+
 def process(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> Tensor:
     """The whole chain for sampling: penalties -> temperature -> top-k -> top-p -> min-p.
 
     In greedy mode only the penalties apply: the warpers cannot change the argmax.
     """
-    logits = logits.to(torch.float32)
-    if counts is not None and config.uses_penalties:
-        logits = apply_penalties(logits, counts, config)
-    if config.greedy:
-        return logits
-    logits = apply_temperature(logits, config.temperature)
-    logits = apply_top_k(logits, config.top_k)
-    logits = apply_top_p(logits, config.top_p)
-    return apply_min_p(logits, config.min_p)
+    return stages(logits, counts, config)[-1].logits
 
 
 def distribution(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> Tensor:
     """The distribution a token is drawn from, [rows, vocab]. Greedy is the one-hot of the argmax."""
-    processed = process(logits, counts, config)
+    return distribution_of(process(logits, counts, config), config)
+
+
+def distribution_of(processed: Tensor, config: DecodingConfig) -> Tensor:
+    """`distribution` from logits that went through `process` already."""
     if config.greedy:
         return torch.nn.functional.one_hot(processed.argmax(dim=-1), processed.shape[-1]).to(torch.float32)
     return processed.softmax(dim=-1)

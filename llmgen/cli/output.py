@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmgen.generation import SequenceResult
+from llmgen.logprobs import TokenLogprob
 
 # How each token origin is shown on a terminal (speculative decoding colours them).
 ORIGIN_STYLES = {"target": "", "accepted": "green", "resampled": "bold red", "bonus": "cyan"}
@@ -71,7 +72,7 @@ class Renderer:
 
     def begin(self, index: int, total: int) -> None: ...
 
-    def text(self, piece: str, origin: str) -> None: ...
+    def text(self, piece: str, origin: str, logprob: TokenLogprob | None = None) -> None: ...
 
     def end(self, result: SequenceResult) -> None: ...
 
@@ -87,7 +88,7 @@ class PlainRenderer(Renderer):
         if index > 0:
             sys.stdout.write("\n")
 
-    def text(self, piece: str, origin: str) -> None:
+    def text(self, piece: str, origin: str, logprob: TokenLogprob | None = None) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
         self.last = piece[-1]
@@ -121,7 +122,7 @@ class TerminalRenderer(Renderer):
         if total > 1:
             self.out.rule(f"sequence {index + 1} of {total}")
 
-    def text(self, piece: str, origin: str) -> None:
+    def text(self, piece: str, origin: str, logprob: TokenLogprob | None = None) -> None:
         self.out.print(Text(piece, style=ORIGIN_STYLES.get(origin, "")), end="")
         self.out.file.flush()
 

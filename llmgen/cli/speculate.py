@@ -173,8 +173,8 @@ class WithBaseline(Renderer):
     def begin(self, index: int, total: int) -> None:
         self.inner.begin(index, total)
 
-    def text(self, piece: str, origin: str) -> None:
-        self.inner.text(piece, origin)
+    def text(self, piece: str, origin: str, logprob: Any = None) -> None:
+        self.inner.text(piece, origin, logprob)
 
     def end(self, result: SequenceResult) -> None:
         result.stats.update(plain_baseline(self.target, result, self.config))

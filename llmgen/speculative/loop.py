@@ -7,6 +7,8 @@ its last token:
    minus one, and by the draft's context), with q [γ, vocab] or None for a one-hot draft.
 2. The target reads the last token of S and x_1..x_γ in one forward: logits [γ+1, vocab].
 3. p = the processor chain on those logits, where row i's penalty counts include x_1..x_i.
+   With logprobs asked for, the tokens the round emits get theirs from these same rows: the target's
+   raw and processed logits at their positions, exactly what plain decoding computes there.
 4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ).
 5. Both caches roll back to S + x_1..x_n; t becomes the last token of S, which no cache holds yet.
 
@@ -26,7 +28,8 @@ import torch
 from torch import Tensor
 
 from llmgen.config import DecodingConfig
-from llmgen.processors import distribution
+from llmgen.logprobs import LogprobSpec, TokenLogprob, token_logprobs
+from llmgen.processors import distribution_of, process
 from llmgen.speculative.counts import draft_counts
 from llmgen.speculative.gamma import GammaPolicy
 from llmgen.speculative.proposers import Proposer
@@ -73,9 +76,11 @@ OnRound = Callable[[Round], None]
 
 def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequence[int], config: DecodingConfig,
                        generator: torch.Generator, policy: GammaPolicy, max_tokens: int,
-                       stats: SpeculativeStats | None = None, on_round: OnRound | None = None
-                       ) -> Iterator[tuple[int, str]]:
-    """Yield up to `max_tokens` tokens with their origin: 'accepted', 'resampled', 'bonus' or 'target'."""
+                       stats: SpeculativeStats | None = None, on_round: OnRound | None = None,
+                       logprobs: LogprobSpec | None = None
+                       ) -> Iterator[tuple[int, str]] | Iterator[tuple[int, str, TokenLogprob]]:
+    """Yield up to `max_tokens` tokens with their origin: 'accepted', 'resampled', 'bonus' or 'target';
+    with `logprobs`, (token, origin, the target's logprobs of the token)."""
     stats = stats if stats is not None else SpeculativeStats()
     prompt = list(prompt_ids)
     generated: list[int] = []
@@ -96,7 +101,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         logits = target.forward([*tail, *draft], all_logits=True)[len(tail) - 1:]  # [γ+1, vocab]
         # 3. p from the same chain as q; row i counts the first i draft tokens.
         counts = draft_counts(prompt, generated, draft, config, logits.shape[-1], logits.device)
-        p = distribution(logits, counts, config)  # [γ+1, vocab]
+        processed = process(logits, counts, config)  # [γ+1, vocab]
+        p = distribution_of(processed, config)  # [γ+1, vocab]
         # 4. Accept a prefix, then one more token.
         verdict = verify(draft, proposal.q, p, generator)
         finished = time.perf_counter()
@@ -111,7 +117,10 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
                            verdict.tokens[-1], last_origin, drafted - started, finished - drafted))
         index += 1
         origins = ["accepted"] * verdict.accepted + [last_origin]
-        for token, origin in zip(verdict.tokens, origins):
+        emitted = len(verdict.tokens)  # rows 0..accepted of the target's logits: one per emitted token
+        entries = (None if logprobs is None
+                   else token_logprobs(logits[:emitted], processed[:emitted], verdict.tokens, logprobs))
+        for i, (token, origin) in enumerate(zip(verdict.tokens, origins)):
             generated.append(token)
             stats.tokens += 1
-            yield token, origin
+            yield (token, origin) if entries is None else (token, origin, entries[i])

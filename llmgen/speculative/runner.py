@@ -15,6 +15,7 @@ from llmgen.config import DecodingConfig
 from llmgen.decode import CachedLM
 from llmgen.errors import IncompatibleDraftError, UsageError
 from llmgen.generation import OnText, SequenceResult, TokenSource, run_sequence, token_budget
+from llmgen.logprobs import LogprobSpec
 from llmgen.models import LoadedModel
 from llmgen.sampling import make_generator
 from llmgen.speculative.gamma import AdaptiveGamma, FixedGamma, GammaPolicy
@@ -74,7 +75,8 @@ SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
 
 def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int],
                 config: DecodingConfig, generator: torch.Generator, *, gamma: Gamma = "auto",
-                ngram_max: int = 4, ngram_min: int = 2, on_round: OnRound | None = None) -> SourceWithStats:
+                ngram_max: int = 4, ngram_min: int = 2, on_round: OnRound | None = None,
+                logprobs: LogprobSpec | None = None) -> SourceWithStats:
     """A fresh token source for one sequence, and a function returning its statistics when it is done.
 
     `draft` is a loaded draft model, or None for the n-gram (prompt lookup) draft.
@@ -85,18 +87,18 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
     policy = make_policy(gamma, draft)
     budget = token_budget(len(prompt_ids), config, target.context_length)
     source = speculative_tokens(CachedLM(target.model), make_proposer(draft, config, ngram_max, ngram_min),
-                                prompt_ids, config, generator, policy, budget, stats, on_round)
+                                prompt_ids, config, generator, policy, budget, stats, on_round, logprobs)
     return source, stats.as_dict
 
 
 def speculate(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int], config: DecodingConfig,
               *, gamma: Gamma = "auto", ngram_max: int = 4, ngram_min: int = 2,
               generator: torch.Generator | None = None, on_text: OnText | None = None,
-              on_round: OnRound | None = None) -> SequenceResult:
+              on_round: OnRound | None = None, logprobs: LogprobSpec | None = None) -> SequenceResult:
     """Generate one sequence with speculative decoding; `result.stats` holds timings and the counts."""
     generator = generator or make_generator(config.seed, target.device)
     source, extra = make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
-                                ngram_max=ngram_max, ngram_min=ngram_min, on_round=on_round)
+                                ngram_max=ngram_max, ngram_min=ngram_min, on_round=on_round, logprobs=logprobs)
     result = run_sequence(source, target.tokenizer, prompt_ids, config, target.eos_token_ids,
                           target.context_length, on_text)
     result.stats.update(extra())
