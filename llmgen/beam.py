@@ -27,6 +27,11 @@ The semantics are those of HF `generate(num_beams=B, do_sample=False)`; the code
      stops only when nothing better can come). For "false" this is HF's heuristic, not a bound.
 
 The first step has one distinct row: beams 1..B-1 start at -1e9, so only beam 0's tokens are taken.
+
+Logprobs (`--logprobs`): each token's entry is read from the step that chose it, from step 2's
+log_probs ("processed") or the plain log_softmax ("raw"; the same numbers without penalties and
+n-gram blocking). In "processed" mode they are exactly the terms of the beam's running sum, so a
+hypothesis's logprobs add up to its unnormalised score.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from torch import Tensor
 from llmgen.config import DEFAULTS, DecodingConfig, Resolved
 from llmgen.errors import UsageError
 from llmgen.generation import SequenceResult
+from llmgen.logprobs import LogprobSpec, TokenLogprob, entries, to_json
 from llmgen.processors import NEG_INF, apply_penalties
 from llmgen.textstream import TextStream
 
@@ -58,6 +64,7 @@ class Hypothesis:
     token_ids: list[int]  # the generated tokens, with the final EOS if it ended on one
     score: float  # sum of log-probs / len(token_ids) ** length_penalty
     finish_reason: str  # "eos", "stop" or "length"
+    logprobs: list[TokenLogprob] | None = None  # with --logprobs: one entry per token
 
 
 @dataclass(frozen=True)
@@ -190,7 +197,8 @@ def _forward(model: Any, ids: Tensor, cache: Any) -> Tensor:
 
 @torch.inference_mode()
 def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, eos_token_ids: frozenset[int],
-                budget: int, stop_check: StopCheck | None = None, on_step: OnStep | None = None) -> BeamOutput:
+                budget: int, stop_check: StopCheck | None = None, on_step: OnStep | None = None,
+                logprobs: LogprobSpec | None = None) -> BeamOutput:
     """Run beam search over `budget` new tokens at most; return the finished hypotheses, best first."""
     from transformers import DynamicCache
 
@@ -208,6 +216,7 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
     first_token_at = time.perf_counter()
     # The beams' tokens live on the host; on the device only when penalties or n-gram blocking read them.
     generated: list[list[int]] = [[] for _ in range(beams)]
+    beam_entries: list[list[TokenLogprob]] = [[] for _ in range(beams)]  # with logprobs: each beam's, per token
     seqs = prompt.expand(beams, -1) if needs_context(config) else None  # [B, P + step]
     scores = torch.full((beams,), DEAD, dtype=torch.float32, device=device)  # running sums [B]
     scores[0] = 0.0  # NOTE: only beam 0 is live at first; the others are copies of it
@@ -227,6 +236,8 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
         host_scores = host[0]
         host_parents = [int(i) // vocab for i in host[1]]
         host_tokens = [int(i) % vocab for i in host[1]]
+        step_entries = (_candidate_logprobs(logits, log_probs, host_parents, host_tokens, logprobs)
+                        if logprobs is not None else None)
         reasons: list[str | None] = []
         for parent, token in zip(host_parents, host_tokens):
             if token in eos:
@@ -242,7 +253,9 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
         for i in range(min(beams, len(reasons))):
             if reasons[i] is not None and host_scores[i] > DEAD / 2:  # NOTE: skip descendants of dead rows
                 score = finished_score(host_scores[i], steps, config.length_penalty)
-                finished.add(Hypothesis(generated[host_parents[i]] + [host_tokens[i]], score, reasons[i]))
+                parent = host_parents[i]
+                found = None if step_entries is None else beam_entries[parent] + [step_entries[i]]
+                finished.add(Hypothesis(generated[parent] + [host_tokens[i]], score, reasons[i], found))
         if all(r is not None for r in reasons):
             break
 
@@ -253,6 +266,8 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
         rows = [host_parents[i] for i in chosen]
         next_tokens = [host_tokens[i] for i in chosen]
         generated = [generated[row] + [token] for row, token in zip(rows, next_tokens)]
+        if step_entries is not None:
+            beam_entries = [beam_entries[row] + [step_entries[i]] for row, i in zip(rows, chosen)]
         picked = torch.tensor(chosen, device=device)
         scores = top_scores[picked]  # [B]
         best = host_scores[chosen[0]]
@@ -289,6 +304,13 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
     return BeamOutput(list(finished.items), steps, stats)
 
 
+def _candidate_logprobs(logits: Tensor, log_probs: Tensor, parents: list[int], tokens: list[int],
+                        spec: LogprobSpec) -> list[TokenLogprob]:
+    """The entry of each of the K candidates: its token's logprob under its parent row, and that row's top N."""
+    source = log_probs if spec.mode == "processed" else logits.to(torch.float32).log_softmax(dim=-1)  # [B, V]
+    return entries(source[torch.as_tensor(parents, device=source.device)], tokens, spec.top)
+
+
 # ---------------------------------------------------------------------------------------------
 # From hypotheses to results, and which option combinations make sense.
 
@@ -303,7 +325,8 @@ def to_result(hypothesis: Hypothesis, tokenizer: Any, prompt_ids: Sequence[int],
     stream.finish()
     result_stats = {"prompt_tokens": len(prompt_ids), "generated_tokens": len(hypothesis.token_ids), **stats}
     return SequenceResult(stream.text, list(hypothesis.token_ids), list(prompt_ids), hypothesis.finish_reason,
-                          result_stats, score=hypothesis.score)
+                          result_stats, score=hypothesis.score,
+                          logprobs=None if hypothesis.logprobs is None else to_json(hypothesis.logprobs, tokenizer))
 
 
 def check_combination(resolved: Resolved) -> list[str]:

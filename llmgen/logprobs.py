@@ -61,17 +61,21 @@ def token_logprobs(raw: Tensor, processed: Tensor | None, tokens: Tensor | Seque
                    spec: LogprobSpec) -> list[TokenLogprob]:
     """One entry per row: raw and processed logits [rows, vocab], the picked tokens [rows]."""
     source = raw if spec.mode == "raw" or processed is None else processed
-    log_probs = source.to(torch.float32).log_softmax(dim=-1)  # [rows, vocab]
+    return entries(source.to(torch.float32).log_softmax(dim=-1), tokens, spec.top)
+
+
+def entries(log_probs: Tensor, tokens: Tensor | Sequence[int], top: int) -> list[TokenLogprob]:
+    """Read the entries off log-probabilities [rows, vocab] as they are (beam search's need not sum to 1)."""
     index = torch.as_tensor(tokens, dtype=torch.long, device=log_probs.device).reshape(-1, 1)  # [rows, 1]
     chosen = log_probs.gather(-1, index)  # [rows, 1]
-    if spec.top:
-        values, ids = torch.topk(log_probs, spec.top, dim=-1)  # [rows, N], descending
+    if top:
+        values, ids = torch.topk(log_probs, top, dim=-1)  # [rows, N], descending
         # NOTE: one device-to-host transfer per step.
         host = torch.cat([chosen.double(), values.double(), ids.double()], dim=-1).tolist()
     else:
         host = chosen.double().tolist()
     ids_list = index[:, 0].tolist()
-    n = spec.top
+    n = top
     return [TokenLogprob(ids_list[r], row[0], tuple(zip((int(i) for i in row[1 + n:]), row[1:1 + n])))
             for r, row in enumerate(host)]
 

@@ -156,3 +156,23 @@ def test_batched_rows_report_what_plain_decoding_reports(target, config) -> None
     for result in results:
         expected = to_json(forced(target, prompt, result.token_ids, config, spec), target.tokenizer)
         assert_close(result.logprobs, expected)
+
+
+@pytest.mark.parametrize(("config", "mode"), [
+    (DecodingConfig(num_beams=3, n=3, max_new_tokens=12, length_penalty=1.3), "raw"),
+    (DecodingConfig(num_beams=4, n=4, max_new_tokens=12, repetition_penalty=1.3, frequency_penalty=0.4,
+                    no_repeat_ngram_size=2, early_stopping="never"), "processed"),
+], ids=["plain", "penalties-ngram"])
+def test_beam_logprobs_add_up_to_the_unnormalised_score(target, config, mode) -> None:
+    from llmgen.beam import beam_search, to_result
+
+    prompt = target.tokenizer("abc ab")["input_ids"]
+    found = beam_search(target.model, prompt, config, target.eos_token_ids, config.max_new_tokens,
+                        logprobs=LogprobSpec(2, mode))
+    assert len(found.hypotheses) == config.num_beams
+    for hypothesis in found.hypotheses:
+        result = to_result(hypothesis, target.tokenizer, prompt, config, found.stats)
+        assert [e["id"] for e in result.logprobs] == result.token_ids
+        total = sum(e["logprob"] for e in result.logprobs)
+        assert total / len(result.token_ids) ** config.length_penalty == pytest.approx(result.score, abs=1e-4)
+        assert all(len(e["top_logprobs"]) == 2 for e in result.logprobs)
