@@ -36,7 +36,7 @@ from llmgen.sampling import greedy_pick, make_generator, random_pick
 
 DEFAULT_BATCH_SIZE = 8
 # NOTE: an odd 64-bit constant (2^64 / golden ratio): row seeds are far apart, and row 0 gets the seed
-# itself, so `-n 1 --seed S` draws exactly what it drew before batching existed.
+# itself (torch reads a seed modulo 2^64), so sample 0 of `-n N --seed S` is what `--seed S` alone draws.
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
