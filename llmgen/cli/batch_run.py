@@ -28,6 +28,7 @@ from llmgen.config import Resolved
 from llmgen.errors import LlmgenError, UsageError
 from llmgen.generation import SequenceResult, encode_prompt
 from llmgen.hfutil import first_line
+from llmgen.logprobs import LogprobSpec, TokenLogprob
 from llmgen.models import LoadedModel
 from llmgen.rowcache import row_cache
 from llmgen.sampling import make_generator
@@ -76,11 +77,13 @@ def limits(loaded: LoadedModel) -> Limits:
 
 # --- -n N ----------------------------------------------------------------------------------------
 
-def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer) -> list[SequenceResult]:
+def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
+             logprobs: LogprobSpec | None = None) -> list[SequenceResult]:
     """The `n` samples as one batch, rendered in sample order."""
     config = resolved.config
     shown = InOrder(renderer, config.n)
-    return sample_rows(row_cache(loaded.model), ids, config, limits(loaded), on_text=shown.text, on_done=shown.done)
+    return sample_rows(row_cache(loaded.model), ids, config, limits(loaded), on_text=shown.text, on_done=shown.done,
+                       logprobs=logprobs)
 
 
 class InOrder:
@@ -89,15 +92,16 @@ class InOrder:
     def __init__(self, renderer: Renderer, total: int) -> None:
         self.renderer, self.total = renderer, total
         self.live = 0
-        self.waiting: dict[int, list[str]] = {}
+        self.waiting: dict[int, list[tuple[str, TokenLogprob | None]]] = {}
         self.finished: dict[int, SequenceResult] = {}
         renderer.begin(0, total)
 
     def text(self, row: Row, piece: str) -> None:
+        logprob = row.state.logprobs[-1] if row.state and row.state.logprobs else None  # the token that completed it
         if row.key == self.live:
-            self.renderer.text(piece, "target")
+            self.renderer.text(piece, "target", logprob)
         else:
-            self.waiting.setdefault(row.key, []).append(piece)
+            self.waiting.setdefault(row.key, []).append((piece, logprob))
 
     def done(self, row: Row, result: SequenceResult) -> None:
         self.finished[row.key] = result
@@ -106,8 +110,8 @@ class InOrder:
             self.live += 1
             if self.live < self.total:
                 self.renderer.begin(self.live, self.total)
-                for piece in self.waiting.pop(self.live, []):
-                    self.renderer.text(piece, "target")
+                for piece, logprob in self.waiting.pop(self.live, []):
+                    self.renderer.text(piece, "target", logprob)
 
 
 # --- --input FILE --------------------------------------------------------------------------------
@@ -216,7 +220,8 @@ def progress_bar(total: int) -> Iterator[Progressed]:
         yield advance
 
 
-def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any]) -> None:
+def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any],
+              logprobs: LogprobSpec | None = None) -> None:
     """Decode every prompt of --input; raises RowsFailed at the end if any row failed."""
     jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
     chat, system = output.get("chat"), output.get("system")
@@ -266,7 +271,7 @@ def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], ou
                 seed = job.config.seed
                 generator = (make_generator(seed, loaded.device) if job.own_seed
                              else row_generator(seed, job.index, loaded.device))
-                yield Row(job.index, ids, job.config, generator)
+                yield Row(job.index, ids, job.config, generator, logprobs=logprobs)
 
         try:
             decode_rows(row_cache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"], on_done=done)

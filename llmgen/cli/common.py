@@ -13,9 +13,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from llmgen import models, presets
 from llmgen.cli.options import decoding_flags
 from llmgen.cli.output import Renderer, stderr_console
+from llmgen.cli.output import make_renderer as output_renderer
 from llmgen.config import FIELDS, Resolved, resolve
-from llmgen.errors import PromptError
+from llmgen.errors import PromptError, UsageError
 from llmgen.generation import SequenceResult, TokenSource, encode_prompt, run_sequence
+from llmgen.logprobs import LogprobSpec
 from llmgen.models import LoadedModel
 from llmgen.sampling import make_generator
 
@@ -102,6 +104,38 @@ def load_model(ref: str, model_opts: dict[str, Any]) -> LoadedModel:
 def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any]) -> list[int]:
     """Chat template when asked (default: when the tokenizer has one), else `tokenizer(text)` as is."""
     return encode_prompt(loaded, text, output.get("chat"), output.get("system"))
+
+
+def logprob_spec(probs: dict[str, Any], json_mode: bool) -> LogprobSpec | None:
+    """What --logprobs, --logprobs-mode and --show-probs ask for; None when nothing is.
+
+    --show-probs counts only when tokens stream to a terminal; there it defaults to the processed
+    distribution (the one each token was drawn from), and --show-alternatives asks for 5 alternatives.
+    Checked before any model is loaded.
+    """
+    top, mode = probs["logprobs"], probs["logprobs_mode"]
+    shown = (probs["show_probs"] or probs["show_alternatives"]) and not json_mode and sys.stdout.isatty()
+    if mode is not None:
+        LogprobSpec(0, mode)  # an unknown mode is refused even when nothing else asks for logprobs
+    if top is None and not shown:
+        if mode is not None:
+            raise UsageError("--logprobs-mode needs --logprobs N (or --show-probs on a terminal)")
+        return None
+    spec = LogprobSpec(0 if top is None else top, mode or ("processed" if shown else "raw"))
+    if shown and probs["show_alternatives"] and spec.top < 5:
+        spec = LogprobSpec(5, spec.mode)
+    return spec
+
+
+def make_renderer(output: dict[str, Any], probs: dict[str, Any], spec: LogprobSpec | None, tokenizer: Any,
+                  legend: bool = False) -> Renderer:
+    """The renderer for where stdout goes; the probability view on a terminal when asked."""
+    if (probs["show_probs"] or probs["show_alternatives"]) and spec is not None and not output["json"] \
+            and sys.stdout.isatty():
+        from llmgen.cli.probs_view import ProbsRenderer
+
+        return ProbsRenderer(output["quiet"], tokenizer, spec.mode, probs["show_alternatives"])
+    return output_renderer(output["json"], output["quiet"], legend)
 
 
 SourceFactory = Callable[[list[int], torch.Generator], tuple[TokenSource, Callable[[], dict[str, Any]]]]

@@ -9,18 +9,20 @@ from typing import Any
 from llmgen import beam
 from llmgen.cli import batch_run, common
 from llmgen.cli.batch_run import BATCH
-from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
-from llmgen.cli.output import TerminalRenderer, beam_progress, make_renderer
+from llmgen.cli.options import BEAM, LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
+from llmgen.cli.output import TerminalRenderer, beam_progress
 from llmgen.config import Resolved
-from llmgen.decode import CachedLM, sample_tokens
+from llmgen.decode import CachedLM, plain_source
 from llmgen.errors import UsageError
 from llmgen.generation import token_budget
+from llmgen.logprobs import LogprobSpec
 from llmgen.models import LoadedModel
 
 
-@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, batch=BATCH)
+@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH)
 def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[str, Any],
-             model_opts: dict[str, Any], output: dict[str, Any], batch: dict[str, Any]) -> None:
+             model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any],
+             batch: dict[str, Any]) -> None:
     """Generate text from PROMPT with the target model.
 
     With -n N the N samples decode together as one batch, each with its own random stream (from --seed
@@ -41,9 +43,15 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
       llmgen generate --num-beams 4 -n 2 --no-repeat-ngram-size 3 --json "Translate to French: cheese"
 
       llmgen generate --input questions.jsonl --json --greedy -N 64 > answers.jsonl
+
+      llmgen generate --logprobs 5 --json -N 16 "The capital of France is"
     """
     resolved = common.resolve_settings({**sampling, **beams})
     notes = beam.check_combination(resolved)
+    spec = common.logprob_spec(probs, output["json"] or batch["input"] is not None)
+    if resolved.config.num_beams > 1 and (probs["show_probs"] or probs["show_alternatives"]):
+        raise UsageError("--show-probs colours streamed tokens, and beam search does not stream; "
+                         "use --logprobs N --json")
     if sampling["dump_config"]:
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
         return
@@ -52,7 +60,7 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     if batch["input"] is not None:
         batch_run.check_combination(prompt, resolved)
         loaded = common.load_model(model_opts["model"], model_opts)
-        batch_run.run_input(loaded, resolved, batch, output)
+        batch_run.run_input(loaded, resolved, batch, output, spec)
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
@@ -60,30 +68,29 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     if resolved.config.num_beams > 1:
         if loaded.quant != "none":
             raise UsageError(f"beam search runs on the float path only; drop --quant {loaded.quant}")
-        run_beam_search(loaded, ids, resolved, output)
+        run_beam_search(loaded, ids, resolved, output, spec)
         return
-    renderer = make_renderer(output["json"], output["quiet"])
+    renderer = common.make_renderer(output, probs, spec, loaded.tokenizer)
     if resolved.config.n > 1:
-        batch_run.sample_n(loaded, ids, resolved, renderer)
+        batch_run.sample_n(loaded, ids, resolved, renderer, spec)
         return
 
     def plain(prompt_ids: list[int], generator: Any) -> Any:
-        lm = CachedLM(loaded.model)
-        tokens = sample_tokens(lm, prompt_ids, resolved.config, generator)
-        return ((token, "target") for token in tokens), dict
+        return plain_source(CachedLM(loaded.model), prompt_ids, resolved.config, generator, spec), dict
 
     common.run_all(loaded, ids, resolved, renderer, plain)
 
 
-def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, output: dict[str, Any]) -> None:
+def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, output: dict[str, Any],
+                    spec: LogprobSpec | None = None) -> None:
     """Beams cannot stream: live progress on a terminal, then the `n` best hypotheses, best first."""
     config = resolved.config
-    renderer = make_renderer(output["json"], output["quiet"])
+    renderer = common.output_renderer(output["json"], output["quiet"])
     with beam_progress(loaded.tokenizer, isinstance(renderer, TerminalRenderer)) as show:
         on_step = None if show is None else (lambda s: show(s.step, s.finished, s.best_token_ids))
         found = beam.beam_search(loaded.model, ids, config, loaded.eos_token_ids,
                                  token_budget(len(ids), config, loaded.context_length),
-                                 beam.stop_string_check(loaded.tokenizer, config.stop), on_step)
+                                 beam.stop_string_check(loaded.tokenizer, config.stop), on_step, spec)
     best = found.hypotheses[:config.n]
     for index, hypothesis in enumerate(best):
         result = beam.to_result(hypothesis, loaded.tokenizer, ids, config, found.stats)

@@ -118,6 +118,25 @@ OUTPUT = [
         "--quiet", "-q", help="No statistics on stderr.", rich_help_panel="Prompt and output")], False),
 ]
 
+LOGPROBS = [
+    _param("logprobs", Annotated[Optional[int], typer.Option(
+        "--logprobs", metavar="N", show_default="off", rich_help_panel="Probabilities",
+        help="Give each generated token's log-probability and its N most likely alternatives (0 to 20), in the "
+             "\"logprobs\" field of --json rows (OpenAI's field names).")]),
+    _param("logprobs_mode", Annotated[Optional[str], typer.Option(
+        "--logprobs-mode", metavar="raw|processed", show_default="raw", rich_help_panel="Probabilities",
+        help="raw: the model's distribution, before any processor. processed: the distribution the token was "
+             "drawn from, after penalties, temperature and truncation (greedy: after the penalties).")]),
+    _param("show_probs", Annotated[bool, typer.Option(
+        "--show-probs", rich_help_panel="Probabilities",
+        help="On a terminal, colour each streamed token by its probability (processed, unless --logprobs-mode "
+             "says raw), with a legend. Plain in pipes and with NO_COLOR.")], False),
+    _param("show_alternatives", Annotated[bool, typer.Option(
+        "--show-alternatives", rich_help_panel="Probabilities",
+        help="As --show-probs, and after the text a table of the uncertain tokens (p < 0.5) with their top "
+             "alternatives.")], False),
+]
+
 PromptArg = Annotated[Optional[str], typer.Argument(
     help="The prompt. Read from stdin when it is '-' or absent and stdin is not a terminal.",
     show_default=False)]

@@ -128,6 +128,9 @@ class TerminalRenderer(Renderer):
 
     def end(self, result: SequenceResult) -> None:
         self.out.print()
+        self.statistics(result)
+
+    def statistics(self, result: SequenceResult) -> None:
         if self.quiet:
             return
         table = Table.grid(padding=(0, 2))

@@ -11,8 +11,8 @@ from typing import IO, Annotated, Any, Optional
 import typer
 
 from llmgen.cli import common
-from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, PromptArg, with_options
-from llmgen.cli.output import Renderer, make_renderer
+from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
+from llmgen.cli.output import Renderer
 from llmgen.config import DecodingConfig
 from llmgen.decode import CachedLM, sample_tokens
 from llmgen.errors import ModelError, UsageError
@@ -70,12 +70,13 @@ SPECULATIVE = [
 ]
 
 
-@with_options(spec=SPECULATIVE, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT)
+@with_options(spec=SPECULATIVE, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS)
 def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[str, Any],
-              model_opts: dict[str, Any], output: dict[str, Any]) -> None:
+              model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any]) -> None:
     """Generate text from PROMPT with speculative decoding: the draft proposes, the target verifies.
 
-    The output has exactly the target's distribution, under every sampling option.
+    The output has exactly the target's distribution, under every sampling option. With --logprobs, each
+    token's logprobs are the target's, from the verification forward: the numbers plain decoding gives.
 
     On a terminal, tokens are coloured by origin: accepted draft tokens, corrections, bonus tokens.
 
@@ -98,6 +99,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
     if not spec["draft"]:
         raise UsageError("--draft is required: 'ngram', or a draft model (e.g. --draft small)")
     gamma = parse_gamma(spec["gamma"])
+    logprobs = common.logprob_spec(probs, output["json"])
     NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
     if sampling["dump_config"]:
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
@@ -109,7 +111,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
     if draft is not None:
         check_compatible(target, draft)
     ids = common.prompt_ids(target, text, output)
-    renderer = make_renderer(output["json"], output["quiet"], legend=True)
+    renderer = common.make_renderer(output, probs, logprobs, target.tokenizer, legend=True)
     if spec["compare"]:
         renderer = WithBaseline(renderer, target, config)
     with _trace_file(spec["trace"]) as trace:
@@ -120,7 +122,8 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
             sequence += 1
             on_round = _trace_writer(trace, sequence, target.tokenizer) if trace else None
             return make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
-                               ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"], on_round=on_round)
+                               ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"], on_round=on_round,
+                               logprobs=logprobs)
 
         common.run_all(target, ids, resolved, renderer, speculative)
 
