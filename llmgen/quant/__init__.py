@@ -85,13 +85,34 @@ def load_int4(resolved: Any, *, device: str, offline: bool, allow_pickle: bool, 
 
         def build() -> Any:
             return pack.from_checkpoint(path, shape)
+    _return_freed_memory()
     try:
         packed = cache.load_or_build(target, path / "config.json", build, progress)
         model = pack.build(packed, config, generation_config)
     except (ValueError, KeyError, RuntimeError) as err:
         raise ModelError(f"--quant int4: cannot pack {ref!r}: {first_line(err)}") from None
+    del packed  # closes the cache file
     tokenizer = models.load_tokenizer(ref, path, trust_remote_code)
     return models.LoadedModel(ref=ref, model=model, tokenizer=tokenizer, device=dev, dtype=torch.bfloat16,
                               context_length=models.context_length(config),
                               eos_token_ids=models.eos_ids(model, tokenizer),
                               load_seconds=time.perf_counter() - started, path=path, quant="int4")
+
+
+def _return_freed_memory() -> None:
+    """NOTE: glibc raises its mmap threshold after the first large free, after which the many
+    megabyte-sized temporaries of packing come from the heap and stay there as holes: about 200 MB of
+    peak RSS for the embedded model. A fixed threshold (glibc's own default, 128 KiB) hands each one
+    back to the system when freed. It costs a few mmap calls per decode step (the logits), well under
+    1% of a step. Nothing is done where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass

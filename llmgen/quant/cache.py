@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llmgen import gguf_cache
 from llmgen.gguf_cache import ProgressHook
@@ -64,13 +65,31 @@ def load_or_build(target: Path, config_json: Path, build: Callable[[], Packed],
     return packed
 
 
-def _read(target: Path, report: bool = False) -> Packed | None:
-    from safetensors.torch import load_file
+class LazyTensors(dict):
+    """The cached tensors, each read from the file when first asked for (and not kept): building the
+    model layer by layer then never holds the whole file in memory beside the model."""
 
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        super().__init__()
+        self._handle = safe_open(str(path), framework="pt")
+        self._names = set(self._handle.keys())
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._handle.get_tensor(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+def _read(target: Path, report: bool = False) -> Packed | None:
     problem = gguf_cache._cache_problem(target)
     if problem is None:
         try:
-            return Packed(load_file(str(target / WEIGHTS)))
+            return Packed(LazyTensors(target / WEIGHTS))
         except (OSError, ValueError, RuntimeError) as err:  # NOTE: safetensors raises its own errors too
             problem = f"{WEIGHTS} cannot be read ({err})"
     if report and problem != "absent":

@@ -20,7 +20,7 @@ q and k are stacked with v into one `qkv` matmul, gate with up into `gate_up`: s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ LINEARS = ("qkv", "o", "gate_up", "down")
 
 @dataclass
 class Packed:
-    tensors: dict[str, Tensor] = field(default_factory=dict)
+    tensors: MutableMapping[str, Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def put_blocks(self, name: str, b: qb.Int4Blocks) -> None:
@@ -206,11 +206,21 @@ def dequantized_linear(blocks: qb.Int4Blocks) -> nn.Linear:
 
 
 def build(packed: Packed, config: Any, generation_config: Any = None,
-          linear: Callable[[qb.Int4Blocks], nn.Module] = Int4Linear) -> LeanLlama:
-    """A `LeanLlama` running the packed weights through the int4 kernel (or `linear`, for the tests)."""
+          linear: Callable[[qb.Int4Blocks], nn.Module] | None = None) -> LeanLlama:
+    """A `LeanLlama` running the packed weights through the int4 kernel (or `linear`, for the tests).
+
+    NOTE: layer by layer from the cache's own layout, so that no weight is held unpacked in full (the
+    tensors may be read lazily from the cache file: `cache.LazyTensors`)."""
     shape = Shape.from_config(config)
     t = packed.tensors
-    layers = [Layer(*(linear(packed.blocks(f"layers.{i}.{n}")) for n in LINEARS),
+
+    def make(name: str) -> nn.Module:
+        if linear is not None:
+            return linear(packed.blocks(name))
+        return Int4Linear.from_nibbles(t[f"{name}.codes"], t[f"{name}.scale"], t[f"{name}.zero"],
+                                       int(t[f"{name}.repeat"][0]))
+
+    layers = [Layer(*(make(f"layers.{i}.{n}") for n in LINEARS),
                     t[f"layers.{i}.norm_attention"], t[f"layers.{i}.norm_mlp"]) for i in range(shape.layers)]
-    return LeanLlama(config, Int8Embedding(t["embed.q"], t["embed.d"]), layers, t["norm"],
-                     linear(packed.blocks("head")), generation_config, quant="int4")
+    return LeanLlama(config, Int8Embedding(t["embed.q"], t["embed.d"]), layers, t["norm"], make("head"),
+                     generation_config, quant="int4")
