@@ -19,7 +19,7 @@ load hit both; one short warm-up of every code path first):
   batch 1 (one process each: a peak does not drift like a rate).
 - sweep: batch size 1, 2, 4, 8, 16 over 16 prompts (the open set, then 6 of the code set; greedy, 16 new
   tokens, EOS ignored): throughput and mean per-row latency, against HF `generate()` on the same
-  left-padded batches.
+  left-padded batches. With `--quant int4` (the lean 4-bit Llama, which HF cannot run), llmgen only.
 """
 
 from __future__ import annotations
@@ -96,13 +96,15 @@ def interleaved(runs: int, sides: dict[str, Any]) -> dict[str, list[float]]:
     return rates
 
 
-def warm_up(loaded: models.LoadedModel) -> None:
+def warm_up(loaded: models.LoadedModel, with_hf: bool = True) -> None:
     """One short run of each code path, so that no measured run pays for first calls."""
     prompts = prompts_of(loaded, 2)
     config = DecodingConfig(top_p=0.9, max_new_tokens=4, seed=SEED)
     decode_rows(row_cache(loaded.model), [Row(i, p, config, row_generator(SEED, i)) for i, p in enumerate(prompts)],
                 limits(loaded))
     list(zip(range(4), sample_tokens(CachedLM(loaded.model), prompts[0], config, row_generator(SEED, 0))))
+    if not with_hf:
+        return
     ids = torch.tensor([prompts[0]])
     with torch.inference_mode():
         loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.9, top_k=0,
@@ -113,7 +115,7 @@ def summary(rates: dict[str, list[float]], ours: str, theirs: str) -> dict[str, 
     med = {name: statistics.median(values) for name, values in rates.items()}
     return {"tokens_per_second": {k: round(v, 2) for k, v in med.items()},
             "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
-            "ratio": round(med[ours] / med[theirs], 3)}
+            "ratio": round(med[ours] / med[theirs], 3) if theirs in med else None}
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def bench_rss(model: str, threads: int) -> dict[str, Any]:
             "runs": peaks, "ratio": round(med["batch 8"] / med["batch 1"], 3)}
 
 
-def bench_sweep(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
+def bench_sweep(loaded: models.LoadedModel, runs: int, with_hf: bool = True) -> dict[str, Any]:
     prompts = prompts_of(loaded, 16, ("open", "code", "grounded"))
     new = 16
     config = DecodingConfig(temperature=0, max_new_tokens=new, ignore_eos=True)
@@ -240,8 +242,9 @@ def bench_sweep(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
             latencies["HF"].append(statistics.mean(finished))
             return new * len(prompts)
 
-        result = summary(interleaved(runs, {"llmgen": ours, "HF": hf}), "llmgen", "HF")
-        result["mean_row_latency_seconds"] = {k: round(statistics.median(v), 3) for k, v in latencies.items()}
+        sides = {"llmgen": ours, "HF": hf} if with_hf else {"llmgen": ours}
+        result = summary(interleaved(runs, sides), "llmgen", "HF")
+        result["mean_row_latency_seconds"] = {k: round(statistics.median(v), 3) for k, v in latencies.items() if v}
         out[str(size)] = result
     return out
 
@@ -249,7 +252,7 @@ def bench_sweep(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
 # --- report --------------------------------------------------------------------------------------
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"batched decoding, {result['model']} on {result['cpu']} ({result['threads']} torch threads), "
+    lines = [f"batched decoding, {result['model']} ({result['quant']}) on {result['cpu']} ({result['threads']} torch threads), "
              f"{result['date']}, torch {result['torch']}, transformers {result['transformers']}", ""]
     s = result["sections"]
     if "n8" in s:
@@ -274,8 +277,8 @@ def report(result: dict[str, Any]) -> str:
                   "|---:|---:|---:|---:|---:|---:|"]
         for size, r in s["sweep"].items():
             t, lat = r["tokens_per_second"], r["mean_row_latency_seconds"]
-            lines.append(f"| {size} | {t['llmgen']:.1f} | {t['HF']:.1f} | {r['ratio']:.2f}x | "
-                         f"{lat['llmgen']:.2f} s | {lat['HF']:.2f} s |")
+            hf = (f"{t['HF']:.1f} | {r['ratio']:.2f}x", f"{lat['HF']:.2f} s") if "HF" in t else ("- | -", "-")
+            lines.append(f"| {size} | {t['llmgen']:.1f} | {hf[0]} | {lat['llmgen']:.2f} s | {hf[1]} |")
     return "\n".join(lines)
 
 
@@ -286,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="measured runs per side (default: 3)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default: 1; on a shared machine more can stall a step)")
+    parser.add_argument("--quant", default="none", choices=("none", "int4"),
+                        help="the model's weights (default: none); with int4 only the sweep runs, without HF")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -294,17 +299,19 @@ def main(argv: list[str] | None = None) -> int:
         rss_child(args.rss_child, args.model)
         return 0
     wanted = [s for s in args.sections.split(",") if s]
+    if args.quant == "int4" and wanted != ["sweep"]:
+        parser.error("--quant int4 runs the sweep only: add --sections sweep (HF cannot run the int4 model)")
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
-    loaded = models.load(args.model)
+    loaded = models.load(args.model, quant=args.quant)
     import transformers
 
     result: dict[str, Any] = {
-        "model": args.model, "cpu": cpu_model(), "threads": args.threads, "runs": args.runs,
+        "model": args.model, "quant": args.quant, "cpu": cpu_model(), "threads": args.threads, "runs": args.runs,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__, "transformers": transformers.__version__, "sections": {}}
-    warm_up(loaded)
+    warm_up(loaded, with_hf=args.quant != "int4")
     for section in wanted:
         started = time.perf_counter()
         if section == "n8":
@@ -316,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "rss":
             result["sections"]["rss"] = bench_rss(args.model, args.threads)
         elif section == "sweep":
-            result["sections"]["sweep"] = bench_sweep(loaded, args.runs)
+            result["sections"]["sweep"] = bench_sweep(loaded, args.runs, with_hf=args.quant != "int4")
         print(f"[{section}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
     print(report(result))
     if args.json_out:
