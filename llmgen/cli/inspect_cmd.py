@@ -14,7 +14,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from llmgen.bench.plot import require as require_matplotlib
 from llmgen.cli import common
 from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.decode import CachedLM
@@ -70,7 +69,10 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
     if plot is not None:
         if plot.suffix.lower() != ".png":
             raise UsageError(f"--plot: {str(plot)!r} must end in .png")
-        require_matplotlib()
+        try:
+            import matplotlib  # noqa: F401
+        except ModuleNotFoundError:
+            raise UsageError("--plot needs matplotlib: pip install 'llmgen[plot]' (or pip install matplotlib)") from None
     if sampling["dump_config"]:
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
         return
