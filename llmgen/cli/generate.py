@@ -25,14 +25,15 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
              batch: dict[str, Any]) -> None:
     """Generate text from PROMPT with the target model.
 
-    With -n N the N samples decode together as one batch, each with its own random stream (from --seed
-    and its index), penalties and stop rules; they are printed in order. Beam search (--num-beams) and
-    `llmgen speculate` decode one sequence at a time.
+    -n N decodes the N samples as one batch, each row with its own random stream (from --seed and its index).
 
-    With --input FILE, every prompt of FILE is decoded, --batch-size at a time. Output: with --json, one
-    row per prompt with "index", "id" (when given) and the fields of a single run, or "error" for a
-    prompt that failed (the others go on; the exit code is then 1). Without --json, the texts, separated
-    by a line holding only the record separator \x1e (or each ended by NUL with -0).
+    Beam search (--num-beams) and `llmgen speculate` decode one sequence at a time.
+
+    --input FILE decodes every prompt of FILE, --batch-size at a time; a prompt that fails gets an error row.
+
+    With --json, one row per prompt: "index", "id" (when given), and the fields of a single run or "error".
+
+    Without --json, the texts, separated by a line holding only the record separator \\x1e (NUL-ended with -0).
 
     Examples:
 
