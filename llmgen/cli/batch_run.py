@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 import time
@@ -37,9 +38,7 @@ PANEL = "Many prompts (--input)"
 RECORD_SEPARATOR = "\x1e"
 
 
-def _option(name: str, annotation: Any, default: Any) -> Any:
-    import inspect
-
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
