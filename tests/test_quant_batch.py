@@ -33,12 +33,24 @@ def test_int4_rows_equal_each_prompt_alone(int4) -> None:
         expected = torch.cat([lm.forward([int(t)]) for lm, t in zip(alone, tokens)])
         assert torch.equal(got, expected)
         tokens = expected.argmax(-1)
-    rows.select([2, 0])  # drop a row; padding columns that no row needs are cut
-    got = rows.step(tokens[[2, 0]])
-    expected = torch.cat([alone[i].forward([int(tokens[i])]) for i in (2, 0)])
+    rows.select([0, 1])  # drop the longest row: the padding columns no row needs any more are cut
+    assert rows.width == 8  # rows of 4 + 4 and 2 + 4 tokens; with the 7 + 4 row the batch was 11 wide
+    tokens = tokens[[0, 1]]
+    alone = alone[:2]
+    got = rows.step(tokens)
+    expected = torch.cat([lm.forward([int(t)]) for lm, t in zip(alone, tokens)])
     assert torch.equal(got, expected)
     wide = [0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 4, 5, 6, 7, 8]  # wider than the batch: old rows get padded
-    assert torch.equal(rows.add([wide]), CachedLM(int4.model).forward(wide))
+    wide_lm = CachedLM(int4.model)
+    assert torch.equal(rows.add([wide]), wide_lm.forward(wide))
+    alone.append(wide_lm)
+    tokens = torch.cat([expected.argmax(-1), torch.tensor([5])])
+    for _ in range(2):  # every row, old and new, goes on as it would alone
+        got = rows.step(tokens)
+        expected = torch.cat([lm.forward([int(t)]) for lm, t in zip(alone, tokens)])
+        assert torch.equal(got, expected)
+        tokens = expected.argmax(-1)
+    rows.select([2, 2, 0])  # a repeated row
     assert rows.rows == 3
 
 

@@ -111,34 +111,54 @@ class StaticCache:
 
     def __init__(self, shape: Shape, batch: int | None = None, capacity: int = 256) -> None:
         self.shape = shape
-        self.length = 0
-        self.capacity = min(capacity, shape.context)
-        self.keys: list[Tensor] = []  # per layer [B, kv_heads, capacity, head_dim]; empty until the first forward
-        self.values: list[Tensor] = []
+        self.first_capacity = min(capacity, shape.context)
+        self.buffers: list[list[Tensor]] = [[], []]  # keys, values: per layer [B, kv_heads, capacity, head_dim]
+        self.valid: list[list[int]] = [[0] * shape.layers, [0] * shape.layers]  # valid positions per buffer
         self.layers = [_CacheLayer(self, i) for i in range(shape.layers)]
         if batch is not None:
-            self._allocate(batch, self.capacity)
+            self._allocate(batch, self.first_capacity)
+
+    @property
+    def keys(self) -> list[Tensor]:
+        return self.buffers[0]
+
+    @property
+    def values(self) -> list[Tensor]:
+        return self.buffers[1]
+
+    @property
+    def length(self) -> int:
+        return self.valid[0][0]
+
+    @length.setter
+    def length(self, length: int) -> None:
+        self.valid = [[length] * self.shape.layers, [length] * self.shape.layers]
+
+    @property
+    def capacity(self) -> int:
+        return min((b.shape[2] for b in self.keys + self.values), default=self.first_capacity)
 
     def _allocate(self, batch: int, capacity: int) -> None:
         s = self.shape
-        self.keys = [torch.zeros(batch, s.kv_heads, capacity, s.head_dim) for _ in range(s.layers)]
-        self.values = [torch.zeros(batch, s.kv_heads, capacity, s.head_dim) for _ in range(s.layers)]
-        self.capacity = capacity
+        self.buffers = [[torch.zeros(batch, s.kv_heads, capacity, s.head_dim) for _ in range(s.layers)]
+                        for _ in range(2)]
 
     def reserve(self, batch: int, length: int) -> None:
         """Room for `length` positions of `batch` rows, keeping the valid ones."""
         if not self.keys:
-            self._allocate(batch, max(self.capacity, min(length, self.shape.context)))
+            self._allocate(batch, max(self.first_capacity, min(length, self.shape.context)))
         if self.keys[0].shape[0] != batch:
             raise ValueError(f"the cache holds {self.keys[0].shape[0]} rows, not {batch}")
-        if length <= self.capacity:
+        capacity = self.capacity
+        if length <= capacity:
             return
         if length > self.shape.context:
             raise ValueError(f"the sequence ({length} tokens) is longer than the context ({self.shape.context})")
-        old_keys, old_values = self.keys, self.values
-        self._allocate(batch, min(self.shape.context, max(length, 2 * self.capacity)))
-        for new, old in zip(self.keys + self.values, old_keys + old_values):
-            new[:, :, :self.length] = old[:, :, :self.length]
+        old, valid = self.buffers, self.length
+        self._allocate(batch, min(self.shape.context, max(length, 2 * capacity)))
+        for new_list, old_list in zip(self.buffers, old):
+            for new, previous in zip(new_list, old_list):
+                new[:, :, :valid] = previous[:, :, :valid]
 
     def get_seq_length(self, layer: int = 0) -> int:
         return self.length
@@ -149,34 +169,24 @@ class StaticCache:
 
 
 class _CacheLayer:
-    """One layer's valid keys and values, as a transformers cache layer shows them."""
+    """One layer's valid keys and values, as a transformers cache layer shows them. Assigning one
+    replaces that buffer (and its valid length) alone: `RowCache` assigns every layer's keys and values
+    in turn, reading each before it is replaced, and the cache agrees with itself again at the end."""
 
     is_sliding = False
 
     def __init__(self, cache: StaticCache, index: int) -> None:
         self.cache, self.index = cache, index
 
-    @property
-    def keys(self) -> Tensor:
-        return self.cache.keys[self.index][:, :, :self.cache.length]
+    def _get(self, kind: int) -> Tensor:
+        return self.cache.buffers[kind][self.index][:, :, :self.cache.valid[kind][self.index]]
 
-    @keys.setter
-    def keys(self, value: Tensor) -> None:
-        self._replace(self.cache.keys, value)
+    def _set(self, kind: int, value: Tensor) -> None:
+        self.cache.buffers[kind][self.index] = value.contiguous()
+        self.cache.valid[kind][self.index] = int(value.shape[2])
 
-    @property
-    def values(self) -> Tensor:
-        return self.cache.values[self.index][:, :, :self.cache.length]
-
-    @values.setter
-    def values(self, value: Tensor) -> None:
-        self._replace(self.cache.values, value)
-
-    def _replace(self, buffers: list[Tensor], value: Tensor) -> None:
-        # NOTE: every layer's keys and values are replaced in turn, with the same shape, so that the
-        # length (shared) and the capacity agree again once all of them are.
-        buffers[self.index] = value.contiguous()
-        self.cache.length = self.cache.capacity = int(value.shape[2])
+    keys = property(lambda self: self._get(0), lambda self, value: self._set(0, value))
+    values = property(lambda self: self._get(1), lambda self, value: self._set(1, value))
 
 
 class Layer(nn.Module):
