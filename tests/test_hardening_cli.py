@@ -250,6 +250,8 @@ def commands(char_model: Path, prompts: Path) -> dict[str, list[str]]:
         "generate": ["generate", *tiny, "-N", "200", "abc"],
         "generate --json -n 3": ["generate", *tiny, "-N", "50", "--json", "-n", "3", "abc"],
         "speculate": ["speculate", *tiny, "--draft", "ngram", "-N", "200", "abc abc"],
+        "inspect": ["inspect", *tiny, "--steps", "20", "abc"],
+        "inspect --json": ["inspect", *tiny, "--steps", "20", "--json", "abc"],
         "bench": ["bench", "--model", str(char_model), "--prompts", str(prompts), "-s", "plain", "--runs", "1",
                   "--warmup", "0", "--max-new-tokens", "4", "--quiet"],
         "models list": ["models", "list"],
