@@ -81,8 +81,9 @@ class ProbsRenderer(TerminalRenderer):
     def table(self) -> Table:
         table = Table(title=f"uncertain tokens (p < {UNCERTAIN})", title_justify="left", box=None,
                       padding=(0, 2), header_style="bold")
-        for column in ("text", "p", "alternatives"):
-            table.add_column(column, justify="right" if column == "p" else "left")
+        table.add_column("text", no_wrap=True)
+        table.add_column("p", justify="right")
+        table.add_column("alternatives", no_wrap=True, overflow="ellipsis")
         for piece, entry in self.uncertain:
             others = [(i, lp) for i, lp in entry.top if i != entry.id and lp != -math.inf][:ALTERNATIVES]
             shown = "  ".join(f"{quoted(self.tokenizer.decode([i]))} {math.exp(lp):.2f}" for i, lp in others)
