@@ -81,8 +81,8 @@ class ProbsRenderer(TerminalRenderer):
     def table(self) -> Table:
         table = Table(title=f"uncertain tokens (p < {UNCERTAIN})", title_justify="left", box=None,
                       padding=(0, 2), header_style="bold")
-        table.add_column("text", no_wrap=True)
-        table.add_column("p", justify="right")
+        table.add_column("text", no_wrap=True, max_width=20, overflow="ellipsis")
+        table.add_column("p", justify="right", no_wrap=True, min_width=4)
         table.add_column("alternatives", no_wrap=True, overflow="ellipsis")
         for piece, entry in self.uncertain:
             others = [(i, lp) for i, lp in entry.top if i != entry.id and lp != -math.inf][:ALTERNATIVES]
