@@ -176,3 +176,22 @@ def test_beam_logprobs_add_up_to_the_unnormalised_score(target, config, mode) ->
         total = sum(e["logprob"] for e in result.logprobs)
         assert total / len(result.token_ids) ** config.length_penalty == pytest.approx(result.score, abs=1e-4)
         assert all(len(e["top_logprobs"]) == 2 for e in result.logprobs)
+
+
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_logprobs_match_hf_generate_scores(target, mode) -> None:
+    """HF as the oracle: output_logits are the raw logits, output_scores the processed ones (greedy:
+    after the repetition penalty, which both apply the same way)."""
+    config = GREEDY.replace(max_new_tokens=10, repetition_penalty=1.3, penalty_scope="all")
+    prompt = target.tokenizer("abc ab")["input_ids"]
+    result = plain(target, prompt, config, LogprobSpec(3, mode))
+    out = target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10,
+                                repetition_penalty=1.3, output_logits=True, output_scores=True,
+                                return_dict_in_generate=True)  # NOTE: no min_new_tokens: it would cut EOS
+    hf_tokens = out.sequences[0, len(prompt):].tolist()
+    assert len(hf_tokens) >= 5 and hf_tokens == result.token_ids[:len(hf_tokens)]
+    rows = out.logits if mode == "raw" else out.scores
+    for entry, row in zip(result.logprobs, rows):
+        expected = row[0].float().log_softmax(-1)
+        assert entry["logprob"] == pytest.approx(float(expected[entry["id"]]), abs=1e-5)
+        assert [t["id"] for t in entry["top_logprobs"]] == expected.topk(3).indices.tolist()
