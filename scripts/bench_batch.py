@@ -282,6 +282,35 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_sweep(results: list[dict[str, Any]], path: Path) -> None:
+    """Throughput against batch size, one line per engine and weights, from the results' sweeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4))
+    for result in results:
+        sweep = result["sections"].get("sweep")
+        if not sweep:
+            continue
+        sizes = [int(size) for size in sweep]
+        for engine in ("llmgen", "HF"):
+            rates = [sweep[str(size)]["tokens_per_second"].get(engine) for size in sizes]
+            if all(rate is not None for rate in rates):
+                label = f"{engine}, {result.get('quant', 'none')} weights".replace("none weights", "float32")
+                axes.plot(sizes, rates, marker="o", label=label)
+    first = results[0]
+    axes.set(xscale="log", xlabel="batch size (rows)", ylabel="tokens/s (all rows)",
+             title=f"{first['model']}: throughput against batch size\n{first['cpu']}, {first['threads']} thread(s), "
+                   f"{first['date'][:10]}")
+    axes.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=models.DEFAULT_MODEL, help="default: %(default)s")
@@ -292,8 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quant", default="none", choices=("none", "int4"),
                         help="the model's weights (default: none); with int4 only the sweep runs, without HF")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--plot", type=Path, help="also draw the sweep (throughput against batch size) as a PNG")
+    parser.add_argument("--plot-from", type=Path, nargs="+", metavar="JSON",
+                        help="only draw --plot from saved --json-out files, without measuring")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plot_from:
+        if not args.plot:
+            parser.error("--plot-from needs --plot FILE.png")
+        plot_sweep([json.loads(path.read_text()) for path in args.plot_from], args.plot)
+        return 0
     torch.set_num_threads(args.threads)
     if args.rss_child:
         rss_child(args.rss_child, args.model)
@@ -328,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        plot_sweep([result], args.plot)
     return 0
 
 

@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="grounded prompts only, no sampling section")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--threads", type=int, help="torch threads (and llama.cpp's); default: torch's own")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     target = models.load(args.model)
     int4 = models.load(args.model, quant="int4")

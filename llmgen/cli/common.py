@@ -28,7 +28,7 @@ MAX_STDIN_BYTES = 16 * 1024 * 1024
 def read_prompt(prompt: str | None) -> str:
     """The argument, or stdin when the argument is '-' or absent and stdin is not a terminal.
 
-    Decisions for text from strangers (README, "What llmgen does with bad input"):
+    Decisions for text from strangers (docs/bad-input.md):
     - stdin is decoded as UTF-8; invalid bytes become U+FFFD, with a warning on stderr. Generation goes on,
       so a file with one stray Latin-1 byte still works.
     - a NUL byte is refused (usage error): text prompts do not contain one, binary files piped by
