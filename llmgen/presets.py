@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from llmgen.config import DecodingConfig, canonical_key, coerce
-from llmgen.errors import ConfigError, PresetError
+from llmgen.errors import ConfigError, PresetError, UsageError
 from llmgen.models import config_dir
 
 MAX_PRESET_BYTES = 64 * 1024
@@ -33,6 +33,8 @@ class Preset:
     path: str
     description: str
     values: dict[str, Any]  # canonical field name -> checked value
+    backend: str | None = None  # [backend] name = "hf" | "vllm"
+    backend_options: dict[str, Any] = field(default_factory=dict)  # [backend.vllm]: vLLM engine keys
 
 
 def builtin_dir() -> Path:
@@ -94,6 +96,7 @@ def load(name_or_path: str) -> Preset:
         if "(at line" not in message:  # "at end of document": the error is on the last line
             message = f"{message} (at line {max(1, text.count(chr(10)) + (not text.endswith(chr(10))))})"
         raise PresetError(f"{path}: invalid TOML: {message}") from None
+    backend, backend_options = _backend(data.pop("backend", None), path, text)
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise PresetError(f"{path}:{_line_of(text, 'description')}: description must be a string")
@@ -119,4 +122,35 @@ def load(name_or_path: str) -> Preset:
         key = str(err).split(":")[0].removeprefix("invalid value for ").strip()
         line = _line_of(text, key) or _line_of(text, key.replace("-", "_")) or "?"
         raise PresetError(f"{path}:{line}: {err}") from None
-    return Preset(path.stem, str(path), description, values)
+    return Preset(path.stem, str(path), description, values, backend, backend_options)
+
+
+def _backend(table: Any, path: Path, text: str) -> tuple[str | None, dict[str, Any]]:
+    """The optional `[backend]` table: `name = "hf" | "vllm"`, and `[backend.vllm]` engine-only keys.
+
+        [backend]
+        name = "vllm"
+        [backend.vllm]
+        tensor_parallel_size = 2
+    """
+    if table is None:
+        return None, {}
+    where = f"{path}:{_line_of(text, 'backend') or '?'}"
+    if not isinstance(table, dict):
+        raise PresetError(f"{where}: backend must be a table: [backend] name = \"hf\" or \"vllm\"")
+    from llmgen.backends import BACKENDS
+    from llmgen.backends.vllm import check_engine_options
+
+    unknown = set(table) - {"name", "vllm"}
+    if unknown:
+        raise PresetError(f"{where}: unknown key {sorted(unknown)[0]!r} in [backend] (known: name, vllm)")
+    name = table.get("name")
+    if name is not None and name not in BACKENDS:
+        raise PresetError(f"{where}: backend name must be one of {', '.join(BACKENDS)}, not {name!r}")
+    options = table.get("vllm", {})
+    if not isinstance(options, dict):
+        raise PresetError(f"{where}: [backend.vllm] must be a table of vLLM engine keys")
+    try:
+        return name, check_engine_options(options, f"{path}:{_line_of(text, 'vllm') or '?'}: [backend.vllm]")
+    except UsageError as err:
+        raise PresetError(str(err)) from None

@@ -84,4 +84,4 @@ def test_every_command_shows_no_metavar_on_a_flag_and_one_on_an_option(capsys, m
             assert rest[0].startswith(help_start), (param.opts, rest)
         else:
             metavar = rest[0].split(" [")[0]  # typer may add a range: "N [x>=1]"
-            assert re.fullmatch(r"\w[\w|.-]*", metavar) and rest[1].startswith(help_start), (param.opts, rest)
+            assert re.fullmatch(r"\w[\w|.=-]*", metavar) and rest[1].startswith(help_start), (param.opts, rest)

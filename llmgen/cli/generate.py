@@ -6,8 +6,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from llmgen import beam
-from llmgen.cli import batch_run, common
+from llmgen import beam, constraints
+from llmgen.cli import backend_run, batch_run, common
+from llmgen.cli.backend_run import BACKEND
 from llmgen.cli.batch_run import BATCH
 from llmgen.cli.options import BEAM, LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.cli.output import TerminalRenderer, beam_progress
@@ -19,10 +20,11 @@ from llmgen.logprobs import LogprobSpec
 from llmgen.models import LoadedModel
 
 
-@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH)
+@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH,
+              backend=BACKEND)
 def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[str, Any],
              model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any],
-             batch: dict[str, Any]) -> None:
+             batch: dict[str, Any], backend: dict[str, Any]) -> None:
     """Generate text from PROMPT with the target model.
 
     -n N decodes the N samples as one batch, each row with its own random stream (from --seed and its index).
@@ -58,6 +60,14 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         return
     for note in notes:
         print(f"llmgen: note: {note}", file=sys.stderr)
+    backend_name, engine_options = backend_run.choose(sampling, backend)
+    if backend_name == "vllm":
+        if batch["input"] is not None:
+            raise UsageError("--backend vllm runs one PROMPT at a time: --input over vLLM is not built yet")
+        if spec is not None:
+            raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
+        backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options)
+        return
     if batch["input"] is not None:
         batch_run.check_combination(prompt, resolved)
         loaded = common.load_model(model_opts["model"], model_opts)
@@ -77,7 +87,8 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         return
 
     def plain(prompt_ids: list[int], generator: Any) -> Any:
-        return plain_source(CachedLM(loaded.model), prompt_ids, resolved.config, generator, spec), dict
+        matcher = constraints.new_matcher(resolved.config, loaded)
+        return plain_source(CachedLM(loaded.model), prompt_ids, resolved.config, generator, spec, matcher), dict
 
     common.run_all(loaded, ids, resolved, renderer, plain)
 

@@ -10,7 +10,10 @@ from typing import IO, Annotated, Any, Optional
 
 import typer
 
-from llmgen.cli import common
+from llmgen import models
+from llmgen.backends.vllm import Draft
+from llmgen.cli import backend_run, common
+from llmgen.cli.backend_run import BACKEND
 from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.cli.output import Renderer
 from llmgen.config import DecodingConfig
@@ -70,9 +73,10 @@ SPECULATIVE = [
 ]
 
 
-@with_options(spec=SPECULATIVE, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS)
+@with_options(spec=SPECULATIVE, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, backend=BACKEND)
 def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[str, Any],
-              model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any]) -> None:
+              model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any],
+              backend: dict[str, Any]) -> None:
     """Generate text from PROMPT with speculative decoding: the draft proposes, the target verifies.
 
     The output has exactly the target's distribution, under every sampling option. With --logprobs, each
@@ -105,6 +109,10 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
                                       "draft": (spec["draft"], "flag"), "gamma": (gamma, "flag or default")})
         return
+    backend_name, engine_options = backend_run.choose(sampling, backend)
+    if backend_name == "vllm":
+        _speculate_on_vllm(prompt, resolved, spec, gamma, logprobs, model_opts, output, engine_options)
+        return
     text = common.read_prompt(prompt)
     target = common.load_model(model_opts["model"], model_opts)
     draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts)
@@ -126,6 +134,23 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
                                logprobs=logprobs)
 
         common.run_all(target, ids, resolved, renderer, speculative)
+
+
+def _speculate_on_vllm(prompt: str | None, resolved: Any, spec: dict[str, Any], gamma: Any, logprobs: Any,
+                       model_opts: dict[str, Any], output: dict[str, Any], engine_options: dict[str, Any]) -> None:
+    """vLLM's own speculative decoding with the same draft: n-gram, or a draft model's directory."""
+    if logprobs is not None:
+        raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
+    if spec["draft"] == NGRAM:
+        draft = Draft("ngram", gamma, ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"])
+    elif spec["draft"] == SELF or spec["draft_quant"] not in ("auto", "none"):
+        raise UsageError("--backend vllm: an int4 draft (--draft self, --draft-quant int4) is llmgen's own CPU path")
+    else:
+        reference = models.resolve(spec["draft"])
+        if reference.quant not in (None, "none"):
+            raise UsageError(f"--backend vllm: the draft {spec['draft']!r} is an int4 alias (llmgen's own CPU path)")
+        draft = Draft("model", gamma, model=str(models.model_path(reference, model_opts["offline"], common.spinner)))
+    backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options, draft)
 
 
 def _load_draft(ref: str, dtype: str, quant: str, model_opts: dict[str, Any]) -> LoadedModel | None:

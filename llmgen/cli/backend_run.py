@@ -1,0 +1,102 @@
+"""`--backend hf|vllm` for `generate` and `speculate`: the options, and running one prompt on vLLM.
+
+`hf` is llmgen's own decoding and needs nothing here. With `vllm`, the resolved settings go through
+`backends.vllm.translate` (which refuses what vLLM cannot do exactly) and the outputs come back as the
+same `SequenceResult`s, printed by the same renderers, so `--json` rows look alike on both backends.
+"""
+
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmgen import models
+from llmgen.backends import BACKENDS
+from llmgen.backends import vllm as vllm_backend
+from llmgen.cli import common
+from llmgen.cli.output import make_renderer
+from llmgen.config import Resolved
+from llmgen.errors import UsageError
+from llmgen.generation import SequenceResult, encode_prompt, token_budget
+from llmgen.hfutil import quiet
+
+PANEL = "Backend"
+
+
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+BACKEND = [
+    _option("backend", Annotated[Optional[str], typer.Option(
+        "--backend", metavar="hf|vllm", rich_help_panel=PANEL, show_default="hf, or the preset's backend",
+        help="hf: llmgen's own decoding. vllm: the same settings run by vLLM (tensor- and pipeline-parallel "
+             "models on GPUs; extra llmgen[vllm]); what vLLM cannot do exactly is refused.")], None),
+    _option("vllm_option", Annotated[Optional[list[str]], typer.Option(
+        "--vllm-option", metavar="KEY=VALUE", rich_help_panel=PANEL, show_default="none",
+        help="A vLLM engine key, repeatable: tensor_parallel_size, pipeline_parallel_size, "
+             "distributed_executor_backend, gpu_memory_utilization, max_model_len (over the preset's "
+             "\\[backend.vllm]).")], None),
+]
+
+
+def choose(sampling: dict[str, Any], backend: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The backend and its engine options: flags over the preset's `[backend]` table, default hf."""
+    preset_ref = sampling.get("preset")
+    from llmgen import presets
+
+    preset = presets.load(preset_ref) if preset_ref else None
+    name = backend.get("backend") or (preset.backend if preset else None) or "hf"
+    if name not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {name!r}")
+    options = dict(preset.backend_options) if preset else {}
+    for item in backend.get("vllm_option") or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--vllm-option {item!r}: use KEY=VALUE")
+        options[key.strip()] = _number(value.strip())
+    if options and name != "vllm":
+        raise UsageError("vLLM engine options need --backend vllm")
+    return name, vllm_backend.check_engine_options(options, "--vllm-option") if options else {}
+
+
+def _number(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: dict[str, Any],
+             engine_options: dict[str, Any], draft: vllm_backend.Draft | None = None,
+             logprobs: int | None = None) -> None:
+    """One prompt (and its -n samples, or its beams) through vLLM, printed like llmgen's own runs."""
+    config = resolved.config
+    reference = models.resolve(model_opts["model"])
+    path = models.model_path(reference, model_opts["offline"], common.spinner)
+    tokenizer = models.load_tokenizer(model_opts["model"], path, model_opts["trust_remote_code"])
+    from transformers import AutoConfig
+
+    with quiet():
+        context = models.context_length(AutoConfig.from_pretrained(str(path),
+                                                                   trust_remote_code=model_opts["trust_remote_code"]))
+    loaded = SimpleNamespace(ref=model_opts["model"], tokenizer=tokenizer, context_length=context)
+    ids = encode_prompt(loaded, text, output.get("chat"), output.get("system"))
+    request = vllm_backend.translate(
+        config, str(path), budget=token_budget(len(ids), config, context), draft=draft,
+        engine_options=engine_options, dtype=model_opts["dtype"], quant=model_opts["quant"],
+        trust_remote_code=model_opts["trust_remote_code"], logprobs=logprobs)
+    outputs, stats = vllm_backend.generate(request, [ids])
+    chosen = outputs[0][:config.n]
+    renderer = make_renderer(output["json"], output["quiet"])
+    for index, out in enumerate(chosen):
+        renderer.begin(index, len(chosen))
+        if out.text:
+            renderer.text(out.text, "target")
+        renderer.end(SequenceResult(out.text, out.token_ids, ids, out.finish_reason,
+                                    {"prompt_tokens": len(ids), "generated_tokens": len(out.token_ids), **stats}))
