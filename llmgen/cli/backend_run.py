@@ -34,7 +34,7 @@ BACKEND = [
     _option("backend", Annotated[Optional[str], typer.Option(
         "--backend", metavar="hf|vllm", rich_help_panel=PANEL, show_default="hf, or the preset's backend",
         help="hf: llmgen's own decoding. vllm: the same settings run by vLLM (tensor- and pipeline-parallel "
-             "models on GPUs; extra llmgen[vllm]); what vLLM cannot do exactly is refused.")], None),
+             "models on GPUs; extra llmgen\\[vllm]); what vLLM cannot do exactly is refused.")], None),
     _option("vllm_option", Annotated[Optional[list[str]], typer.Option(
         "--vllm-option", metavar="KEY=VALUE", rich_help_panel=PANEL, show_default="none",
         help="A vLLM engine key, repeatable: tensor_parallel_size, pipeline_parallel_size, "
