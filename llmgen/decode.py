@@ -83,7 +83,8 @@ def decode_steps(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig
                  logprobs: LogprobSpec | None = None) -> Iterator[tuple[int, TokenLogprob | None]]:
     """The loop: each step yields the picked token and, when asked, its logprobs (else None)."""
     generated: list[int] = []
-    logits = lm.forward(prompt_ids)  # prefill: [1, vocab]
+    # Prefill what the cache does not hold yet (all of the prompt, unless `chat.py` kept a prefix): [1, vocab]
+    logits = lm.forward(list(prompt_ids)[lm.length:])
     vocab = logits.shape[-1]
     while True:
         counts = None

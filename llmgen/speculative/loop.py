@@ -84,8 +84,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
     stats = stats if stats is not None else SpeculativeStats()
     prompt = list(prompt_ids)
     generated: list[int] = []
-    if len(prompt) > 1:
-        target.forward(prompt[:-1])  # prefill all but the last prompt token; every round reads one pending token
+    if target.length < len(prompt) - 1:  # the cache may hold a prefix already (a chat's earlier turns)
+        target.forward(prompt[target.length:-1])  # prefill all but the last prompt token; every round reads one pending token
     proposer.prefill(prompt)
     index = 0
     while len(generated) < max_tokens:

@@ -67,8 +67,8 @@ class DraftModelProposer:
 
     def prefill(self, prompt_ids: Sequence[int]) -> None:
         """Read all but the last prompt token, so that rounds (and their timings) start alike."""
-        if len(prompt_ids) > 1:
-            self.lm.forward(list(prompt_ids)[:-1])
+        if self.lm.length < len(prompt_ids) - 1:  # the cache may hold a prefix already (chat)
+            self.lm.forward(list(prompt_ids)[self.lm.length:-1])
 
     def room(self, length: int) -> int:
         return max(0, self.context_length - length)

@@ -64,10 +64,11 @@ def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
     return AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.25 if draft.quant == "int4" else 0.65)
 
 
-def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int) -> Proposer:
+def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int,
+                  draft_lm: CachedLM | None = None) -> Proposer:
     if draft is None:
         return NgramProposer(ngram_max, ngram_min)
-    return DraftModelProposer(CachedLM(draft.model), config, draft.context_length)
+    return DraftModelProposer(draft_lm or CachedLM(draft.model), config, draft.context_length)
 
 
 SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
@@ -76,17 +77,21 @@ SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
 def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int],
                 config: DecodingConfig, generator: torch.Generator, *, gamma: Gamma = "auto",
                 ngram_max: int = 4, ngram_min: int = 2, on_round: OnRound | None = None,
-                logprobs: LogprobSpec | None = None) -> SourceWithStats:
+                logprobs: LogprobSpec | None = None, target_lm: CachedLM | None = None,
+                draft_lm: CachedLM | None = None) -> SourceWithStats:
     """A fresh token source for one sequence, and a function returning its statistics when it is done.
 
-    `draft` is a loaded draft model, or None for the n-gram (prompt lookup) draft.
+    `draft` is a loaded draft model, or None for the n-gram (prompt lookup) draft. `target_lm` and
+    `draft_lm` are caches to reuse (`chat.py`): each may hold a prefix of `prompt_ids` already, and only
+    the rest is prefilled; by default both start empty.
     """
     if draft is not None:
         check_compatible(target, draft)
     stats = SpeculativeStats()
     policy = make_policy(gamma, draft)
     budget = token_budget(len(prompt_ids), config, target.context_length)
-    source = speculative_tokens(CachedLM(target.model), make_proposer(draft, config, ngram_max, ngram_min),
+    source = speculative_tokens(target_lm or CachedLM(target.model),
+                                make_proposer(draft, config, ngram_max, ngram_min, draft_lm),
                                 prompt_ids, config, generator, policy, budget, stats, on_round, logprobs)
     return source, stats.as_dict
 
