@@ -14,6 +14,7 @@ Why each row's output does not depend on the batch:
 - logits: rows never attend to each other; padding is masked (`rowcache.py`). Only fp32 rounding of
   a different matrix shape can differ, which can flip a greedy pick at a near-tie.
 - penalties: counts come from the row's own prompt and tokens, every step.
+- constraints: each row owns its matcher (`constraints.py`), which masks only that row's logits.
 - randomness: each row draws from its own `torch.Generator`, seeded with `row_seed(seed, index)`,
   so a row's draws do not depend on how many rows run beside it, or in which order they finish.
 """
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from llmgen.config import DecodingConfig
+from llmgen.constraints import Constraint, Matcher
 from llmgen.generation import SequenceResult, SequenceState
 from llmgen.logprobs import LogprobSpec, TokenLogprob, token_logprobs
 from llmgen.processors import penalty_context, process, token_counts
@@ -59,6 +61,7 @@ class Row:
     generator: torch.Generator
     state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
     logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
+    matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,10 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
             counts = torch.stack([
                 token_counts(penalty_context(rows[i].prompt_ids, rows[i].state.tokens, config), vocab, logits.device)
                 for i in members])  # [g, vocab]
-        processed = process(logits[members], counts, config)  # [g, vocab]
+        allowed = None
+        if rows[members[0]].matcher is not None:  # NOTE: rows of one config are all constrained or none
+            allowed = torch.stack([rows[i].matcher.allowed() for i in members])  # [g, vocab]
+        processed = process(logits[members], counts, config, allowed)  # [g, vocab]
         if config.greedy:
             tokens[members] = greedy_pick(processed).cpu()
         else:
@@ -147,6 +153,8 @@ def _loop(cache: Rows, queue: Iterator[Row], limits: Limits, batch_size: int, co
         # 3. stop
         running = []
         for i, row in enumerate(active):
+            if row.matcher is not None:
+                row.matcher.advance(int(tokens[i]))
             piece = row.state.push(int(tokens[i]), entries[i])
             if piece and on_text:
                 on_text(row, piece)
@@ -197,9 +205,11 @@ def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
 
 def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: Limits, *,
                 on_text: OnText | None = None, on_done: OnDone | None = None,
-                logprobs: LogprobSpec | None = None) -> list[SequenceResult]:
-    """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order."""
-    rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device), logprobs=logprobs)
+                logprobs: LogprobSpec | None = None, constraint: Constraint | None = None) -> list[SequenceResult]:
+    """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order.
+    With `constraint`, each sample gets its own matcher."""
+    rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device), logprobs=logprobs,
+                matcher=None if constraint is None else constraint.matcher())
             for i in range(config.n)]
     results: dict[int, SequenceResult] = {}
 

@@ -52,6 +52,11 @@ class DecodingConfig:
     length_penalty: float = _opt(1.0, "Beam score = sum of log-probs / length ** L.")
     early_stopping: EarlyStopping = _opt("false", "Beam search stopping rule, as in HF: false, true or never.")
     no_repeat_ngram_size: int = _opt(0, "Forbid repeating any n-gram of this size; 0 = off.")
+    schema: str | None = _opt(None, "Output valid JSON for this JSON Schema: a file, or the schema itself ('{...}').")
+    json_object: bool = _opt(False, "Output one JSON object (any keys).")
+    regex: str | None = _opt(None, "The whole output matches this regular expression (Rust regex syntax).")
+    choice: tuple[str, ...] = _opt((), "The output is exactly one of these strings (repeat the option).")
+    grammar: str | None = _opt(None, "The output follows this grammar file: Lark (llguidance's dialect) or GBNF (.gbnf).")
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0 (0 means greedy)")
@@ -83,6 +88,11 @@ class DecodingConfig:
         inf and the softmax to NaN, while the limit of sampling as T -> 0 is the argmax anyway.
         """
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def constrained(self) -> bool:
+        """Any of --schema, --json-object, --regex, --choice, --grammar (`constraints.py`)."""
+        return bool(self.schema or self.json_object or self.regex or self.choice or self.grammar)
 
     @property
     def uses_penalties(self) -> bool:
@@ -125,6 +135,18 @@ def coerce(name: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"invalid value for stop: {value!r} must be a string or a list of strings")
+    if name == "choice":
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+            return tuple(value)
+        raise ConfigError(f"invalid value for choice: {value!r} must be a list of non-empty strings")
+    if name in ("schema", "regex", "grammar"):
+        if isinstance(value, str) and value:
+            return value
+        if name == "schema" and isinstance(value, dict):  # a preset may hold the schema as a table
+            import json
+
+            return json.dumps(value)
+        raise ConfigError(f"invalid value for {name}: {value!r} must be a non-empty string")
     if name == "seed":
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value

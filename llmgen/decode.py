@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from llmgen.config import DecodingConfig
+from llmgen.constraints import Matcher
 from llmgen.logprobs import LogprobSpec, TokenLogprob, token_logprobs
 from llmgen.processors import penalty_context, process, token_counts
 from llmgen.sampling import greedy_pick, random_pick
@@ -74,14 +75,19 @@ def sample_tokens(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfi
 
 
 def plain_source(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
-                 logprobs: LogprobSpec | None = None) -> Iterator[tuple[int, str, TokenLogprob | None]]:
+                 logprobs: LogprobSpec | None = None,
+                 matcher: Matcher | None = None) -> Iterator[tuple[int, str, TokenLogprob | None]]:
     """Plain decoding as a token source (`generation.TokenSource`): (token, "target", its logprobs or None)."""
-    return ((token, "target", entry) for token, entry in decode_steps(lm, prompt_ids, config, generator, logprobs))
+    return ((token, "target", entry)
+            for token, entry in decode_steps(lm, prompt_ids, config, generator, logprobs, matcher))
 
 
 def decode_steps(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
-                 logprobs: LogprobSpec | None = None) -> Iterator[tuple[int, TokenLogprob | None]]:
-    """The loop: each step yields the picked token and, when asked, its logprobs (else None)."""
+                 logprobs: LogprobSpec | None = None,
+                 matcher: Matcher | None = None) -> Iterator[tuple[int, TokenLogprob | None]]:
+    """The loop: each step yields the picked token and, when asked, its logprobs (else None).
+
+    With a constraint, `matcher` (owned by this sequence) gives each step's mask and takes each token."""
     generated: list[int] = []
     # Prefill what the cache does not hold yet (all of the prompt, unless `chat.py` kept a prefix): [1, vocab]
     logits = lm.forward(list(prompt_ids)[lm.length:])
@@ -90,9 +96,12 @@ def decode_steps(lm: CachedLM, prompt_ids: Sequence[int], config: DecodingConfig
         counts = None
         if config.uses_penalties:  # derived from the context on every step; no state to roll back
             counts = token_counts(penalty_context(prompt_ids, generated, config), vocab, logits.device)[None]
-        processed = process(logits, counts, config)  # [1, vocab]
+        allowed = None if matcher is None else matcher.allowed()[None]  # [1, vocab] bool
+        processed = process(logits, counts, config, allowed)  # [1, vocab]
         token = int(pick_processed(processed, config, generator)[0])
         entry = token_logprobs(logits, processed, [token], logprobs)[0] if logprobs is not None else None
+        if matcher is not None:
+            matcher.advance(token)
         generated.append(token)
         yield token, entry
         logits = lm.forward([token])

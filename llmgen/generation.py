@@ -32,7 +32,7 @@ class SequenceResult:
     text: str
     token_ids: list[int]
     prompt_token_ids: list[int]
-    finish_reason: str  # "length", "stop" or "eos"
+    finish_reason: str  # "length", "stop" (a stop string, or a constraint complete) or "eos"
     stats: dict[str, Any] = field(default_factory=dict)
     score: float | None = None  # beam search: sum of log-probs / length ** length_penalty
     logprobs: list[dict[str, Any]] | None = None  # --logprobs: one entry per token id (`logprobs.to_json`)
@@ -115,7 +115,8 @@ class SequenceState:
             self.logprobs.append(logprob)
         self.timer.token()
         if token in self.eos_token_ids and not self.config.ignore_eos:
-            self.reason = "eos"
+            # NOTE: with a constraint, end-of-sequence is allowed only once the output is complete.
+            self.reason = "stop" if self.config.constrained else "eos"
             return ""
         piece = self.stream.push(token)
         if self.stream.stopped:

@@ -2,8 +2,12 @@
 
 The chain, in this fixed order (the order HF `generate()` applies its warpers in, too):
 
-    penalties -> temperature -> top-k -> top-p -> min-p -> pick
+    [mask] -> penalties -> temperature -> top-k -> top-p -> min-p -> pick
 
+0. Mask (only with a constraint: `--schema`, `--json-object`, `--regex`, `--choice`, `--grammar`): tokens
+   the grammar forbids get -inf, first, as vLLM applies its structured-output bitmask, so that
+   temperature and truncation act on allowed tokens only. The mask comes from the sequence's matcher
+   (`constraints.py`), which is stateful and owned by the sequence; this function only applies it.
 1. Penalties, computed from token counts `c[j]` over the *penalty scope* (the generated tokens, or the
    prompt and the generated tokens; optionally only the last N of them):
      - repetition (HF/CTRL): for every j with c[j] > 0, logit[j] / R if logit[j] > 0 else logit[j] * R
@@ -101,6 +105,13 @@ def apply_min_p(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, NEG_INF)
 
 
+def apply_mask(logits: Tensor, allowed: Tensor | None) -> Tensor:
+    """Step 0: `allowed` is [rows, vocab] (or [vocab]) bool; forbidden tokens get -inf. None = no constraint."""
+    if allowed is None:
+        return logits
+    return logits.masked_fill(~allowed.to(logits.device), NEG_INF)
+
+
 STAGES = ("penalties", "temperature", "top_k", "top_p", "min_p")
 
 
@@ -113,8 +124,11 @@ class Stage:
     on: bool
 
 
-def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> list[Stage]:
-    """The chain step by step: raw -> penalties -> temperature -> top-k -> top-p -> min-p.
+def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig,
+           allowed: Tensor | None = None) -> list[Stage]:
+    """The chain step by step: raw -> [mask] -> penalties -> temperature -> top-k -> top-p -> min-p.
+
+    The "mask" stage is listed only with a constraint (`allowed`, [rows, vocab] bool).
 
     `process` is the last stage, and `llmgen inspect` shows every stage, so that what it shows is
     what decoding does. A stage that is off (its "off" value, or a warper in greedy mode: it cannot
@@ -122,6 +136,9 @@ def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> lis
     """
     logits = logits.to(torch.float32)
     out = [Stage("raw", logits, True)]
+    if allowed is not None:
+        logits = apply_mask(logits, allowed)
+        out.append(Stage("mask", logits, True))
     penalise = counts is not None and config.uses_penalties
     if penalise:
         logits = apply_penalties(logits, counts, config)
@@ -138,17 +155,18 @@ def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> lis
     return out
 
 
-def process(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> Tensor:
-    """The whole chain for sampling: penalties -> temperature -> top-k -> top-p -> min-p.
+def process(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed: Tensor | None = None) -> Tensor:
+    """The whole chain for sampling: [mask] -> penalties -> temperature -> top-k -> top-p -> min-p.
 
-    In greedy mode only the penalties apply: the warpers cannot change the argmax.
+    In greedy mode only the mask and the penalties apply: the warpers cannot change the argmax.
     """
-    return stages(logits, counts, config)[-1].logits
+    return stages(logits, counts, config, allowed)[-1].logits
 
 
-def distribution(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> Tensor:
+def distribution(logits: Tensor, counts: Tensor | None, config: DecodingConfig,
+                 allowed: Tensor | None = None) -> Tensor:
     """The distribution a token is drawn from, [rows, vocab]. Greedy is the one-hot of the argmax."""
-    return distribution_of(process(logits, counts, config), config)
+    return distribution_of(process(logits, counts, config, allowed), config)
 
 
 def distribution_of(processed: Tensor, config: DecodingConfig) -> Tensor:

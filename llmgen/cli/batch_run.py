@@ -22,7 +22,7 @@ from typing import IO, Annotated, Any, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmgen import prompt_file
+from llmgen import constraints, prompt_file
 from llmgen.batch import DEFAULT_BATCH_SIZE, Limits, Row, decode_rows, row_generator, sample_rows
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.config import Resolved
@@ -82,7 +82,7 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
     config = resolved.config
     shown = InOrder(renderer, config.n)
     return sample_rows(row_cache(loaded.model), ids, config, limits(loaded), on_text=shown.text, on_done=shown.done,
-                       logprobs=logprobs)
+                       logprobs=logprobs, constraint=constraints.for_model(config, loaded))
 
 
 class InOrder:
@@ -111,6 +111,7 @@ class InOrder:
                 self.renderer.begin(self.live, self.total)
                 for piece, logprob in self.waiting.pop(self.live, []):
                     self.renderer.text(piece, "target", logprob)
+        constraints.warn_incomplete(row.config, result.finish_reason)
 
 
 # --- --input FILE --------------------------------------------------------------------------------
@@ -220,8 +221,11 @@ def progress_bar(total: int) -> Iterator[Progressed]:
 
 
 def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any],
-              logprobs: LogprobSpec | None = None) -> None:
-    """Decode every prompt of --input; raises RowsFailed at the end if any row failed."""
+              logprobs: LogprobSpec | None = None, ray: dict[str, Any] | None = None) -> None:
+    """Decode every prompt of --input; raises RowsFailed at the end if any row failed.
+
+    With `ray` (the --ray options, plus `model` and `load_options`), the rows are decoded by Ray actors
+    (`distributed.ray`) instead of this process; everything else is the same."""
     jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
     chat, system = output.get("chat"), output.get("system")
     encode_prompt(loaded, "x", chat, system)  # --chat without a template, --system without chat: exit 2 now
@@ -255,6 +259,7 @@ def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], ou
             nonlocal tokens
             tokens += len(result.token_ids)
             writer.put(row.key, {**head(row.key), **result.as_json()})
+            constraints.warn_incomplete(row.config, result.finish_reason)
             advance(len(result.token_ids))
 
         def rows() -> Iterator[Row]:
@@ -270,10 +275,23 @@ def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], ou
                 seed = job.config.seed
                 generator = (make_generator(seed, loaded.device) if job.own_seed
                              else row_generator(seed, job.index, loaded.device))
-                yield Row(job.index, ids, job.config, generator, logprobs=logprobs)
+                try:
+                    matcher = constraints.new_matcher(job.config, loaded)
+                except UsageError as err:  # a row's own bad --regex or --schema fails that row only
+                    fail(job.index, str(err))
+                    continue
+                yield Row(job.index, ids, job.config, generator, logprobs=logprobs, matcher=matcher)
 
         try:
-            decode_rows(row_cache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"], on_done=done)
+            if ray and ray.get("ray"):
+                from llmgen.distributed.ray import decode_on_ray
+
+                decode_on_ray(rows(), model=ray["model"], load_options=ray["load_options"], address=ray["ray"],
+                              actors=ray["ray_actors"], threads=ray["ray_threads"], batch_size=batch["batch_size"],
+                              retries=ray["ray_retries"], on_done=done, on_error=lambda row, why: fail(row.key, why))
+            else:
+                decode_rows(row_cache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"],
+                            on_done=done)
         finally:
             writer.drain()
     if not quiet:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from llmgen import models, presets
+from llmgen import constraints, models, presets
 from llmgen.cli.options import decoding_flags
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.cli.output import make_renderer as output_renderer
@@ -62,8 +62,10 @@ def read_prompt(prompt: str | None) -> str:
 def resolve_settings(sampling: dict[str, Any]) -> Resolved:
     preset_ref = sampling.get("preset")
     preset = presets.load(preset_ref) if preset_ref else None
-    return resolve(preset.values if preset else None, preset.name if preset else None,
-                   decoding_flags(sampling))
+    resolved = resolve(preset.values if preset else None, preset.name if preset else None,
+                       decoding_flags(sampling))
+    constraints.check_options(resolved.config)  # one at a time, a schema file that exists, llguidance installed
+    return resolved
 
 
 def dump_config(resolved: Resolved, extra: dict[str, tuple[Any, str]] | None = None) -> None:
@@ -157,5 +159,6 @@ def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: R
                               loaded.context_length, renderer.text)
         result.stats.update(extra_stats())
         renderer.end(result)
+        constraints.warn_incomplete(config, result.finish_reason)
         results.append(result)
     return results

@@ -52,6 +52,12 @@ SAMPLING = [
     _decoding("stop", list[str], "--stop", panel="Length"),
     _param("ignore_eos", Annotated[Optional[bool], typer.Option(
         "--ignore-eos", help=_help("ignore_eos"), show_default="off", rich_help_panel="Length")]),
+    _decoding("schema", str, "--schema", panel="Constrained output"),
+    _param("json_object", Annotated[Optional[bool], typer.Option(
+        "--json-object", help=_help("json_object"), show_default="off", rich_help_panel="Constrained output")]),
+    _decoding("regex", str, "--regex", panel="Constrained output"),
+    _decoding("choice", list[str], "--choice", panel="Constrained output"),
+    _decoding("grammar", str, "--grammar", panel="Constrained output"),
     _decoding("seed", int, "--seed"),
     _decoding("n", int, "-n", "--num-return-sequences"),
     _param("preset", Annotated[Optional[str], typer.Option(
@@ -167,7 +173,7 @@ def with_options(**groups: list[inspect.Parameter]) -> Callable[[Callable[..., A
 def decoding_flags(values: dict[str, Any]) -> dict[str, Any]:
     """The decoding options the user actually gave (None means 'not given')."""
     flags = {k: v for k, v in values.items()
-             if k in FIELDS and v is not None and not (k == "stop" and v == [])}
+             if k in FIELDS and v is not None and not (k in ("stop", "choice") and v == [])}
     if values.get("greedy"):
         if flags.get("temperature", 0) != 0:
             raise UsageError("--greedy means temperature 0; do not combine it with --temperature")

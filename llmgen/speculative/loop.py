@@ -12,6 +12,12 @@ its last token:
 4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ).
 5. Both caches roll back to S + x_1..x_n; t becomes the last token of S, which no cache holds yet.
 
+With a constraint, the sequence's matcher (`constraints.py`) masks q (in the draft proposer) and p
+(here) at every draft position: it is advanced along x_1..x_γ to give the masks of rows 1..γ+1, and
+rolled back to the accepted prefix after `verify`, then advanced by t. p and q at position i get the
+same mask, so the verifier's guarantee carries over to the constrained distribution. A draft token the
+grammar forbids (the n-gram draft knows no grammar) ends the draft there: it would be rejected anyway.
+
 A round that proposes nothing (the n-gram draft found no match) is one plain decoding step.
 The loop never stops by itself before `max_tokens`: the consumer (`generation.run_sequence`) applies the
 stop rules and simply stops reading.
@@ -28,6 +34,7 @@ import torch
 from torch import Tensor
 
 from llmgen.config import DecodingConfig
+from llmgen.constraints import Matcher
 from llmgen.logprobs import LogprobSpec, TokenLogprob, token_logprobs
 from llmgen.processors import distribution_of, process
 from llmgen.speculative.counts import draft_counts
@@ -77,7 +84,7 @@ OnRound = Callable[[Round], None]
 def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequence[int], config: DecodingConfig,
                        generator: torch.Generator, policy: GammaPolicy, max_tokens: int,
                        stats: SpeculativeStats | None = None, on_round: OnRound | None = None,
-                       logprobs: LogprobSpec | None = None
+                       logprobs: LogprobSpec | None = None, matcher: Matcher | None = None
                        ) -> Iterator[tuple[int, str]] | Iterator[tuple[int, str, TokenLogprob]]:
     """Yield up to `max_tokens` tokens with their origin: 'accepted', 'resampled', 'bonus' or 'target';
     with `logprobs`, (token, origin, the target's logprobs of the token)."""
@@ -95,20 +102,26 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         started = time.perf_counter()
         proposal = proposer.propose(prompt, generated, gamma, generator)
         drafted = time.perf_counter()
-        draft = proposal.tokens
+        draft, q = proposal.tokens, proposal.q
+        allowed = None
+        if matcher is not None:  # the masks of rows 0..γ; the matcher is now advanced along the draft
+            draft, q, allowed = constrain_draft(matcher, draft, q)
         # 2. One target forward over the pending token(s) and the draft.
         tail = [*prompt, *generated][target.length:]
         logits = target.forward([*tail, *draft], all_logits=True)[len(tail) - 1:]  # [γ+1, vocab]
         # 3. p from the same chain as q; row i counts the first i draft tokens.
         counts = draft_counts(prompt, generated, draft, config, logits.shape[-1], logits.device)
-        processed = process(logits, counts, config)  # [γ+1, vocab]
+        processed = process(logits, counts, config, allowed)  # [γ+1, vocab]
         p = distribution_of(processed, config)  # [γ+1, vocab]
         # 4. Accept a prefix, then one more token.
-        verdict = verify(draft, proposal.q, p, generator)
+        verdict = verify(draft, q, p, generator)
         finished = time.perf_counter()
         # 5. Keep only what both caches got right: S plus the accepted draft tokens.
         target.rollback(length + verdict.accepted)
         proposer.rollback(length + verdict.accepted)
+        if matcher is not None:
+            matcher.rollback(len(draft) - verdict.accepted)
+            matcher.advance(verdict.tokens[-1])
         stats.record(len(draft), verdict.accepted)
         policy.update(len(draft), verdict.accepted, drafted - started, finished - drafted)
         last_origin = verdict.last_origin if draft else "target"
@@ -124,3 +137,19 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
             generated.append(token)
             stats.tokens += 1
             yield (token, origin) if entries is None else (token, origin, entries[i])
+
+
+def constrain_draft(matcher: Matcher, draft: list[int], q: Tensor | None
+                    ) -> tuple[list[int], Tensor | None, Tensor]:
+    """Advance `matcher` along the draft; return the draft cut before its first forbidden token, its q
+    rows, and the masks [len(draft) + 1, vocab] of the target's rows (the last one for the bonus)."""
+    masks = []
+    for i, token in enumerate(draft):
+        allowed = matcher.allowed()  # [vocab]
+        if not bool(allowed[token]):
+            draft, q = draft[:i], None if q is None else q[:i]
+            break
+        masks.append(allowed)
+        matcher.advance(token)
+    masks.append(matcher.allowed())
+    return draft, q, torch.stack(masks)

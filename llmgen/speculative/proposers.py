@@ -4,6 +4,8 @@
   from q_i = the same processor chain as the target's (penalties counting the earlier draft tokens,
   temperature, top-k, top-p, min-p), and returns those q_i: the verifier needs the distribution the
   draft really sampled from.
+  With a constraint, each q_i is masked by the sequence's matcher (advanced along the draft tokens,
+  then rolled back: the proposer leaves it as it found it).
 - `NgramProposer`: prompt lookup, no model. The last n tokens are searched for earlier in the context,
   longest n first (ngram_max down to ngram_min); the tokens that followed the most recent earlier
   occurrence are proposed. Such a draft is one-hot, q(x) = 1, so it returns q = None.
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from llmgen.config import DecodingConfig
+from llmgen.constraints import Matcher
 from llmgen.decode import CachedLM
 from llmgen.errors import UsageError
 from llmgen.processors import distribution
@@ -60,10 +63,12 @@ class DraftModelProposer:
 
     name = "model"
 
-    def __init__(self, lm: CachedLM, config: DecodingConfig, context_length: int) -> None:
+    def __init__(self, lm: CachedLM, config: DecodingConfig, context_length: int,
+                 matcher: Matcher | None = None) -> None:
         self.lm = lm
         self.config = config
         self.context_length = context_length
+        self.matcher = matcher  # the sequence's own, shared with the loop
 
     def prefill(self, prompt_ids: Sequence[int]) -> None:
         """Read all but the last prompt token, so that rounds (and their timings) start alike."""
@@ -87,12 +92,17 @@ class DraftModelProposer:
         rows: list[Tensor] = []
         for i in range(gamma):
             counts = position_counts(prompt_ids, generated, tokens, self.config, logits.shape[-1], logits.device)
-            q_i = distribution(logits, counts, self.config)  # [1, vocab]
+            allowed = None if self.matcher is None else self.matcher.allowed()[None]  # [1, vocab]
+            q_i = distribution(logits, counts, self.config, allowed)  # [1, vocab]
             token = int(q_i.argmax()) if self.config.greedy else int(random_pick(q_i[0], generator))
             tokens.append(token)
             rows.append(q_i[0])
+            if self.matcher is not None:
+                self.matcher.advance(token)
             if i + 1 < gamma:
                 logits = self.lm.forward([token])
+        if self.matcher is not None:
+            self.matcher.rollback(len(tokens))
         return Proposal(tokens, torch.stack(rows))  # q: [γ, vocab]
 
 

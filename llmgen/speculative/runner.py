@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from llmgen.config import DecodingConfig
+from llmgen.constraints import Matcher, new_matcher
 from llmgen.decode import CachedLM
 from llmgen.errors import IncompatibleDraftError, UsageError
 from llmgen.generation import OnText, SequenceResult, TokenSource, run_sequence, token_budget
@@ -65,10 +66,10 @@ def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
 
 
 def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int,
-                  draft_lm: CachedLM | None = None) -> Proposer:
+                  draft_lm: CachedLM | None = None, matcher: Matcher | None = None) -> Proposer:
     if draft is None:
         return NgramProposer(ngram_max, ngram_min)
-    return DraftModelProposer(draft_lm or CachedLM(draft.model), config, draft.context_length)
+    return DraftModelProposer(draft_lm or CachedLM(draft.model), config, draft.context_length, matcher)
 
 
 SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
@@ -90,9 +91,10 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
     stats = SpeculativeStats()
     policy = make_policy(gamma, draft)
     budget = token_budget(len(prompt_ids), config, target.context_length)
+    matcher = new_matcher(config, target)  # this sequence's own; the proposer and the loop share it
     source = speculative_tokens(target_lm or CachedLM(target.model),
-                                make_proposer(draft, config, ngram_max, ngram_min, draft_lm),
-                                prompt_ids, config, generator, policy, budget, stats, on_round, logprobs)
+                                make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher),
+                                prompt_ids, config, generator, policy, budget, stats, on_round, logprobs, matcher)
     return source, stats.as_dict
 
 
