@@ -100,3 +100,33 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
             renderer.text(out.text, "target")
         renderer.end(SequenceResult(out.text, out.token_ids, ids, out.finish_reason,
                                     {"prompt_tokens": len(ids), "generated_tokens": len(out.token_ids), **stats}))
+
+
+RAY = [
+    _option("ray", Annotated[Optional[str], typer.Option(
+        "--ray", metavar="local|auto|ray://HOST:PORT", rich_help_panel=PANEL, show_default="off",
+        help="With --input: shard the prompts over Ray actors, each running llmgen's own batched decoding. "
+             "local starts a Ray instance here; auto joins a running cluster (extra llmgen\\[ray]).")], None),
+    _option("ray_actors", Annotated[int, typer.Option(
+        "--ray-actors", metavar="N", rich_help_panel=PANEL, min=1,
+        help="Actors, each loading the model once.")], 2),
+    _option("ray_threads", Annotated[int, typer.Option(
+        "--ray-threads", metavar="N", rich_help_panel=PANEL, min=1, help="torch threads per actor.")], 1),
+    _option("ray_retries", Annotated[int, typer.Option(
+        "--ray-retries", metavar="N", rich_help_panel=PANEL, min=0,
+        help="Times a chunk whose actor died is tried again on a fresh actor before its prompts get "
+             "error rows.")], 2),
+]
+
+
+def load_options(model_opts: dict[str, Any]) -> dict[str, Any]:
+    """What an actor needs to load the model as this process did."""
+    return {key: model_opts[key] for key in ("device", "dtype", "quant", "offline", "allow_pickle",
+                                             "trust_remote_code")}
+
+
+def import_ray_or_fail() -> None:
+    """Before any model is loaded: Ray is installed, or one line says how to install it."""
+    from llmgen.distributed.ray import import_ray
+
+    import_ray()

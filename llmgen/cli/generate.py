@@ -8,7 +8,7 @@ from typing import Any
 
 from llmgen import beam, constraints
 from llmgen.cli import backend_run, batch_run, common
-from llmgen.cli.backend_run import BACKEND
+from llmgen.cli.backend_run import BACKEND, RAY
 from llmgen.cli.batch_run import BATCH
 from llmgen.cli.options import BEAM, LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.cli.output import TerminalRenderer, beam_progress
@@ -21,10 +21,10 @@ from llmgen.models import LoadedModel
 
 
 @with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH,
-              backend=BACKEND)
+              backend=BACKEND, ray=RAY)
 def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[str, Any],
              model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any],
-             batch: dict[str, Any], backend: dict[str, Any]) -> None:
+             batch: dict[str, Any], backend: dict[str, Any], ray: dict[str, Any]) -> None:
     """Generate text from PROMPT with the target model.
 
     -n N decodes the N samples as one batch, each row with its own random stream (from --seed and its index).
@@ -60,6 +60,8 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         return
     for note in notes:
         print(f"llmgen: note: {note}", file=sys.stderr)
+    if ray["ray"] and batch["input"] is None:
+        raise UsageError("--ray shards the prompts of --input FILE over Ray actors; give --input")
     backend_name, engine_options = backend_run.choose(sampling, backend)
     if backend_name == "vllm":
         if batch["input"] is not None:
@@ -71,7 +73,10 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     if batch["input"] is not None:
         batch_run.check_combination(prompt, resolved)
         loaded = common.load_model(model_opts["model"], model_opts)
-        batch_run.run_input(loaded, resolved, batch, output, spec)
+        if ray["ray"]:
+            backend_run.import_ray_or_fail()
+            ray = {**ray, "model": model_opts["model"], "load_options": backend_run.load_options(model_opts)}
+        batch_run.run_input(loaded, resolved, batch, output, spec, ray)
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
