@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -212,8 +213,8 @@ class GrammarMatcher:
         """The tokens that may come next, [vocab] bool."""
         if self.ended:
             return self._eos_only
-        words = torch.frombuffer(bytearray(self._matcher.compute_bitmask()), dtype=torch.uint8)
-        bits = ((words[:, None] >> _SHIFTS) & 1).flatten().bool()  # little-endian bits: token i is bit i
+        words = numpy.frombuffer(self._matcher.compute_bitmask(), dtype=numpy.uint8)
+        bits = torch.from_numpy(numpy.unpackbits(words, bitorder="little")).view(torch.bool)  # token i is bit i
         width = self.constraint.width
         if bits.shape[0] < width:
             bits = torch.cat([bits, torch.zeros(width - bits.shape[0], dtype=torch.bool)])
@@ -238,9 +239,6 @@ class GrammarMatcher:
         fed = sum(undone)
         if fed and not self._matcher.rollback(fed):
             raise RuntimeError(f"llguidance could not roll back {fed} tokens: {self._matcher.get_error()}")
-
-
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
 def warn_incomplete(config: DecodingConfig, finish_reason: str) -> None:
