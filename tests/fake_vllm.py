@@ -35,11 +35,16 @@ def install(monkeypatch: Any, tokens: list[int], text: str, finish_reason: str =
             return metrics(before if record.metrics_calls == 1 else after)
 
         def generate(self, prompts: list[Any], params: Any) -> list[Any]:
-            record.prompts, record.params = prompts, params.kwargs
-            n = params.kwargs.get("n", 1)
-            outs = [SimpleNamespace(token_ids=list(tokens), text=text, finish_reason=finish_reason,
-                                    stop_reason=stop_reason) for _ in range(n)]
-            return [SimpleNamespace(outputs=outs) for _ in prompts]
+            per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+            assert len(per_prompt) == len(prompts)
+            record.prompts, record.params = prompts, per_prompt[0].kwargs
+            record.all_params = [p.kwargs for p in per_prompt]
+
+            def outs(p: Any) -> list[Any]:
+                return [SimpleNamespace(token_ids=list(tokens), text=text, finish_reason=finish_reason,
+                                        stop_reason=stop_reason) for _ in range(p.kwargs.get("n", 1))]
+
+            return [SimpleNamespace(outputs=outs(p)) for p in per_prompt]
 
         def beam_search(self, prompts: list[Any], params: Any) -> list[Any]:
             record.prompts, record.params, record.beam = prompts, params.kwargs, True

@@ -183,3 +183,20 @@ def test_bad_preset_backend_table_names_the_file(capsys, tmp_path: Path, char_mo
     preset.write_text('[backend]\nname = "vllm"\n[backend.vllm]\ntensor_parallel_size = 0\n')
     code, _, err = run(capsys, "generate", "-m", str(char_model), "--preset", str(preset), "--raw", "ab")
     assert code == 2 and "bad.toml" in err and "tensor_parallel_size" in err
+
+
+def test_input_rows_on_vllm_keep_order_errors_and_per_row_keys(monkeypatch, capsys, tmp_path: Path,
+                                                               char_model: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "abc", "id": "x"}\n{"prompt": "ab", "temperature": 0.5, "max_new_tokens": 3}\n'
+                       'not json\n{"prompt": "ab", "repetition_penalty": 1.5}\n')
+    record = fake_vllm.install(monkeypatch, tokens=[5, 6], text="ab", finish_reason="length")
+    code, out, err = run(capsys, "generate", "--backend", "vllm", "-m", str(char_model), "--raw", "--json",
+                         "--seed", "10", "-N", "4", "--input", str(prompts))
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 1  # rows 2 (not JSON) and 3 (a key vLLM cannot run) failed; the others were decoded
+    assert [r["index"] for r in rows] == [0, 1, 2, 3] and rows[0]["id"] == "x"
+    assert rows[0]["token_ids"] == [5, 6] and "error" in rows[2] and "--repetition-penalty" in rows[3]["error"]
+    first, second = record.all_params
+    assert (first["temperature"], first["max_tokens"], first["seed"]) == (1.0, 4, 10)
+    assert (second["temperature"], second["max_tokens"], second["seed"]) == (0.5, 3, 11)

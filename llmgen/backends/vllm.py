@@ -200,9 +200,11 @@ def spec_stats(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             "acceptance_histogram": histogram if drafts else []}
 
 
-def generate(request: VllmRequest, prompts: Sequence[Sequence[int]]) -> tuple[list[list[VllmOutput]], dict[str, Any]]:
-    """Run `request` on each prompt's token ids: per prompt its outputs (n samples, or the beams best
-    first), and the run's statistics (seconds, and the speculative counts when speculating)."""
+def generate(request: VllmRequest, prompts: Sequence[Sequence[int]],
+             per_prompt: Sequence[dict[str, Any]] | None = None) -> tuple[list[list[VllmOutput]], dict[str, Any]]:
+    """Run `request` on each prompt's token ids (with `per_prompt` sampling parameters, one set per
+    prompt, when rows differ): per prompt its outputs (n samples, or the beams best first), and the
+    run's statistics (seconds, and the speculative counts when speculating)."""
     try:
         import vllm
     except ImportError:
@@ -218,7 +220,8 @@ def generate(request: VllmRequest, prompts: Sequence[Sequence[int]]) -> tuple[li
                                                                                        seq.stop_reason))
                     for seq in result.sequences] for p, result in zip(prompts, results)]
     else:
-        params = vllm.SamplingParams(**request.params)
+        params: Any = ([vllm.SamplingParams(**p) for p in per_prompt] if per_prompt is not None
+                       else vllm.SamplingParams(**request.params))
         results = llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params)
         outputs = [[VllmOutput(list(o.token_ids), o.text, finish_reason(o.finish_reason, o.stop_reason))
                     for o in result.outputs] for result in results]

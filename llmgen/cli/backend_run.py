@@ -72,25 +72,89 @@ def _number(value: str) -> Any:
     return value
 
 
+def tokenizer_only(model_opts: dict[str, Any]) -> SimpleNamespace:
+    """What the driver of a vLLM run needs of the model, without its weights (which may not fit here):
+    its directory, tokenizer, context length and end-of-sequence ids."""
+    import torch
+    from transformers import AutoConfig, GenerationConfig
+
+    reference = models.resolve(model_opts["model"])
+    path = models.model_path(reference, model_opts["offline"], common.spinner)
+    tokenizer = models.load_tokenizer(model_opts["model"], path, model_opts["trust_remote_code"])
+    with quiet():
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=model_opts["trust_remote_code"])
+        try:
+            generation = GenerationConfig.from_pretrained(str(path))
+        except (OSError, ValueError):
+            generation = SimpleNamespace(eos_token_id=getattr(config, "eos_token_id", None))
+    return SimpleNamespace(ref=model_opts["model"], path=path, tokenizer=tokenizer, device=torch.device("cpu"),
+                           context_length=models.context_length(config),
+                           eos_token_ids=models.eos_ids(SimpleNamespace(generation_config=generation), tokenizer))
+
+
+def _request(light: SimpleNamespace, config: Any, ids: list[int], model_opts: dict[str, Any],
+             engine_options: dict[str, Any], draft: vllm_backend.Draft | None = None,
+             logprobs: int | None = None) -> vllm_backend.VllmRequest:
+    return vllm_backend.translate(
+        config, str(light.path), budget=token_budget(len(ids), config, light.context_length), draft=draft,
+        engine_options=engine_options, dtype=model_opts["dtype"], quant=model_opts["quant"],
+        trust_remote_code=model_opts["trust_remote_code"], logprobs=logprobs)
+
+
+def vllm_decoder(light: SimpleNamespace, resolved: Resolved, model_opts: dict[str, Any],
+                 engine_options: dict[str, Any]) -> Any:
+    """A `batch_run.Decoder` for --input on vLLM: every row in one `LLM.generate` call, each with its own
+    sampling parameters (rows may carry their own decoding keys). Sampled rows are vLLM's own draws:
+    with --seed, row i gets seed + i."""
+
+    def decode(rows: Any, on_done: Any, on_error: Any) -> None:
+        batch = []
+        for row in rows:
+            if row.matcher is not None:
+                on_error(row, "constrained output is not mapped to vLLM yet; use --backend hf")
+                continue
+            config = row.config
+            if config.seed is not None:
+                config = config.replace(seed=config.seed + row.key)
+            try:
+                batch.append((row, _request(light, config, row.prompt_ids, model_opts, engine_options)))
+            except UsageError as err:  # a row's own keys vLLM cannot run fail that row only
+                on_error(row, str(err))
+        if not batch:
+            return
+        outputs, stats = vllm_backend.generate(batch[0][1], [row.prompt_ids for row, _ in batch],
+                                               [request.params for _, request in batch])
+        for (row, _), outs in zip(batch, outputs):
+            out = outs[0]
+            on_done(row, SequenceResult(out.text, out.token_ids, list(row.prompt_ids), out.finish_reason,
+                                        {"prompt_tokens": len(row.prompt_ids), "generated_tokens": len(out.token_ids),
+                                         **stats}))
+
+    return decode
+
+
+def ray_decoder(ray: dict[str, Any], model_opts: dict[str, Any], batch_size: int) -> Any:
+    """A `batch_run.Decoder` for --input on Ray actors (`distributed.ray`), checked before any loading."""
+    from llmgen.distributed.ray import decode_on_ray, import_ray
+
+    import_ray()
+
+    def decode(rows: Any, on_done: Any, on_error: Any) -> None:
+        decode_on_ray(rows, model=model_opts["model"], load_options=load_options(model_opts), address=ray["ray"],
+                      actors=ray["ray_actors"], threads=ray["ray_threads"], batch_size=batch_size,
+                      retries=ray["ray_retries"], on_done=on_done, on_error=on_error)
+
+    return decode
+
+
 def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: dict[str, Any],
              engine_options: dict[str, Any], draft: vllm_backend.Draft | None = None,
              logprobs: int | None = None) -> None:
     """One prompt (and its -n samples, or its beams) through vLLM, printed like llmgen's own runs."""
     config = resolved.config
-    reference = models.resolve(model_opts["model"])
-    path = models.model_path(reference, model_opts["offline"], common.spinner)
-    tokenizer = models.load_tokenizer(model_opts["model"], path, model_opts["trust_remote_code"])
-    from transformers import AutoConfig
-
-    with quiet():
-        context = models.context_length(AutoConfig.from_pretrained(str(path),
-                                                                   trust_remote_code=model_opts["trust_remote_code"]))
-    loaded = SimpleNamespace(ref=model_opts["model"], tokenizer=tokenizer, context_length=context)
-    ids = encode_prompt(loaded, text, output.get("chat"), output.get("system"))
-    request = vllm_backend.translate(
-        config, str(path), budget=token_budget(len(ids), config, context), draft=draft,
-        engine_options=engine_options, dtype=model_opts["dtype"], quant=model_opts["quant"],
-        trust_remote_code=model_opts["trust_remote_code"], logprobs=logprobs)
+    light = tokenizer_only(model_opts)
+    ids = encode_prompt(light, text, output.get("chat"), output.get("system"))
+    request = _request(light, config, ids, model_opts, engine_options, draft, logprobs)
     outputs, stats = vllm_backend.generate(request, [ids])
     chosen = outputs[0][:config.n]
     renderer = make_renderer(output["json"], output["quiet"])
@@ -124,9 +188,3 @@ def load_options(model_opts: dict[str, Any]) -> dict[str, Any]:
     return {key: model_opts[key] for key in ("device", "dtype", "quant", "offline", "allow_pickle",
                                              "trust_remote_code")}
 
-
-def import_ray_or_fail() -> None:
-    """Before any model is loaded: Ray is installed, or one line says how to install it."""
-    from llmgen.distributed.ray import import_ray
-
-    import_ray()

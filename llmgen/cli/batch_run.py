@@ -15,7 +15,7 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any, Optional
 
@@ -220,12 +220,17 @@ def progress_bar(total: int) -> Iterator[Progressed]:
         yield advance
 
 
-def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any],
-              logprobs: LogprobSpec | None = None, ray: dict[str, Any] | None = None) -> None:
+# Decodes rows elsewhere (Ray actors, vLLM): reports each finished row to on_done, each failed one to on_error.
+Decoder = Callable[[Iterable[Row], Callable[[Row, SequenceResult], None], Callable[[Row, str], None]], None]
+
+
+def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any],
+              logprobs: LogprobSpec | None = None, decoder: Decoder | None = None) -> None:
     """Decode every prompt of --input; raises RowsFailed at the end if any row failed.
 
-    With `ray` (the --ray options, plus `model` and `load_options`), the rows are decoded by Ray actors
-    (`distributed.ray`) instead of this process; everything else is the same."""
+    With a `decoder` (Ray actors, vLLM), the rows are decoded there instead of in this process, and
+    `loaded` needs only the tokenizer, the context length, the end-of-sequence ids and the device;
+    reading, ordering, resuming and writing rows stay the same."""
     jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
     chat, system = output.get("chat"), output.get("system")
     encode_prompt(loaded, "x", chat, system)  # --chat without a template, --system without chat: exit 2 now
@@ -283,12 +288,8 @@ def run_input(loaded: LoadedModel, resolved: Resolved, batch: dict[str, Any], ou
                 yield Row(job.index, ids, job.config, generator, logprobs=logprobs, matcher=matcher)
 
         try:
-            if ray and ray.get("ray"):
-                from llmgen.distributed.ray import decode_on_ray
-
-                decode_on_ray(rows(), model=ray["model"], load_options=ray["load_options"], address=ray["ray"],
-                              actors=ray["ray_actors"], threads=ray["ray_threads"], batch_size=batch["batch_size"],
-                              retries=ray["ray_retries"], on_done=done, on_error=lambda row, why: fail(row.key, why))
+            if decoder is not None:
+                decoder(rows(), done, lambda row, why: fail(row.key, why))
             else:
                 decode_rows(row_cache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"],
                             on_done=done)

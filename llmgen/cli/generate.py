@@ -64,19 +64,24 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         raise UsageError("--ray shards the prompts of --input FILE over Ray actors; give --input")
     backend_name, engine_options = backend_run.choose(sampling, backend)
     if backend_name == "vllm":
-        if batch["input"] is not None:
-            raise UsageError("--backend vllm runs one PROMPT at a time: --input over vLLM is not built yet")
         if spec is not None:
             raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
+        if ray["ray"]:
+            raise UsageError("--ray runs llmgen's own decoding on Ray actors; vLLM distributes itself "
+                             "(distributed_executor_backend = \"ray\")")
+        if batch["input"] is not None:
+            batch_run.check_combination(prompt, resolved)
+            light = backend_run.tokenizer_only(model_opts)
+            batch_run.run_input(light, resolved, batch, output, None,
+                                backend_run.vllm_decoder(light, resolved, model_opts, engine_options))
+            return
         backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options)
         return
     if batch["input"] is not None:
         batch_run.check_combination(prompt, resolved)
         loaded = common.load_model(model_opts["model"], model_opts)
-        if ray["ray"]:
-            backend_run.import_ray_or_fail()
-            ray = {**ray, "model": model_opts["model"], "load_options": backend_run.load_options(model_opts)}
-        batch_run.run_input(loaded, resolved, batch, output, spec, ray)
+        decoder = backend_run.ray_decoder(ray, model_opts, batch["batch_size"]) if ray["ray"] else None
+        batch_run.run_input(loaded, resolved, batch, output, spec, decoder)
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
