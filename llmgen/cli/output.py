@@ -40,6 +40,7 @@ def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     fmt = {
         "prompt_tokens": ("prompt tokens", "{}"),
+        "cached_tokens": ("of which cached", "{}"),
         "generated_tokens": ("generated tokens", "{}"),
         "prefill_seconds": ("time to first token", "{:.3f} s"),
         "tokens_per_second": ("decode speed", "{:.1f} tok/s"),

@@ -1,0 +1,167 @@
+"""`llmgen chat`: a conversation that keeps the KV cache between turns (`llmgen/chat.py`); the REPL is
+`cli/chat_repl.py`. Every sampling, penalty, preset and logprobs option of `generate`, and the draft
+options of `speculate`; --raw and beam search are refused."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmgen import beam, presets
+from llmgen.chat import ChatSession, Conversation, Speculative
+from llmgen.cli import common
+from llmgen.cli.chat_repl import Repl, line_reader
+from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, decoding_flags, with_options
+from llmgen.cli.speculate import SPECULATIVE, _load_draft
+from llmgen.config import DEFAULTS, Resolved, canonical_key, resolve
+from llmgen.errors import ConfigError, UsageError
+from llmgen.speculative import NgramProposer, check_compatible, parse_gamma
+
+DRAFT_OPTIONS = ("draft", "gamma", "ngram_max", "ngram_min", "draft_dtype", "draft_quant")
+
+
+def _plain_by_default(param: inspect.Parameter) -> inspect.Parameter:
+    """speculate's --draft, whose default here is plain decoding rather than 'required'."""
+    if param.name != "draft":
+        return param
+    option = copy.copy(param.annotation.__metadata__[0])  # a copy: speculate's own stays as it is
+    option.show_default = "none (plain decoding)"
+    return param.replace(annotation=Annotated[Optional[str], option])
+
+
+# The same option objects as speculate's (one flag, one definition); --compare and --trace stay there.
+DRAFT = [_plain_by_default(p) for p in SPECULATIVE if p.name in DRAFT_OPTIONS]
+
+CHAT = [
+    inspect.Parameter("history", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option(
+            "--history", metavar="FILE.json", show_default="none", rich_help_panel="Prompt and output",
+            help="Start from a saved transcript (OpenAI-style messages, as /save writes them).")]),
+]
+
+
+class Settings:
+    """The decoding settings of a chat: a preset and the flags, merged again whenever either changes
+    (/set, /preset), through the same `config.resolve` as the command line."""
+
+    def __init__(self, preset: presets.Preset | None, flags: dict[str, Any]) -> None:
+        self.preset = preset
+        self.flags = flags
+        self.resolved = self._resolve(preset, flags)
+
+    @staticmethod
+    def _resolve(preset: presets.Preset | None, flags: dict[str, Any]) -> Resolved:
+        resolved = resolve(preset.values if preset else None, preset.name if preset else None, flags)
+        check_chat(resolved)
+        return resolved
+
+    def set(self, key: str, text: str) -> str:
+        """`/set KEY VALUE`: VALUE parsed as the flag's type; returns the name of the field set."""
+        if key.replace("-", "_") == "greedy":
+            flags = {k: v for k, v in self.flags.items() if k != "temperature"}
+            flags["greedy"] = parse_value("greedy", text, bool)
+            name = "temperature"
+        else:
+            name = canonical_key(key)
+            if name is None:
+                raise ConfigError(f"unknown option {key!r} (see /show for the names)")
+            flags = {k: v for k, v in self.flags.items() if not (name == "temperature" and k == "greedy")}
+            flags[name] = parse_value(name, text, type(getattr(DEFAULTS, name)))
+        self.resolved = self._resolve(self.preset, flags)
+        self.flags = flags
+        return name
+
+    def use_preset(self, ref: str) -> str:
+        preset = presets.load(ref)
+        self.resolved = self._resolve(preset, self.flags)
+        self.preset = preset
+        return preset.name
+
+
+def parse_value(name: str, text: str, kind: type) -> Any:
+    """A value typed on the REPL, read as its flag would read it; 'none' clears seed and stop."""
+    text = text.strip()
+    if name in ("seed", "stop") and text.lower() in ("none", ""):
+        return None if name == "seed" else []
+    if name == "stop":
+        return [text]
+    try:
+        if kind is bool:
+            if text.lower() in ("true", "on", "yes", "1"):
+                return True
+            if text.lower() in ("false", "off", "no", "0"):
+                return False
+            raise ValueError
+        if name == "seed" or kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a number"}.get(int if name == "seed" else kind)
+        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {text!r} must be {what}") from None
+    return text
+
+
+def check_chat(resolved: Resolved) -> None:
+    """What a chat cannot do: beam search, and more than one reply per turn."""
+    config, sources = resolved.config, resolved.sources
+    if config.num_beams > 1:
+        raise UsageError(f"chat does not do beam search: num_beams must be 1 (it is {config.num_beams}, "
+                         f"from {sources['num_beams']}); use 'llmgen generate --num-beams'")
+    if config.n > 1:
+        raise UsageError(f"chat gives one reply per turn: n must be 1 (it is {config.n}, from {sources['n']})")
+    beam.check_combination(resolved)  # beam-only values from a flag or /set are refused
+
+
+@with_options(chat_opts=CHAT, spec=DRAFT, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS)
+def chat(*, chat_opts: dict[str, Any], spec: dict[str, Any], sampling: dict[str, Any], model_opts: dict[str, Any],
+         output: dict[str, Any], probs: dict[str, Any]) -> int:
+    """Talk with the model; the KV cache of earlier turns is kept, so each turn prefills only what is new.
+
+    Type /help for the commands. A message between two lines of \"\"\" spans several lines.
+
+    When stdin is not a terminal, each line is one message (or a /command); each reply goes to stdout, followed by an empty line, and its statistics to stderr (one JSON row per turn with --json).
+
+    With --draft, each reply is decoded speculatively (the same output as plain decoding).
+
+    Examples:
+
+      llmgen chat --preset balanced --system "You answer in one sentence."
+
+      printf 'Hi\\nWhat did I just say?\\n' | llmgen chat --greedy
+
+      llmgen chat --draft small --gamma 4 --seed 1 --history talk.json
+    """
+    if output["chat"] is False:
+        raise UsageError("chat always applies the chat template; --raw is for 'llmgen generate'")
+    preset = presets.load(sampling["preset"]) if sampling.get("preset") else None
+    settings = Settings(preset, decoding_flags(sampling))
+    draft_ref = spec["draft"]
+    gamma = parse_gamma(spec["gamma"]) if draft_ref else "auto"
+    NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
+    logprobs = common.logprob_spec(probs, output["json"])
+    conversation = Conversation.load(chat_opts["history"]) if chat_opts["history"] else Conversation()
+    if output["system"] is not None:
+        conversation.system = output["system"] or None
+    if sampling["dump_config"]:
+        common.dump_config(settings.resolved, {"model": (model_opts["model"], "flag or default"),
+                                               "draft": (draft_ref, "flag or default")})
+        return 0
+    target = common.load_model(model_opts["model"], model_opts)
+    speculative = None
+    if draft_ref:
+        draft = _load_draft(draft_ref, spec["draft_dtype"], spec["draft_quant"], model_opts)
+        if draft is not None:
+            check_compatible(target, draft)
+        speculative = Speculative(draft, gamma, spec["ngram_max"], spec["ngram_min"])
+    session = ChatSession(target, conversation, speculative)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    repl = Repl(session, settings, output, probs, logprobs, line_reader(interactive), interactive,
+                {"model": model_opts["model"], "draft": draft_ref, "gamma": gamma if draft_ref else None})
+    return repl.run()
+

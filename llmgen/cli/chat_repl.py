@@ -1,0 +1,313 @@
+"""The chat REPL: read a message or a /command, stream the reply, keep going.
+
+Line editing is Python's `input()` with the standard `readline` module (Emacs keys, history with the
+arrow keys, kept in the cache dir across sessions): no dependency, and the REPL reads lines through one
+function (`LineReader`), so tests script it in-process. Where `readline` is missing (Windows) `input()`
+still works, without editing. When stdin is not a terminal, each line is read as it is.
+
+Output: replies on stdout (Rich on a terminal, plain text plus an empty line in a pipe, one JSON row per
+turn with --json); statistics, notices, errors and what /commands print go to stderr, so that stdout holds
+only the conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from llmgen.chat import ChatSession, Conversation
+from llmgen.cli import common
+from llmgen.cli.output import Renderer, format_stats, stderr_console
+from llmgen.config import FIELDS
+from llmgen.errors import LlmgenError, UsageError
+from llmgen.logprobs import LogprobSpec
+
+LineReader = Callable[[str], str]  # returns a line without its newline; raises EOFError, KeyboardInterrupt
+FENCE = '"""'
+PROMPT, MORE = ">>> ", "... "
+
+HELP = [
+    ("/help", "this list"),
+    ("/reset", "forget the conversation (the system message stays)"),
+    ("/system TEXT", "set the system message (no TEXT: none)"),
+    ("/set KEY VALUE", "change a decoding option, e.g. /set temperature 0.7 (as its flag; /show lists them)"),
+    ("/preset NAME", "apply a preset (flags and /set values still win)"),
+    ("/show", "the settings, with where each came from"),
+    ("/stats", "the last turn's statistics and the session's totals"),
+    ("/save FILE.json", "write the transcript (OpenAI-style messages)"),
+    ("/load FILE.json", "replace the conversation with a saved transcript"),
+    ("/retry", "generate the last reply again"),
+    ("/exit", "leave (also Ctrl-D, or Ctrl-C at an empty prompt)"),
+    ('"""', "on a line of its own: start or end a message of several lines"),
+    ("//text", "send a message that starts with '/'"),
+]
+
+
+def line_reader(interactive: bool) -> LineReader:
+    """`input()` with readline on a terminal; stdin's lines otherwise."""
+    if not interactive:
+        def read_line(prompt: str) -> str:
+            line = sys.stdin.readline() if sys.stdin is not None else ""
+            if not line:
+                raise EOFError
+            return line.rstrip("\n").rstrip("\r")
+
+        return read_line
+    try:
+        import readline  # noqa: F401  (importing it gives input() line editing and history)
+
+        from llmgen.userdirs import cache_dir
+
+        history = cache_dir() / "chat_history"
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+        import atexit
+
+        def save() -> None:
+            try:
+                history.parent.mkdir(parents=True, exist_ok=True)
+                readline.set_history_length(1000)
+                readline.write_history_file(history)
+            except OSError:
+                pass
+
+        atexit.register(save)
+    except ImportError:  # pragma: no cover - no readline on this platform
+        pass
+    return input
+
+
+def _typed_so_far() -> str:
+    """The text on the prompt line when Ctrl-C came ('' when unknown)."""
+    try:
+        import readline
+
+        return readline.get_line_buffer()
+    except ImportError:  # pragma: no cover
+        return ""
+
+
+class Repl:
+    def __init__(self, session: ChatSession, settings: Any, output: dict[str, Any], probs: dict[str, Any],
+                 logprobs: LogprobSpec | None, read: LineReader, interactive: bool, about: dict[str, Any]) -> None:
+        self.session = session
+        self.settings = settings
+        self.output = output
+        self.probs = probs
+        self.logprobs = logprobs
+        self.read = read
+        self.interactive = interactive
+        self.about = about  # model, draft, gamma: shown by /show
+        self.err = stderr_console()
+        self.turn = sum(m["role"] == "assistant" for m in session.conversation.messages)
+        self.last_stats: dict[str, Any] | None = None
+        self.totals = {"turns": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0,
+                       "prefill_seconds": 0.0}
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Until /exit, end of input, or Ctrl-C at an empty prompt: 0."""
+        if self.interactive:
+            self.err.print("llmgen chat: /help for the commands, /exit or Ctrl-D to leave.", style="dim")
+        while True:
+            try:
+                text = self.read_message()
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                if self.interactive and _typed_so_far():
+                    print()
+                    continue  # Ctrl-C on a half-typed line drops the line, as a shell does
+                break
+            if text is None or not text.strip():
+                continue
+            if text.startswith("/") and not text.startswith("//"):
+                try:
+                    if self.command(text):
+                        break
+                except LlmgenError as err:
+                    self.error(str(err))
+                continue
+            self.user_turn(text[1:] if text.startswith("//") else text)
+        if self.interactive:
+            print()
+        return 0
+
+    def read_message(self) -> str | None:
+        line = self.read(PROMPT if self.interactive else "")
+        if line.strip() != FENCE:
+            return line
+        lines: list[str] = []
+        while True:
+            try:
+                line = self.read(MORE if self.interactive else "")
+            except EOFError:
+                break  # an unclosed block ends with the input
+            if line.strip() == FENCE:
+                break
+            lines.append(line)
+        return "\n".join(lines)
+
+    def error(self, message: str) -> None:
+        print(f"llmgen: error: {message}", file=sys.stderr, flush=True)
+
+    def note(self, message: str) -> None:
+        print(f"llmgen: note: {message}", file=sys.stderr, flush=True)
+
+    # --- a turn ---------------------------------------------------------------------------------
+
+    def user_turn(self, text: str) -> None:
+        self.session.conversation.messages.append({"role": "user", "content": text})
+        self.turn += 1
+        if not self.reply():
+            self.session.conversation.messages.pop()  # refused (too long): the chat goes on without it
+            self.turn -= 1
+
+    def reply(self) -> bool:
+        """Generate and show the reply to the last user message; False if it was refused."""
+        config = self.settings.resolved.config
+        renderer = self.renderer()
+        pieces: list[str] = []
+
+        def on_text(piece: str, origin: str, logprob: Any = None) -> None:
+            pieces.append(piece)
+            renderer.text(piece, origin, logprob)
+
+        def on_drop(count: int) -> None:
+            self.note(f"the conversation outgrew the context; dropped the oldest {count} turn(s), "
+                      "keeping the system message")
+
+        renderer.begin(0, 1)
+        try:
+            result = self.session.reply(config, on_text, self.turn - 1, self.logprobs, on_drop=on_drop)
+        except LlmgenError as err:
+            self.error(str(err))
+            return False
+        except KeyboardInterrupt:
+            text = "".join(pieces)
+            self.session.conversation.messages.append({"role": "assistant", "content": text})
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.note(f"reply interrupted; its {len(text)} characters so far are kept")
+            return True
+        self.session.conversation.messages.append({"role": "assistant", "content": result.text})
+        self.record(result.stats)
+        if self.output["json"]:
+            row: dict[str, Any] = {"turn": self.turn, "role": "assistant", "content": result.text,
+                                   "stats": {**result.stats, "finish_reason": result.finish_reason}}
+            if result.logprobs is not None:
+                row["logprobs"] = result.logprobs
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            renderer.end(result)
+            if not self.interactive:
+                sys.stdout.write("\n")  # one empty line after each reply
+                sys.stdout.flush()
+        return True
+
+    def renderer(self) -> Renderer:
+        if self.output["json"]:
+            return Renderer(True)
+        legend = self.session.speculative is not None and self.totals["turns"] == 0
+        return common.make_renderer(self.output, self.probs, self.logprobs, self.session.target.tokenizer, legend)
+
+    def record(self, stats: dict[str, Any]) -> None:
+        self.last_stats = stats
+        self.totals["turns"] += 1
+        for key in ("prompt_tokens", "cached_tokens", "generated_tokens", "prefill_seconds"):
+            self.totals[key] += stats.get(key) or 0
+
+    # --- /commands ------------------------------------------------------------------------------
+
+    def command(self, line: str) -> bool:
+        """Run one /command; True to leave."""
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        handlers: dict[str, Callable[[str], bool | None]] = {
+            "/help": self.cmd_help, "/reset": self.cmd_reset, "/system": self.cmd_system, "/set": self.cmd_set,
+            "/preset": self.cmd_preset, "/show": self.cmd_show, "/stats": self.cmd_stats, "/save": self.cmd_save,
+            "/load": self.cmd_load, "/retry": self.cmd_retry,
+        }
+        if name in ("/exit", "/quit"):
+            return True
+        handler = handlers.get(name)
+        if handler is None:
+            raise UsageError(f"unknown command {name!r}; /help lists them")
+        return bool(handler(arg))
+
+    def cmd_help(self, arg: str) -> None:
+        table = Table.grid(padding=(0, 2))
+        for command, what in HELP:
+            table.add_row(command, what)
+        self.err.print(table)
+
+    def cmd_reset(self, arg: str) -> None:
+        self.session.conversation.messages.clear()
+        self.turn = 0
+        self.note("the conversation was reset")
+
+    def cmd_system(self, arg: str) -> None:
+        self.session.conversation.system = arg or None
+        self.note("system message set" if arg else "no system message")
+
+    def cmd_set(self, arg: str) -> None:
+        key, _, value = arg.partition(" ")
+        if not key or not value.strip():
+            raise UsageError("usage: /set KEY VALUE, e.g. /set temperature 0.7")
+        name = self.settings.set(key, value)
+        self.note(f"{name} = {getattr(self.settings.resolved.config, name)!r}")
+
+    def cmd_preset(self, arg: str) -> None:
+        if not arg:
+            raise UsageError("usage: /preset NAME (see 'llmgen presets list')")
+        self.note(f"preset {self.settings.use_preset(arg)} applied")
+
+    def cmd_show(self, arg: str) -> None:
+        resolved = self.settings.resolved
+        table = Table.grid(padding=(0, 2))
+        for name in FIELDS:
+            table.add_row(name, repr(getattr(resolved.config, name)), resolved.sources[name])
+        for name, value in self.about.items():
+            if value is not None:
+                table.add_row(name, str(value), "flag or default")
+        table.add_row("system", repr(self.session.conversation.system), "")
+        self.err.print(table)
+
+    def cmd_stats(self, arg: str) -> None:
+        table = Table.grid(padding=(0, 2))
+        if self.last_stats:
+            for label, value in format_stats(self.last_stats):
+                table.add_row(label, value)
+        for key, value in self.totals.items():
+            table.add_row(f"session {key.replace('_', ' ')}", f"{value:.3f}" if isinstance(value, float) else str(value))
+        self.err.print(table)
+
+    def cmd_save(self, arg: str) -> None:
+        if not arg:
+            raise UsageError("usage: /save FILE.json")
+        self.session.conversation.save(Path(arg))
+        self.note(f"saved {len(self.session.conversation.to_json())} messages to {arg}")
+
+    def cmd_load(self, arg: str) -> None:
+        if not arg:
+            raise UsageError("usage: /load FILE.json")
+        self.session.conversation = Conversation.load(Path(arg))
+        self.turn = sum(m["role"] == "assistant" for m in self.session.conversation.messages)
+        self.note(f"loaded {len(self.session.conversation.to_json())} messages from {arg}")
+
+    def cmd_retry(self, arg: str) -> None:
+        messages = self.session.conversation.messages
+        if not messages or messages[-1]["role"] != "assistant":
+            raise UsageError("/retry: there is no reply to generate again")
+        removed = messages.pop()
+        if not self.reply():
+            messages.append(removed)
