@@ -44,11 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from llmgen import models  # noqa: E402
-from llmgen.batch import Limits, Row, decode_rows, row_generator, sample_rows  # noqa: E402
-from llmgen.bench.prompts import load as load_set  # noqa: E402
+from llmgen.batch import Row, decode_rows, row_generator, sample_rows  # noqa: E402
 from llmgen.config import DecodingConfig  # noqa: E402
 from llmgen.decode import CachedLM, sample_tokens  # noqa: E402
-from llmgen.generation import encode_prompt, run_sequence  # noqa: E402
+from llmgen.generation import run_sequence  # noqa: E402
+from llmgen.bench.batch import interleaved, limits, plot_sweep, prompts_of, summary, sweep  # noqa: E402
 from llmgen.rowcache import row_cache  # noqa: E402
 
 SECTIONS = ("n8", "input", "continuous", "rss", "sweep")
@@ -66,36 +66,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def prompts_of(loaded: models.LoadedModel, count: int, sets: tuple[str, ...] = ("open",)) -> list[list[int]]:
-    """`count` prompts from the sets, cycled; from the second cycle on, a copy number is appended
-    (" (2)", " (3)", ...) so that no two prompts are equal and none shares a prefill with another."""
-    texts = [p for name in sets for p in load_set(name).prompts]
-    return [encode_prompt(loaded, texts[i % len(texts)] + (f" ({i // len(texts) + 1})" if i >= len(texts) else ""),
-                          None) for i in range(count)]
-
-
-def limits(loaded: models.LoadedModel) -> Limits:
-    return Limits(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
-
-
-def clock(fn: Any) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def interleaved(runs: int, sides: dict[str, Any]) -> dict[str, list[float]]:
-    """Each side's tokens/s over `runs` rounds; sides alternate within a round, and the order flips
-    every round (A B, B A, A B, ...). Each side is fn(run_index) -> generated tokens."""
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for run in range(runs):
-        order = list(sides.items())
-        for name, fn in (order if run % 2 == 0 else order[::-1]):
-            seconds, tokens = clock(lambda: fn(run))
-            rates[name].append(tokens / seconds)
-    return rates
-
-
 def warm_up(loaded: models.LoadedModel, with_hf: bool = True) -> None:
     """One short run of each code path, so that no measured run pays for first calls."""
     prompts = prompts_of(loaded, 2)
@@ -109,13 +79,6 @@ def warm_up(loaded: models.LoadedModel, with_hf: bool = True) -> None:
     with torch.inference_mode():
         loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.9, top_k=0,
                               max_new_tokens=4, num_return_sequences=2, pad_token_id=min(loaded.eos_token_ids))
-
-
-def summary(rates: dict[str, list[float]], ours: str, theirs: str) -> dict[str, Any]:
-    med = {name: statistics.median(values) for name, values in rates.items()}
-    return {"tokens_per_second": {k: round(v, 2) for k, v in med.items()},
-            "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
-            "ratio": round(med[ours] / med[theirs], 3) if theirs in med else None}
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -211,44 +174,6 @@ def bench_rss(model: str, threads: int) -> dict[str, Any]:
             "runs": peaks, "ratio": round(med["batch 8"] / med["batch 1"], 3)}
 
 
-def bench_sweep(loaded: models.LoadedModel, runs: int, with_hf: bool = True) -> dict[str, Any]:
-    prompts = prompts_of(loaded, 16, ("open", "code", "grounded"))
-    new = 16
-    config = DecodingConfig(temperature=0, max_new_tokens=new, ignore_eos=True)
-    pad = min(loaded.eos_token_ids)
-    out = {}
-    for size in (1, 2, 4, 8, 16):
-        latencies: dict[str, list[float]] = {"llmgen": [], "HF": []}
-
-        def ours(_: int) -> int:
-            start, finished = time.perf_counter(), []
-            rows = [Row(i, p, config, row_generator(0, i)) for i, p in enumerate(prompts)]
-            decode_rows(row_cache(loaded.model), rows, limits(loaded), batch_size=size, continuous=False,
-                        on_done=lambda row, result: finished.append(time.perf_counter() - start))
-            latencies["llmgen"].append(statistics.mean(finished))
-            return new * len(prompts)
-
-        @torch.inference_mode()
-        def hf(_: int) -> int:
-            start, finished = time.perf_counter(), []
-            for at in range(0, len(prompts), size):
-                group = prompts[at:at + size]
-                width = max(map(len, group))
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in group])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
-                loaded.model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new,
-                                      min_new_tokens=new, pad_token_id=pad)
-                finished += [time.perf_counter() - start] * len(group)
-            latencies["HF"].append(statistics.mean(finished))
-            return new * len(prompts)
-
-        sides = {"llmgen": ours, "HF": hf} if with_hf else {"llmgen": ours}
-        result = summary(interleaved(runs, sides), "llmgen", "HF")
-        result["mean_row_latency_seconds"] = {k: round(statistics.median(v), 3) for k, v in latencies.items() if v}
-        out[str(size)] = result
-    return out
-
-
 # --- report --------------------------------------------------------------------------------------
 
 def report(result: dict[str, Any]) -> str:
@@ -280,35 +205,6 @@ def report(result: dict[str, Any]) -> str:
             hf = (f"{t['HF']:.1f} | {r['ratio']:.2f}x", f"{lat['HF']:.2f} s") if "HF" in t else ("- | -", "-")
             lines.append(f"| {size} | {t['llmgen']:.1f} | {hf[0]} | {lat['llmgen']:.2f} s | {hf[1]} |")
     return "\n".join(lines)
-
-
-def plot_sweep(results: list[dict[str, Any]], path: Path) -> None:
-    """Throughput against batch size, one line per engine and weights, from the results' sweeps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4))
-    for result in results:
-        sweep = result["sections"].get("sweep")
-        if not sweep:
-            continue
-        sizes = [int(size) for size in sweep]
-        for engine in ("llmgen", "HF"):
-            rates = [sweep[str(size)]["tokens_per_second"].get(engine) for size in sizes]
-            if all(rate is not None for rate in rates):
-                label = f"{engine}, {result.get('quant', 'none')} weights".replace("none weights", "float32")
-                axes.plot(sizes, rates, marker="o", label=label)
-    first = results[0]
-    axes.set(xscale="log", xlabel="batch size (rows)", ylabel="tokens/s (all rows)",
-             title=f"{first['model']}: throughput against batch size\n{first['cpu']}, {first['threads']} thread(s), "
-                   f"{first['date'][:10]}")
-    axes.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "rss":
             result["sections"]["rss"] = bench_rss(args.model, args.threads)
         elif section == "sweep":
-            result["sections"]["sweep"] = bench_sweep(loaded, args.runs, with_hf=args.quant != "int4")
+            result["sections"]["sweep"] = sweep(loaded, args.runs, with_hf=args.quant != "int4")
         print(f"[{section}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
     print(report(result))
     if args.json_out:

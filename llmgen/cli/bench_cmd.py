@@ -103,6 +103,11 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: tokens/s by strategy, speedup "
                                                  "against γ (needs the extra llmgen\\[plot]: matplotlib).", show_default="none",
                                                  rich_help_panel=PANEL)] = None,
+    batch_sizes: Annotated[Optional[str], typer.Option(
+        "--batch-sizes", metavar="LIST", rich_help_panel=PANEL, show_default="off",
+        help="Instead of the strategies: the batch-size sweep, e.g. 1,2,4,8,16: throughput and mean row "
+             "latency of batched greedy decoding (16 prompts, 16 new tokens), against HF generate() on the "
+             "same left-padded batches (float models); --plot draws throughput against batch size.")] = None,
     roofline: Annotated[bool, typer.Option("--roofline", help="Measure memory bandwidth and show plain decoding "
                                            "against its ceiling.", rich_help_panel=PANEL)] = False,
     roofline_mb: Annotated[int, typer.Option("--roofline-mb", help="Size of the tensor read that measures "
@@ -139,6 +144,9 @@ def bench(
     config = bench_config(resolved)
     if sampling["dump_config"]:
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
+        return
+    if batch_sizes is not None:
+        _batch_sweep(batch_sizes, runs, model_opts, output, plot)
         return
     gammas = parse_gammas(gamma)
     drafts = _split(draft)
@@ -242,3 +250,29 @@ def _run_with_progress(loaded: Any, config: DecodingConfig, plan: Any, quiet: bo
             progress.update(task, completed=done, total=total, description=what)
 
         return runner.run(loaded, config, plan, on_progress)
+
+
+def _batch_sweep(sizes_text: str, runs: int, model_opts: dict[str, Any], output: dict[str, Any],
+                 plot: Path | None) -> None:
+    """`--batch-sizes`: the sweep of `llmgen.bench.batch`, as a table, JSON and a plot."""
+    from llmgen.bench import batch, report
+
+    try:
+        sizes = [int(item) for item in _split([sizes_text])]
+    except ValueError:
+        raise UsageError(f"--batch-sizes: {sizes_text!r} must be a list of integers, e.g. 1,2,4,8,16") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes: {sizes_text!r} must be integers >= 1")
+    loaded = common.load_model(model_opts["model"], model_opts)
+    rows = batch.sweep(loaded, runs, with_hf=loaded.quant == "none", sizes=sizes)
+    result = {"model": loaded.ref, "quant": loaded.quant, "cpu": report.machine(loaded.device),
+              "threads": __import__("torch").get_num_threads(), "date": report.today(), "runs": runs,
+              "sections": {"sweep": rows}}
+    if plot is not None:
+        batch.plot_sweep([result], plot)
+    if output["json"]:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write("\n".join([f"### batch-size sweep · {result['date']} · {result['cpu']} · {loaded.ref} "
+                                    f"({loaded.quant}) · median of {runs} alternating runs", "",
+                                    *batch.markdown(rows)]) + "\n")
