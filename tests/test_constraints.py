@@ -192,6 +192,7 @@ def test_a_budget_that_ends_first_gives_length_and_one_warning(capsys, wide_mode
     (["--schema", "no-such-schema.json"], ["--schema", "no such file"]),
     (["--regex", "(ab"], ["--regex", "unclosed group"]),
     (["--regex", ""], ["regex", "non-empty"]),
+    (["--regex", "[a&&b]"], ["--regex", "no token of the vocabulary can start"]),
     (["--regex", "a", "--choice", "b"], ["one constraint at a time", "--regex", "--choice"]),
     (["--json-object", "--num-beams", "2"], ["beam search"]),
 ])
@@ -216,6 +217,23 @@ def test_a_grammar_syntax_error_names_the_line(capsys, wide_model: Path, tmp_pat
                          "-q", "-N", "4", "x")
     assert code == 0, err
     assert json_rows(out)[0]["text"] in ("yes", "no")
+
+
+def test_a_preset_carries_a_constraint(capsys, wide_model: Path, tmp_path: Path) -> None:
+    llguidance_required()
+    preset = tmp_path / "pets.toml"
+    preset.write_text(f"regex = {json.dumps(REGEX)}\ntemperature = 0.7\n")
+    code, out, err = run(capsys, "generate", "-m", str(wide_model), "--raw", "--preset", str(preset), "-n", "3",
+                         "--seed", "2", "-N", "24", "--json", "-q", "Pet:")
+    assert code == 0, err
+    assert all(re.fullmatch(REGEX, row["text"]) for row in json_rows(out))
+    table = tmp_path / "person.toml"
+    table.write_text('[schema]\ntype = "object"\nrequired = ["a"]\nadditionalProperties = false\n[schema.properties.a]\ntype = "integer"\n'
+                     'maximum = 9\nminimum = 0\n')
+    code, out, err = run(capsys, "generate", "-m", str(wide_model), "--raw", "--preset", str(table), "-N", "24",
+                         "--seed", "1", "--json", "-q", "x")
+    assert code == 0, err
+    assert set(json.loads(json_rows(out)[0]["text"])) == {"a"}
 
 
 @pytest.fixture(scope="module")
