@@ -204,6 +204,14 @@ def test_bad_constraints_are_one_line_and_exit_2(capsys, wide_model: Path, args:
     assert_one_line_error(err, *needles)
 
 
+@pytest.mark.parametrize("command", [["inspect"], ["bench"], ["generate", "--backend", "vllm"]])
+def test_commands_that_cannot_apply_a_constraint_refuse_it(capsys, wide_model: Path, command: list[str]) -> None:
+    llguidance_required()
+    code, _, err = run(capsys, *command, "-m", str(wide_model), "--regex", "a+", *(["x"] if command != ["bench"] else []))
+    assert code == 2
+    assert_one_line_error(err, "constraint")
+
+
 def test_a_grammar_syntax_error_names_the_line(capsys, wide_model: Path, tmp_path: Path) -> None:
     llguidance_required()
     grammar = tmp_path / "bad.lark"

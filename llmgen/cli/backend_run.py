@@ -60,6 +60,8 @@ def choose(sampling: dict[str, Any], backend: dict[str, Any]) -> tuple[str, dict
         options[key.strip()] = _number(value.strip())
     if options and name != "vllm":
         raise UsageError("vLLM engine options need --backend vllm")
+    if name == "vllm" and any(sampling.get(k) for k in ("schema", "json_object", "regex", "choice", "grammar")):
+        raise UsageError("a constraint (constrained output) is not mapped to vLLM yet; use --backend hf")
     return name, vllm_backend.check_engine_options(options, "--vllm-option") if options else {}
 
 

@@ -141,6 +141,8 @@ def bench(
             raise UsageError(f"--plot: {str(plot)!r} must end in .png")
         plotting.require()
     resolved = common.resolve_settings(sampling)
+    if resolved.config.constrained:
+        raise UsageError("bench does not take a constraint yet; scripts/bench_constrained.py measures its cost")
     config = bench_config(resolved)
     if sampling["dump_config"]:
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})

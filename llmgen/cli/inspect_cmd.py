@@ -63,6 +63,8 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
     config = resolved.config
     if config.num_beams > 1:
         raise UsageError("inspect shows the sampling chain, and beam search is not part of it: drop --num-beams")
+    if config.constrained:
+        raise UsageError("inspect does not show a constraint's mask yet: drop the constraint option")
     if config.n > 1:
         raise UsageError("inspect follows one sequence: drop -n")
     plot: Path | None = own["plot"]
