@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmgen import constraints
 from llmgen.config import DecodingConfig
 from llmgen.decode import CachedLM, plain_source
 from llmgen.errors import PromptError, UsageError
@@ -211,8 +212,9 @@ class ChatSession:
         cached = self.cache.reuse(ids)
         seed = None if config.seed is None else config.seed + seed_offset
         generator = make_generator(seed, self.target.device)
-        if self.speculative is None:
-            source = plain_source(self.cache.lm, ids, config, generator, logprobs)
+        if self.speculative is None:  # a constraint gets a fresh matcher per reply (make_source makes its own)
+            matcher = constraints.new_matcher(config, self.target)
+            source = plain_source(self.cache.lm, ids, config, generator, logprobs, matcher)
             extra: Any = dict
         else:
             from llmgen.speculative import make_source

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -219,3 +220,16 @@ def test_on_a_terminal(char_model: Path, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         os.close(main_fd)
+
+
+def test_constraints_and_set_none(capsys, monkeypatch, wide_model: Path) -> None:
+    """--choice holds on every turn; /set choice none drops it; /set regex applies from the next turn."""
+    pytest.importorskip("llguidance")
+    script = "Pick one.\nAgain.\n/set choice none\n/set regex [0-9]{3}\nA number.\n/set regex none\n/show\n"
+    code, out, err = chat(capsys, monkeypatch, wide_model, script, "--greedy", "-N", "8", "--json",
+                          "--choice", "yes", "--choice", "no way")
+    assert code == 0 and not error_lines(err), err
+    got = rows(out)
+    assert [r["content"] in ("yes", "no way") for r in got[:2]] == [True, True]
+    assert len(got[2]["content"]) == 3 and got[2]["content"].isdigit()
+    assert re.search(r"regex\s+None\s+default", err) and re.search(r"choice\s+\(\)\s+default", err)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from llmgen import beam, presets
+from llmgen import beam, constraints, presets
 from llmgen.chat import ChatSession, Conversation, Speculative
 from llmgen.cli import common
 from llmgen.cli.chat_repl import Repl, line_reader
@@ -22,6 +23,7 @@ from llmgen.config import DEFAULTS, Resolved, canonical_key, resolve
 from llmgen.errors import ConfigError, UsageError
 from llmgen.speculative import NgramProposer, check_compatible, parse_gamma
 
+CLEAR = object()  # `/set KEY none`: forget the flag
 DRAFT_OPTIONS = ("draft", "gamma", "ngram_max", "ngram_min", "draft_dtype", "draft_quant")
 
 
@@ -58,6 +60,7 @@ class Settings:
     def _resolve(preset: presets.Preset | None, flags: dict[str, Any]) -> Resolved:
         resolved = resolve(preset.values if preset else None, preset.name if preset else None, flags)
         check_chat(resolved)
+        constraints.check_options(resolved.config)
         return resolved
 
     def set(self, key: str, text: str) -> str:
@@ -71,7 +74,11 @@ class Settings:
             if name is None:
                 raise ConfigError(f"unknown option {key!r} (see /show for the names)")
             flags = {k: v for k, v in self.flags.items() if not (name == "temperature" and k == "greedy")}
-            flags[name] = parse_value(name, text, type(getattr(DEFAULTS, name)))
+            value = parse_value(name, text, type(getattr(DEFAULTS, name)))
+            if value is CLEAR:
+                flags.pop(name, None)
+            else:
+                flags[name] = value
         self.resolved = self._resolve(self.preset, flags)
         self.flags = flags
         return name
@@ -84,12 +91,17 @@ class Settings:
 
 
 def parse_value(name: str, text: str, kind: type) -> Any:
-    """A value typed on the REPL, read as its flag would read it; 'none' clears seed and stop."""
+    """A value typed on the REPL, read as its flag would read it; 'none' (CLEAR) drops an option that can
+    be off (seed, stop, the constraints) back to the preset's value or the default. A list (stop, choice) is split like a shell line: /set choice yes no."""
     text = text.strip()
-    if name in ("seed", "stop") and text.lower() in ("none", ""):
-        return None if name == "seed" else []
-    if name == "stop":
-        return [text]
+    default = getattr(DEFAULTS, name, False)  # greedy is no field: a flag, false by default
+    if text.lower() == "none" and (default is None or isinstance(default, tuple)):
+        return CLEAR
+    if isinstance(default, tuple):
+        try:
+            return shlex.split(text)
+        except ValueError as err:
+            raise ConfigError(f"invalid value for {name.replace('_', '-')}: {text!r}: {err}") from None
     try:
         if kind is bool:
             if text.lower() in ("true", "on", "yes", "1"):

@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.table import Table
 
+from llmgen import constraints
 from llmgen.chat import ChatSession, Conversation
 from llmgen.cli import common
 from llmgen.cli.output import Renderer, format_stats, stderr_console
@@ -200,6 +201,7 @@ class Repl:
             return True
         self.session.conversation.messages.append({"role": "assistant", "content": result.text})
         self.record(result.stats)
+        constraints.warn_incomplete(config, result.finish_reason)
         if self.output["json"]:
             row: dict[str, Any] = {"turn": self.turn, "role": "assistant", "content": result.text,
                                    "stats": {**result.stats, "finish_reason": result.finish_reason}}
