@@ -220,6 +220,10 @@ class GrammarMatcher:
             bits = torch.cat([bits, torch.zeros(width - bits.shape[0], dtype=torch.bool)])
         return bits[:width]
 
+    def forced(self) -> list[int]:
+        """The tokens the grammar forces next (llguidance's fast-forward tokens); [] when none or ended."""
+        return [] if self.ended else [int(t) for t in self._matcher.compute_ff_tokens()]
+
     def advance(self, token: int) -> None:
         """Take one token (end-of-sequence ends the grammar; later tokens are only counted)."""
         if self.ended or token in self.constraint.eos_token_ids:

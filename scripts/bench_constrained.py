@@ -133,11 +133,46 @@ def decode_rate(loaded, config: DecodingConfig, constrained: bool) -> tuple[floa
     return result.stats["tokens_per_second"], len(result.token_ids)
 
 
+def forced_draft(loaded, rounds: int, max_new_tokens: int) -> dict:
+    """Do llguidance's forced tokens pay as a free draft? Greedy, --schema: plain, n-gram, n-gram with the
+    forced tokens proposed first (`ForcedFirst`); tok/s (median) and tokens per target forward."""
+    from llmgen.speculative import FixedGamma, NgramProposer, SpeculativeStats, speculative_tokens
+    from llmgen.speculative.proposers import ForcedFirst
+
+    config = DecodingConfig(temperature=0, max_new_tokens=max_new_tokens, schema=json.dumps(SCHEMA))
+    constraint = compile_constraint(config, loaded.tokenizer, loaded.eos_token_ids, loaded.vocab_size)
+    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                               tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    out: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name in ("plain", "ngram", "ngram+forced"):
+            matcher = constraint.matcher()
+            stats = SpeculativeStats()
+            if name == "plain":
+                source = plain_source(CachedLM(loaded.model), ids, config, make_generator(0), None, matcher)
+            else:
+                proposer = NgramProposer(4, 2)
+                if name == "ngram+forced":
+                    proposer = ForcedFirst(proposer, matcher)
+                source = speculative_tokens(CachedLM(loaded.model), proposer, ids, config, make_generator(0),
+                                            FixedGamma(5), max_new_tokens, stats, matcher=matcher)
+            result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
+            entry = out.setdefault(name, {"rates": [], "tokens": len(result.token_ids), "text": result.text})
+            entry["rates"].append(result.stats["tokens_per_second"])
+            if name != "plain":
+                entry["tokens_per_forward"] = round(stats.as_dict().get("tokens_per_target_forward", 0), 2)
+    for entry in out.values():
+        entry["tokens_per_second"] = round(statistics.median(entry["rates"]), 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--micro-only", action="store_true")
+    parser.add_argument("--forced", action="store_true", help="also: forced tokens as a free draft")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = models.load(models.DEFAULT_MODEL)
@@ -156,6 +191,8 @@ def main() -> None:
                                    "tokens": lengths[name]} for name, r in rates.items()}
         report["decode"]["ratio"] = round(report["decode"]["schema"]["tokens_per_second"]
                                           / report["decode"]["plain"]["tokens_per_second"], 3)
+    if args.forced:
+        report["forced_draft"] = forced_draft(loaded, args.rounds, args.max_new_tokens)
     out = ROOT / "docs" / "results" / "bench-constrained.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

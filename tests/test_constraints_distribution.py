@@ -27,13 +27,14 @@ from llmgen.config import DecodingConfig
 from llmgen.processors import distribution, penalty_context, token_counts
 from llmgen.sampling import make_generator
 from llmgen.speculative import DraftModelProposer, FixedGamma, NgramProposer, speculative_tokens
+from llmgen.speculative.proposers import ForcedFirst
 
 EOS = 1
 CHARS = "abcdefgh ."  # token 3 + i is CHARS[i], as in conftest
 WORDS = ["ab", "aba", "abd", "ba", "bad", "h", "h a", "hab"]
 CONFIG = DecodingConfig(temperature=0.9, top_p=0.9, presence_penalty=0.5, frequency_penalty=0.4,
                         max_new_tokens=LENGTH)
-PROMPTS = {"model": "h ab", "ngram": "habhdahab"}
+PROMPTS = {"model": "h ab", "ngram": "habhdahab", "forced": "habhdahab"}
 
 
 class TrieMatcher:
@@ -112,9 +113,10 @@ def tables(char_model: Path, draft_model: Path) -> dict[str, dict]:
     return out
 
 
-# NOTE: three runs of 10^4 samples (about 12 s each): llguidance's matcher with the model draft, where
-# q is masked too; the hand-written one with both drafts.
-@pytest.mark.parametrize("kind,matcher_kind", [("model", "trie"), ("ngram", "trie"), ("model", "llguidance")])
+# NOTE: four runs of 10^4 samples (about 12 s each): the hand-written matcher with both drafts; llguidance's
+# with the model draft, where q is masked too, and with its forced tokens ("h " forces "a") proposed first.
+@pytest.mark.parametrize("kind,matcher_kind", [("model", "trie"), ("ngram", "trie"), ("model", "llguidance"),
+                                               ("forced", "llguidance")])
 def test_constrained_speculative_samples_follow_the_constrained_target(tables, kind: str, matcher_kind: str) -> None:
     new_matcher = TrieMatcher if matcher_kind == "trie" else llguidance_matcher()
     data = tables[kind]
@@ -128,6 +130,8 @@ def test_constrained_speculative_samples_follow_the_constrained_target(tables, k
             proposer = DraftModelProposer(TableLM(data["draft"]), CONFIG, context_length=64, matcher=matcher)
         else:
             proposer = NgramProposer(ngram_max=2, ngram_min=1)
+            if kind == "forced":
+                proposer = ForcedFirst(proposer, matcher)
         rounds = []
         tokens = speculative_tokens(TableLM(target_table), proposer, prompt, CONFIG, generator, FixedGamma(2),
                                     LENGTH, on_round=rounds.append, matcher=matcher)

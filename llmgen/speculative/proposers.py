@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -104,6 +104,34 @@ class DraftModelProposer:
         if self.matcher is not None:
             self.matcher.rollback(len(tokens))
         return Proposal(tokens, torch.stack(rows))  # q: [γ, vocab]
+
+
+class ForcedFirst:
+    """With a constraint: when the grammar forces the next tokens (`GrammarMatcher.forced`), propose
+    them, one-hot (q = None), else ask `inner`. The choice depends on the context only, so the verifier
+    stays exact; the forced tokens are usually, not always, accepted (the target may spell the same
+    bytes with other tokens, which the mask also allows)."""
+
+    def __init__(self, inner: Proposer, matcher: Any) -> None:
+        self.inner = inner
+        self.matcher = matcher
+        self.name = inner.name
+
+    def prefill(self, prompt_ids: Sequence[int]) -> None:
+        self.inner.prefill(prompt_ids)
+
+    def room(self, length: int) -> int:
+        return self.inner.room(length)
+
+    def rollback(self, length: int) -> None:
+        self.inner.rollback(length)
+
+    def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
+                generator: torch.Generator) -> Proposal:
+        forced = self.matcher.forced()[:gamma] if gamma > 0 else []
+        if forced:
+            return Proposal(forced, None)
+        return self.inner.propose(prompt_ids, generated, gamma, generator)
 
 
 def prompt_lookup(tokens: Sequence[int], gamma: int, ngram_max: int, ngram_min: int) -> list[int]:
