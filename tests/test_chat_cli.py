@@ -233,3 +233,12 @@ def test_constraints_and_set_none(capsys, monkeypatch, wide_model: Path) -> None
     assert [r["content"] in ("yes", "no way") for r in got[:2]] == [True, True]
     assert len(got[2]["content"]) == 3 and got[2]["content"].isdigit()
     assert re.search(r"regex\s+None\s+default", err) and re.search(r"choice\s+\(\)\s+default", err)
+
+
+def test_logprobs_in_json_rows(capsys, monkeypatch, char_model: Path) -> None:
+    code, out, err = chat(capsys, monkeypatch, char_model, "abc\nbad\n", "--greedy", "-N", "5", "--json",
+                          "--logprobs", "2")
+    assert code == 0, err
+    for row in rows(out):
+        assert len(row["logprobs"]) == row["stats"]["generated_tokens"]
+        assert len(row["logprobs"][0]["top_logprobs"]) == 2
