@@ -170,9 +170,9 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
 
 RAY = [
     _option("ray", Annotated[Optional[str], typer.Option(
-        "--ray", metavar="local|auto|ray://HOST:PORT", rich_help_panel=PANEL, show_default="off",
-        help="With --input: shard the prompts over Ray actors, each running llmgen's own batched decoding. "
-             "local starts a Ray instance here; auto joins a running cluster (extra llmgen\\[ray]).")], None),
+        "--ray", metavar="ADDRESS", rich_help_panel=PANEL, show_default="off",
+        help="With --input: shard the prompts over Ray actors, each running llmgen's own batched decoding. ADDRESS: "
+             "local (start a Ray instance here), auto (join a running cluster) or ray://HOST:PORT (extra llmgen\\[ray]).")], None),
     _option("ray_actors", Annotated[int, typer.Option(
         "--ray-actors", metavar="N", rich_help_panel=PANEL, min=1,
         help="Actors, each loading the model once.")], 2),
