@@ -48,7 +48,7 @@ from llmgen.config import DEFAULTS, DecodingConfig, Resolved
 from llmgen.errors import UsageError
 from llmgen.generation import SequenceResult
 from llmgen.logprobs import LogprobSpec, TokenLogprob, entries, to_json
-from llmgen.processors import NEG_INF, apply_penalties
+from llmgen.processors import NEG_INF, apply_mask, apply_penalties
 from llmgen.textstream import TextStream
 
 DEAD = -1.0e9  # NOTE: HF's score for a beam that must not be chosen; kept in float32, as HF does
@@ -141,11 +141,13 @@ def needs_context(config: DecodingConfig) -> bool:
     return config.uses_penalties or config.no_repeat_ngram_size > 0
 
 
-def beam_log_probs(logits: Tensor, seqs: Tensor | None, prompt_len: int, config: DecodingConfig) -> Tensor:
+def beam_log_probs(logits: Tensor, seqs: Tensor | None, prompt_len: int, config: DecodingConfig,
+                   allowed: Tensor | None = None) -> Tensor:
     """Step 2: logits [B, V] -> processed log-probs [B, V], each row on its own beam's tokens.
 
-    `seqs` [B, prompt + generated] may be None when `needs_context(config)` is false."""
-    log_probs = logits.to(torch.float32).log_softmax(dim=-1)
+    `seqs` [B, prompt + generated] may be None when `needs_context(config)` is false. With a constraint,
+    `allowed` [B, V] (each beam's own matcher's mask) comes first, as in the sampling chain."""
+    log_probs = apply_mask(logits.to(torch.float32), allowed).log_softmax(dim=-1)
     if seqs is None:
         return log_probs
     if config.uses_penalties:
@@ -198,8 +200,12 @@ def _forward(model: Any, ids: Tensor, cache: Any) -> Tensor:
 @torch.inference_mode()
 def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, eos_token_ids: frozenset[int],
                 budget: int, stop_check: StopCheck | None = None, on_step: OnStep | None = None,
-                logprobs: LogprobSpec | None = None) -> BeamOutput:
-    """Run beam search over `budget` new tokens at most; return the finished hypotheses, best first."""
+                logprobs: LogprobSpec | None = None, matcher: Any = None) -> BeamOutput:
+    """Run beam search over `budget` new tokens at most; return the finished hypotheses, best first.
+
+    With a constraint, `matcher` (`constraints.GrammarMatcher`) is forked into one matcher per beam: a
+    beam's mask comes from its own, and a chosen candidate continues with a copy of its parent's,
+    advanced by its token. A candidate of score -inf (a forbidden token) gets none: it is dead."""
     from transformers import DynamicCache
 
     beams = config.num_beams
@@ -222,11 +228,16 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
     scores[0] = 0.0  # NOTE: only beam 0 is live at first; the others are copies of it
     finished = FinishedSet(beams)
     identity = list(range(beams))
+    matchers = None if matcher is None else [matcher.copy() for _ in range(beams)]
     steps = 0
 
     for step in range(budget):
         steps = step + 1
-        log_probs = beam_log_probs(logits, seqs, prompt_len, config)  # [B, V]
+        allowed = None
+        if matchers is not None:
+            allowed = torch.stack([m.allowed() if m is not None else torch.ones(logits.shape[-1], dtype=torch.bool)
+                                   for m in matchers]).to(logits.device)  # [B, V]
+        log_probs = beam_log_probs(logits, seqs, prompt_len, config, allowed)  # [B, V]
         vocab = log_probs.shape[-1]
         totals = (log_probs + scores[:, None]).view(-1)  # [B * V]
         top_scores, top_index = torch.topk(totals, min(keep, totals.numel()))  # [K], best first
@@ -266,6 +277,8 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
         rows = [host_parents[i] for i in chosen]
         next_tokens = [host_tokens[i] for i in chosen]
         generated = [generated[row] + [token] for row, token in zip(rows, next_tokens)]
+        if matchers is not None:
+            matchers = [_forked(matchers[row], token, host_scores[i]) for row, token, i in zip(rows, next_tokens, chosen)]
         if step_entries is not None:
             beam_entries = [beam_entries[row] + [step_entries[i]] for row, i in zip(rows, chosen)]
         picked = torch.tensor(chosen, device=device)
@@ -315,6 +328,15 @@ def _candidate_logprobs(logits: Tensor, log_probs: Tensor, parents: list[int], t
 # From hypotheses to results, and which option combinations make sense.
 
 
+def _forked(parent: Any, token: int, score: float) -> Any:
+    """A chosen candidate's matcher: a copy of its parent's, advanced by its token; None if it is dead."""
+    if parent is None or score == float("-inf"):
+        return None
+    child = parent.copy()
+    child.advance(token)
+    return child
+
+
 def to_result(hypothesis: Hypothesis, tokenizer: Any, prompt_ids: Sequence[int], config: DecodingConfig,
               stats: dict[str, Any]) -> SequenceResult:
     """The text as `generate` would print it: EOS not shown, cut before a stop string."""
@@ -324,7 +346,8 @@ def to_result(hypothesis: Hypothesis, tokenizer: Any, prompt_ids: Sequence[int],
         stream.push(token)
     stream.finish()
     result_stats = {"prompt_tokens": len(prompt_ids), "generated_tokens": len(hypothesis.token_ids), **stats}
-    return SequenceResult(stream.text, list(hypothesis.token_ids), list(prompt_ids), hypothesis.finish_reason,
+    reason = "stop" if config.constrained and hypothesis.finish_reason == "eos" else hypothesis.finish_reason
+    return SequenceResult(stream.text, list(hypothesis.token_ids), list(prompt_ids), reason,
                           result_stats, score=hypothesis.score,
                           logprobs=None if hypothesis.logprobs is None else to_json(hypothesis.logprobs, tokenizer))
 

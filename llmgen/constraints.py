@@ -57,14 +57,12 @@ def requested(config: DecodingConfig) -> list[str]:
 
 
 def check_options(config: DecodingConfig) -> None:
-    """One constraint at a time, not with beam search or --ignore-eos; llguidance installed. No model needed."""
+    """One constraint at a time, not with --ignore-eos; llguidance installed. No model needed."""
     given = requested(config)
     if not given:
         return
     if len(given) > 1:
         raise ConstraintError(f"give one constraint at a time, not {' and '.join(given)}")
-    if config.num_beams > 1:
-        raise ConstraintError(f"{given[0]} does not work with beam search (--num-beams); use sampling or --greedy")
     if config.ignore_eos:
         raise ConstraintError(f"{given[0]} ends when the output is complete; drop --ignore-eos")
     _llguidance()
@@ -219,6 +217,14 @@ class GrammarMatcher:
         if bits.shape[0] < width:
             bits = torch.cat([bits, torch.zeros(width - bits.shape[0], dtype=torch.bool)])
         return bits[:width]
+
+    def copy(self) -> "GrammarMatcher":
+        """An independent matcher in the same state (beam search forks one per beam)."""
+        other = object.__new__(GrammarMatcher)
+        other.constraint, other._eos_only = self.constraint, self._eos_only
+        other._matcher = self._matcher.deep_copy()
+        other._fed = list(self._fed)
+        return other
 
     def forced(self) -> list[int]:
         """The tokens the grammar forces next (llguidance's fast-forward tokens); [] when none or ended."""

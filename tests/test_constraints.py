@@ -173,6 +173,24 @@ def test_choice_and_json_object_on_the_embedded_model(capsys, embedded_dir: Path
     assert set(value) == {"city", "population"} and isinstance(value["population"], int)
 
 
+def test_beam_search_with_a_constraint_forks_a_matcher_per_beam(capsys, wide_model: Path) -> None:
+    llguidance_required()
+    code, out, err = run(capsys, "generate", "-m", str(wide_model), "--raw", "--num-beams", "4", "-n", "4",
+                         "--regex", REGEX, "-N", "24", "--json", "-q", "Pet:")
+    assert code == 0, err
+    rows = json_rows(out)
+    assert len(rows) == 4 and len({row["text"] for row in rows}) == 4
+    assert all(row["finish_reason"] == "stop" and re.fullmatch(REGEX, row["text"]) for row in rows), rows
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
+    choices = ["yes", "no", "maybe"]
+    code, out, err = run(capsys, "generate", "-m", str(wide_model), "--raw", "--num-beams", "3", "-n", "3",
+                         *(a for c in choices for a in ("--choice", c)), "-N", "8", "--json", "-q", "Well?")
+    assert code == 0, err
+    rows = json_rows(out)
+    assert all(row["text"] in choices for row in rows)  # NOTE: one choice may come twice, spelled with other tokens
+    assert len({tuple(row["token_ids"]) for row in rows}) == 3
+
+
 def test_a_budget_that_ends_first_gives_length_and_one_warning(capsys, wide_model: Path) -> None:
     llguidance_required()
     code, out, err = run(capsys, "generate", "-m", str(wide_model), "--raw", "--schema", json.dumps(SCHEMA),
@@ -194,7 +212,7 @@ def test_a_budget_that_ends_first_gives_length_and_one_warning(capsys, wide_mode
     (["--regex", ""], ["regex", "non-empty"]),
     (["--regex", "[a&&b]"], ["--regex", "no token of the vocabulary can start"]),
     (["--regex", "a", "--choice", "b"], ["one constraint at a time", "--regex", "--choice"]),
-    (["--json-object", "--num-beams", "2"], ["beam search"]),
+    (["--json-object", "--ignore-eos"], ["--json-object", "--ignore-eos"]),
 ])
 def test_bad_constraints_are_one_line_and_exit_2(capsys, wide_model: Path, args: list[str],
                                                  needles: list[str]) -> None:

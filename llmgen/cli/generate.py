@@ -112,7 +112,8 @@ def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, out
         on_step = None if show is None else (lambda s: show(s.step, s.finished, s.best_token_ids))
         found = beam.beam_search(loaded.model, ids, config, loaded.eos_token_ids,
                                  token_budget(len(ids), config, loaded.context_length),
-                                 beam.stop_string_check(loaded.tokenizer, config.stop), on_step, spec)
+                                 beam.stop_string_check(loaded.tokenizer, config.stop), on_step, spec,
+                                 constraints.new_matcher(config, loaded))
     best = found.hypotheses[:config.n]
     for index, hypothesis in enumerate(best):
         result = beam.to_result(hypothesis, loaded.tokenizer, ids, config, found.stats)
@@ -120,3 +121,4 @@ def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, out
         if result.text:
             renderer.text(result.text, "target")
         renderer.end(result)
+        constraints.warn_incomplete(config, result.finish_reason)
