@@ -148,8 +148,9 @@ def test_speculative_chat_equals_plain(capsys, monkeypatch, char_model: Path, dr
     assert "acceptance_rate" in spec[0]["stats"] and spec[1]["stats"]["cached_tokens"] > 0
 
 
+@pytest.mark.parametrize("json_mode", [False, True])
 def test_ctrl_c_during_a_reply_keeps_the_text_and_returns_to_the_prompt(char_model: Path, monkeypatch,
-                                                                        capsys) -> None:
+                                                                        capsys, json_mode: bool) -> None:
     from llmgen.cli import chat_repl
     from llmgen.cli.chat import Settings
     from llmgen.cli.output import Renderer
@@ -173,13 +174,17 @@ def test_ctrl_c_during_a_reply_keeps_the_text_and_returns_to_the_prompt(char_mod
 
     session = ChatSession(models.load(str(char_model)))
     settings = Settings(None, {"max_new_tokens": 20, "ignore_eos": True, "seed": 1})
-    repl = chat_repl.Repl(session, settings, {"json": False, "quiet": True}, {}, None, read, True, {})
+    repl = chat_repl.Repl(session, settings, {"json": json_mode, "quiet": True}, {}, None, read, True, {})
     monkeypatch.setattr(chat_repl, "_typed_so_far", lambda: "")
     assert repl.run() == 0
     messages = session.conversation.messages
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
     assert 1 <= len(messages[1]["content"]) < 20  # the text so far, kept
-    assert "interrupted" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "interrupted" in err
+    if json_mode:
+        first = json.loads(out.splitlines()[0])
+        assert first["stats"] == {"finish_reason": "interrupted"} and first["content"] == messages[1]["content"]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")

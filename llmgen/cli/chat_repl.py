@@ -195,26 +195,31 @@ class Repl:
         except KeyboardInterrupt:
             text = "".join(pieces)
             self.session.conversation.messages.append({"role": "assistant", "content": text})
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            if self.output["json"]:
+                self.write_row(text, {"finish_reason": "interrupted"})
+            else:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
             self.note(f"reply interrupted; its {len(text)} characters so far are kept")
             return True
         self.session.conversation.messages.append({"role": "assistant", "content": result.text})
         self.record(result.stats)
         constraints.warn_incomplete(config, result.finish_reason)
         if self.output["json"]:
-            row: dict[str, Any] = {"turn": self.turn, "role": "assistant", "content": result.text,
-                                   "stats": {**result.stats, "finish_reason": result.finish_reason}}
-            if result.logprobs is not None:
-                row["logprobs"] = result.logprobs
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+            self.write_row(result.text, {**result.stats, "finish_reason": result.finish_reason}, result.logprobs)
         else:
             renderer.end(result)
             if not self.interactive:
                 sys.stdout.write("\n")  # one empty line after each reply
                 sys.stdout.flush()
         return True
+
+    def write_row(self, text: str, stats: dict[str, Any], logprobs: list[dict[str, Any]] | None = None) -> None:
+        row: dict[str, Any] = {"turn": self.turn, "role": "assistant", "content": text, "stats": stats}
+        if logprobs is not None:
+            row["logprobs"] = logprobs
+        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
 
     def renderer(self) -> Renderer:
         if self.output["json"]:
