@@ -247,3 +247,22 @@ def test_logprobs_in_json_rows(capsys, monkeypatch, char_model: Path) -> None:
     for row in rows(out):
         assert len(row["logprobs"]) == row["stats"]["generated_tokens"]
         assert len(row["logprobs"][0]["top_logprobs"]) == 2
+
+
+def test_a_library_error_in_one_turn_is_one_line_and_the_chat_goes_on(capsys, monkeypatch, char_model: Path) -> None:
+    """An error that is not one of llmgen's own (a grammar engine's, a tokenizer's) fails that turn only."""
+    original = ChatSession.reply
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("the engine could not read this\nsecond line")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChatSession, "reply", flaky)
+    code, out, err = chat(capsys, monkeypatch, char_model, "abc\nbad\n", "--greedy", "-N", "4", "--json")
+    assert code == 0
+    assert error_lines(err) == ["llmgen: error: this turn failed: ValueError: the engine could not read this"]
+    assert "Traceback" not in err
+    assert [r["turn"] for r in rows(out)] == [1]  # the failed turn left no row; the next one was answered

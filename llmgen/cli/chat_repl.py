@@ -26,6 +26,7 @@ from llmgen.cli import common
 from llmgen.cli.output import Renderer, format_stats, stderr_console
 from llmgen.config import FIELDS
 from llmgen.errors import LlmgenError, UsageError
+from llmgen.hfutil import first_line
 from llmgen.logprobs import LogprobSpec
 
 LineReader = Callable[[str], str]  # returns a line without its newline; raises EOFError, KeyboardInterrupt
@@ -191,6 +192,11 @@ class Repl:
             result = self.session.reply(config, on_text, self.turn - 1, self.logprobs, on_drop=on_drop)
         except LlmgenError as err:
             self.error(str(err))
+            return False
+        except Exception as err:  # noqa: BLE001 - a library's own error in one turn (a grammar engine's, say)
+            # NOTE: one line and the chat goes on; the session has cleared its caches, so the next turn
+            # prefills from scratch.
+            self.error(f"this turn failed: {type(err).__name__}: {first_line(err)}")
             return False
         except KeyboardInterrupt:
             text = "".join(pieces)
