@@ -23,19 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from llmgen.chat import common_prefix
 from llmgen.speculative.proposers import prompt_lookup
 
 # (context, the output still to come) -> draft tokens
 Draft = Callable[[list[int], list[int]], list[int]]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def replay(prompt: Sequence[int], out: Sequence[int], draft: Draft) -> list[int]:
@@ -45,7 +37,7 @@ def replay(prompt: Sequence[int], out: Sequence[int], draft: Draft) -> list[int]
     g = 0
     while g < len(out):
         proposed = draft(prompt + out[:g], out[g:])[:max(0, len(out) - g - 1)]
-        accepted = _common_prefix(proposed, out[g:])
+        accepted = common_prefix(proposed, out[g:])
         sizes.append(len(proposed) + 1)
         g += accepted + 1
     return sizes
@@ -61,7 +53,7 @@ def copy_oracle(cap: int) -> Draft:
         first = future[0] if future else None
         for start, token in enumerate(context):
             if token == first:
-                best = max(best, _common_prefix(context[start:start + cap], future))
+                best = max(best, common_prefix(context[start:start + cap], future))
         return future[:best]
     return draft
 
