@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,6 +72,11 @@ class Limits:
     tokenizer: object
     eos_token_ids: frozenset[int]
     context_length: int
+
+    @classmethod
+    def of(cls, loaded: Any) -> "Limits":
+        """The limits of a `models.LoadedModel` (or anything with those three attributes)."""
+        return cls(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
 
 
 OnText = Callable[[Row, str], None]

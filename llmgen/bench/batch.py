@@ -30,10 +30,6 @@ def prompts_of(loaded: models.LoadedModel, count: int, sets: tuple[str, ...] = (
                           None) for i in range(count)]
 
 
-def limits(loaded: models.LoadedModel) -> Limits:
-    return Limits(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
-
-
 def clock(fn: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
@@ -74,7 +70,7 @@ def sweep(loaded: models.LoadedModel, runs: int, with_hf: bool = True, sizes: Se
         def ours(_: int) -> int:
             start, finished = time.perf_counter(), []
             rows = [Row(i, p, config, row_generator(0, i)) for i, p in enumerate(prompts)]
-            decode_rows(row_cache(loaded.model), rows, limits(loaded), batch_size=size, continuous=False,
+            decode_rows(row_cache(loaded.model), rows, Limits.of(loaded), batch_size=size, continuous=False,
                         on_done=lambda row, result: finished.append(time.perf_counter() - start))
             latencies["llmgen"].append(statistics.mean(finished))
             return new * len(prompts)

@@ -70,10 +70,6 @@ class RowsFailed(LlmgenError):
     """Some rows of --input failed; their rows hold the error."""
 
 
-def limits(loaded: LoadedModel) -> Limits:
-    return Limits(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
-
-
 # --- -n N ----------------------------------------------------------------------------------------
 
 def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
@@ -81,7 +77,7 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
     """The `n` samples as one batch, rendered in sample order."""
     config = resolved.config
     shown = InOrder(renderer, config.n)
-    return sample_rows(row_cache(loaded.model), ids, config, limits(loaded), on_text=shown.text, on_done=shown.done,
+    return sample_rows(row_cache(loaded.model), ids, config, Limits.of(loaded), on_text=shown.text, on_done=shown.done,
                        logprobs=logprobs, constraint=constraints.for_model(config, loaded))
 
 
@@ -291,7 +287,7 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
             if decoder is not None:
                 decoder(rows(), done, lambda row, why: fail(row.key, why))
             else:
-                decode_rows(row_cache(loaded.model), rows(), limits(loaded), batch_size=batch["batch_size"],
+                decode_rows(row_cache(loaded.model), rows(), Limits.of(loaded), batch_size=batch["batch_size"],
                             on_done=done)
         finally:
             writer.drain()

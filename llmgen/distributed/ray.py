@@ -76,7 +76,7 @@ class RowDecoder:
             rows.append(Row(task.key, task.prompt_ids, task.config, generator, logprobs=task.logprobs,
                             matcher=matcher))
         done: list[tuple[int, SequenceResult]] = []
-        decode_rows(row_cache(loaded.model), rows, Limits(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length),
+        decode_rows(row_cache(loaded.model), rows, Limits.of(loaded),
                     batch_size=batch_size, on_done=lambda row, result: done.append((row.key, result)))
         return done
 
