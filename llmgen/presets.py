@@ -19,9 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmgen.config import DecodingConfig, canonical_key, coerce
+from llmgen.decoding.config import DecodingConfig, canonical_key, coerce
 from llmgen.errors import ConfigError, PresetError, UsageError
-from llmgen.models import config_dir
+from llmgen.loading.models import config_dir
 
 MAX_PRESET_BYTES = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

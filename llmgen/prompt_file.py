@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from llmgen.config import DecodingConfig, canonical_key, coerce
+from llmgen.decoding.config import DecodingConfig, canonical_key, coerce
 from llmgen.errors import LlmgenError
 
 ROW_KEYS = ("prompt", "id", "system")

@@ -32,11 +32,11 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from llmgen import models  # noqa: E402
 from llmgen.bench import contenders, loadtime, lookup_bound, plot, prompts, report, roofline, runner  # noqa: E402
 from llmgen.bench.profile import profile_plain  # noqa: E402
 from llmgen.bench.stats import peak_rss_bytes  # noqa: E402
-from llmgen.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.loading import models  # noqa: E402
 
 SWEEP = "1,2,3,4,5,6,8,auto"
 

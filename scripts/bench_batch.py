@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from llmgen import models  # noqa: E402
-from llmgen.batch import Limits, Row, decode_rows, row_generator, sample_rows  # noqa: E402
-from llmgen.config import DecodingConfig  # noqa: E402
-from llmgen.decode import CachedLM, sample_tokens  # noqa: E402
-from llmgen.generation import run_sequence  # noqa: E402
 from llmgen.bench.batch import interleaved, plot_sweep, prompts_of, summary, sweep  # noqa: E402
-from llmgen.rowcache import row_cache  # noqa: E402
+from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator, sample_rows  # noqa: E402
+from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.plain import CachedLM, sample_tokens  # noqa: E402
+from llmgen.decoding.sequence import run_sequence  # noqa: E402
+from llmgen.loading import models  # noqa: E402
+from llmgen.loading.engines.torch import row_cache  # noqa: E402
 
 SECTIONS = ("n8", "input", "continuous", "rss", "sweep")
 SEED = 1234
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "model": args.model, "quant": args.quant, "cpu": cpu_model(), "threads": args.threads, "runs": args.runs,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__, "transformers": transformers.__version__, "sections": {}}
     warm_up(loaded, with_hf=args.quant != "int4")
     for section in wanted:

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from llmgen import models  # noqa: E402
-from llmgen.beam import beam_search  # noqa: E402
-from llmgen.config import DecodingConfig  # noqa: E402
-from llmgen.generation import token_budget  # noqa: E402
+from llmgen.decoding.beam import beam_search  # noqa: E402
+from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.sequence import token_budget  # noqa: E402
+from llmgen.loading import models  # noqa: E402
 
 PROMPTS = (
     ("chat", "Write a short story about a robot who learns to paint."),

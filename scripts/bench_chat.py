@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from llmgen import models
-from llmgen.chat import ChatSession, Conversation, reference_reply, render
-from llmgen.config import DecodingConfig
+from llmgen.decoding.chat import ChatSession, Conversation, reference_reply, render
+from llmgen.decoding.config import DecodingConfig
+from llmgen.loading import models
 
 SYSTEM = "You are a patient tutor. Answer in plain sentences."
 QUESTIONS = [

@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from llmgen import models  # noqa: E402
-from llmgen.config import DecodingConfig  # noqa: E402
-from llmgen.constraints import compile_constraint  # noqa: E402
-from llmgen.decode import CachedLM, plain_source  # noqa: E402
-from llmgen.generation import run_sequence  # noqa: E402
-from llmgen.sampling import make_generator  # noqa: E402
+from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.constraints import compile_constraint  # noqa: E402
+from llmgen.decoding.plain import CachedLM, plain_source  # noqa: E402
+from llmgen.decoding.sampling import make_generator  # noqa: E402
+from llmgen.decoding.sequence import run_sequence  # noqa: E402
+from llmgen.loading import models  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -136,8 +136,8 @@ def decode_rate(loaded, config: DecodingConfig, constrained: bool) -> tuple[floa
 def forced_draft(loaded, rounds: int, max_new_tokens: int) -> dict:
     """Do llguidance's forced tokens pay as a free draft? Greedy, --schema: plain, n-gram, n-gram with the
     forced tokens proposed first (`ForcedFirst`); tok/s (median) and tokens per target forward."""
-    from llmgen.speculative import FixedGamma, NgramProposer, SpeculativeStats, speculative_tokens
-    from llmgen.speculative.proposers import ForcedFirst
+    from llmgen.decoding.speculative import FixedGamma, NgramProposer, SpeculativeStats, speculative_tokens
+    from llmgen.decoding.speculative.proposers import ForcedFirst
 
     config = DecodingConfig(temperature=0, max_new_tokens=max_new_tokens, schema=json.dumps(SCHEMA))
     constraint = compile_constraint(config, loaded.tokenizer, loaded.eos_token_ids, loaded.vocab_size)

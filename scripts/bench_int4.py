@@ -29,10 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from llmgen import models  # noqa: E402
 from llmgen.bench import contenders, loadtime, prompts, report, runner  # noqa: E402
-from llmgen.config import DecodingConfig  # noqa: E402
-from llmgen.decode import CachedLM  # noqa: E402
+from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.plain import CachedLM  # noqa: E402
+from llmgen.loading import models  # noqa: E402
 
 MB = 1024 * 1024
 

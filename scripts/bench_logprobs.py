@@ -29,13 +29,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmgen import models  # noqa: E402
-from llmgen.config import DecodingConfig  # noqa: E402
-from llmgen.decode import CachedLM, plain_source  # noqa: E402
-from llmgen.generation import run_sequence  # noqa: E402
-from llmgen.logprobs import LogprobSpec, token_logprobs  # noqa: E402
-from llmgen.processors import process  # noqa: E402
-from llmgen.sampling import make_generator  # noqa: E402
+from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.logprobs import LogprobSpec, token_logprobs  # noqa: E402
+from llmgen.decoding.plain import CachedLM, plain_source  # noqa: E402
+from llmgen.decoding.processors import process  # noqa: E402
+from llmgen.decoding.sampling import make_generator  # noqa: E402
+from llmgen.decoding.sequence import run_sequence  # noqa: E402
+from llmgen.loading import models  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint."
 

@@ -67,7 +67,7 @@ def main() -> int:
                 elapsed, rows[name] = run(argv, threads)
                 seconds[name].append(elapsed)
     tokens = args.prompts * args.max_new_tokens
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{date} · {cpu_model()}, {os.cpu_count()} cores · {args.prompts} open prompts x {args.max_new_tokens} "
           f"greedy tokens · median of {args.runs} interleaved fresh processes (load and start-up included)\n")
     print("| how | seconds (median) | tok/s |\n|---|---|---|")

@@ -88,7 +88,7 @@ def draft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2, converted to safetensors once (about 20-30 s the first time)."""
-    from llmgen import models
+    from llmgen.loading import models
 
     resolved = models.resolve(models.DEFAULT_MODEL)
     return models.convert_gguf(Path(resolved.location))
@@ -108,7 +108,7 @@ def wide_model(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> 
 
 @pytest.fixture(scope="session")
 def embedded(embedded_dir: Path):
-    from llmgen import models
+    from llmgen.loading import models
 
     return models.load(models.DEFAULT_MODEL)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fake_vllm
 import pytest
 
-import fake_vllm
 from llmgen.backends import vllm as vb
 from llmgen.cli import main
-from llmgen.config import DecodingConfig
+from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmgen import models
-from llmgen.batch import Limits, Row, decode_rows, row_generator, sample_rows
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
-from llmgen.generation import run_sequence
-from llmgen.rowcache import RowCache, SerialRows
-from llmgen.sampling import make_generator
+from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import run_sequence
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM, RowCache, SerialRows
 
 CHAR_PROMPTS = ["abc", "hello.", "a bad cafe", "h", "dead beef cafe", "ab", "fade.", "cab bag"]
 TEXT_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Three primary colors are red,"]

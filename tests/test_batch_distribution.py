@@ -10,13 +10,13 @@ from collections import defaultdict
 
 import pytest
 import torch
-
-from llmgen import models
-from llmgen.batch import Limits, Row, decode_rows, row_generator, sample_rows
-from llmgen.config import DecodingConfig
-from llmgen.processors import distribution, penalty_context, token_counts
-from llmgen.rowcache import RowCache
 from stats_helpers import chi_square_pvalue
+
+from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors import distribution, penalty_context, token_counts
+from llmgen.loading import models
+from llmgen.loading.engines.torch import RowCache
 
 LENGTH = 3
 SAMPLES = 10_000

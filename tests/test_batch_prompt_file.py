@@ -3,7 +3,7 @@ prompt i, and a bad line becomes an error job without touching the others."""
 
 from __future__ import annotations
 
-from llmgen.config import DecodingConfig
+from llmgen.decoding.config import DecodingConfig
 from llmgen.prompt_file import parse
 
 BASE = DecodingConfig(temperature=0.7, max_new_tokens=32)

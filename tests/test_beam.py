@@ -14,9 +14,9 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from llmgen import models
-from llmgen.beam import beam_search
-from llmgen.config import DecodingConfig
+from llmgen.decoding.beam import beam_search
+from llmgen.decoding.config import DecodingConfig
+from llmgen.loading import models
 
 DOT = 12  # "." in the char tokenizer
 HF_EARLY = {"false": False, "true": True, "never": "never"}
@@ -215,7 +215,7 @@ def test_embedded_model_chat_prompt_with_eos(embedded) -> None:
 
 
 def test_one_forward_per_step_and_none_after_the_last(char_lm, monkeypatch) -> None:
-    from llmgen import beam
+    from llmgen.decoding import beam
 
     calls: list[tuple[int, int]] = []
     forward = beam._forward

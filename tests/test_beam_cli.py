@@ -1,4 +1,4 @@
-"""Beam search at the command line, and the pure pieces of `llmgen.beam` on hand-made tensors."""
+"""Beam search at the command line, and the pure pieces of `llmgen.decoding.beam` on hand-made tensors."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch
 from rich.console import Console
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
-from llmgen import beam, models
-from llmgen.beam import FinishedSet, Hypothesis, beam_counts, block_repeated_ngrams, can_improve
 from llmgen.cli import main
-from llmgen.config import DecodingConfig
+from llmgen.decoding import beam
+from llmgen.decoding.beam import FinishedSet, Hypothesis, beam_counts, block_repeated_ngrams, can_improve
+from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
+from llmgen.loading import models
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

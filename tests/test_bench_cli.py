@@ -68,7 +68,7 @@ def test_markdown_table_when_not_a_terminal(char_model: Path, prompt_file: Path,
     assert "| char | plain |" in out
 
 
-@pytest.mark.skipif(contenders.available("ngram") is not None, reason="llmgen.speculative is not installed")
+@pytest.mark.skipif(contenders.available("ngram") is not None, reason="llmgen.decoding.speculative is not installed")
 def test_speculative_rows_with_gamma_sweep(char_model: Path, draft_model: Path, prompt_file: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(capsys, bench(char_model, prompt_file, "-s", "plain,ngram,draft", "--draft", str(draft_model),
@@ -86,7 +86,7 @@ def test_speculative_rows_with_gamma_sweep(char_model: Path, draft_model: Path, 
     assert data["calibration"]["drafts"][str(draft_model)]["c"] > 0
 
 
-@pytest.mark.skipif(contenders.available("beam") is not None, reason="llmgen.beam is not installed")
+@pytest.mark.skipif(contenders.available("beam") is not None, reason="llmgen.decoding.beam is not installed")
 def test_beam_row_with_hf_twin(char_model: Path, prompt_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(capsys, bench(char_model, prompt_file, "-s", "beam", "--num-beams", "2", "--baseline", "hf",
                                   "--warmup", "0", "--json"))

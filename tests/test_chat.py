@@ -1,4 +1,4 @@
-"""`llmgen/chat.py`: a chat turn, with the cache kept from earlier turns, gives what a fresh run over the
+"""`llmgen/decoding/chat.py`: a chat turn, with the cache kept from earlier turns, gives what a fresh run over the
 whole conversation gives (`generate --greedy` on the same messages through the same template)."""
 
 from __future__ import annotations
@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen import models
-from llmgen.chat import ChatSession, Conversation, ReusedCache, Speculative, common_prefix, reference_reply, render
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM
+from llmgen.decoding.chat import (
+    ChatSession,
+    Conversation,
+    ReusedCache,
+    Speculative,
+    common_prefix,
+    reference_reply,
+    render,
+)
+from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import PromptError, UsageError
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM
 
 GREEDY = DecodingConfig(temperature=0.0, max_new_tokens=12)
 USER_TURNS = ["abc", "bad cab", "hea.", "gag"]
@@ -80,7 +88,7 @@ def test_reused_cache_gives_the_logits_of_a_fresh_prefill(wide_model: Path) -> N
     second = render(loaded.tokenizer, [{"role": "user", "content": "One two three"},
                                        {"role": "assistant", "content": "four"},
                                        {"role": "user", "content": "five?"}])
-    cache = ReusedCache(loaded.model)
+    cache = ReusedCache(loaded.engine)
     cache.lm.forward(first + [42, 43])  # a reply the next template renders differently
     cache.tokens = first + [42, 43]
     kept = cache.reuse(second)

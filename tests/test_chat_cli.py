@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from llmgen import models
-from llmgen.chat import ChatSession, Conversation, reference_reply
 from llmgen.cli import main
-from llmgen.config import DecodingConfig
+from llmgen.decoding.chat import ChatSession, Conversation, reference_reply
+from llmgen.decoding.config import DecodingConfig
+from llmgen.loading import models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmgen.config import DEFAULTS, DecodingConfig, resolve
+from llmgen.decoding.config import DEFAULTS, DecodingConfig, resolve
 from llmgen.errors import ConfigError
 
 
@@ -22,7 +22,8 @@ def test_temperature_zero_is_greedy() -> None:
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.01), ("min_p", -0.1), ("min_p", 1.5),
-    ("frequency_penalty", 2.01), ("presence_penalty", -2.01), ("repetition_penalty", 0.0), ("repetition_penalty", 1e-4), ("repetition_penalty", 1e4),
+    ("frequency_penalty", 2.01), ("presence_penalty", -2.01), ("repetition_penalty", 0.0),
+    ("repetition_penalty", 1e-4), ("repetition_penalty", 1e4),
     ("top_k", -1), ("n", 0), ("max_new_tokens", 0), ("penalty_window", -1), ("penalty_scope", "prompt"),
     ("num_beams", 0), ("early_stopping", "sometimes"), ("stop", ("",)),
 ])

@@ -16,8 +16,8 @@ import pytest
 import torch
 from test_cli import assert_one_line_error, run
 
-from llmgen.config import DecodingConfig
-from llmgen.processors import stages
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors import stages
 
 SCHEMA = {
     "type": "object",
@@ -67,8 +67,8 @@ def test_without_llguidance_the_options_say_how_to_install_it(capsys, char_model
 
 def test_the_matcher_rolls_back_to_exactly_the_earlier_mask(wide_model: Path) -> None:
     llguidance_required()
-    from llmgen import models
-    from llmgen.constraints import new_matcher
+    from llmgen.decoding.constraints import new_matcher
+    from llmgen.loading import models
 
     loaded = models.load(str(wide_model))
     matcher = new_matcher(DecodingConfig(regex=REGEX), loaded)
@@ -254,8 +254,8 @@ def test_a_preset_carries_a_constraint(capsys, wide_model: Path, tmp_path: Path)
     assert code == 0, err
     assert all(re.fullmatch(REGEX, row["text"]) for row in json_rows(out))
     table = tmp_path / "person.toml"
-    table.write_text('[schema]\ntype = "object"\nrequired = ["a"]\nadditionalProperties = false\n[schema.properties.a]\ntype = "integer"\n'
-                     'maximum = 9\nminimum = 0\n')
+    table.write_text('[schema]\ntype = "object"\nrequired = ["a"]\nadditionalProperties = false\n'
+                     '[schema.properties.a]\ntype = "integer"\nmaximum = 9\nminimum = 0\n')
     code, out, err = run(capsys, "generate", "-m", str(wide_model), "--raw", "--preset", str(table), "-N", "24",
                          "--seed", "1", "--json", "-q", "x")
     assert code == 0, err

@@ -22,12 +22,12 @@ import pytest
 import torch
 from test_speculative_distribution import LENGTH, SAMPLES, VOCAB, TableLM, chi_square_p_value, logits_table
 
-from llmgen import models
-from llmgen.config import DecodingConfig
-from llmgen.processors import distribution, penalty_context, token_counts
-from llmgen.sampling import make_generator
-from llmgen.speculative import DraftModelProposer, FixedGamma, NgramProposer, speculative_tokens
-from llmgen.speculative.proposers import ForcedFirst
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors import distribution, penalty_context, token_counts
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.speculative import DraftModelProposer, FixedGamma, NgramProposer, speculative_tokens
+from llmgen.decoding.speculative.proposers import ForcedFirst
+from llmgen.loading import models
 
 EOS = 1
 CHARS = "abcdefgh ."  # token 3 + i is CHARS[i], as in conftest
@@ -68,7 +68,7 @@ class TrieMatcher:
 def llguidance_matcher():
     """llguidance's matcher for the same language, over a byte-level tokenizer of the 13 char tokens."""
     llg = pytest.importorskip("llguidance")
-    from llmgen.constraints import Constraint
+    from llmgen.decoding.constraints import Constraint
 
     class CharTokens:
         eos_token_id, bos_token_id = EOS, 0
@@ -146,7 +146,7 @@ def test_constrained_speculative_samples_follow_the_constrained_target(tables, k
 
 
 def test_the_ngram_draft_is_cut_at_the_first_forbidden_token() -> None:
-    from llmgen.speculative.loop import constrain_draft
+    from llmgen.decoding.speculative.loop import constrain_draft
 
     matcher = TrieMatcher()
     q = torch.full((3, VOCAB), 1.0 / VOCAB)

@@ -8,11 +8,12 @@ import itertools
 import pytest
 import torch
 
-from llmgen import models
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
-from llmgen.generation import run_sequence
-from llmgen.sampling import make_generator
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import run_sequence
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM
 
 
 def hf_greedy(loaded, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> list[int]:

@@ -1,6 +1,6 @@
 """Every `llmgen ...` command line shown in README.md and docs/*.md (in fenced code blocks, and in
-inline code) parses: the command exists and each flag it uses is an option of that command. Checked against the click commands that typer
-builds from the app; no model is loaded and nothing runs."""
+inline code) parses: the command exists and each flag it uses is an option of that command. Checked
+against the click commands that typer builds from the app; no model is loaded and nothing runs."""
 
 from __future__ import annotations
 

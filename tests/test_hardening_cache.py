@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from llmgen import gguf_cache, models
 from llmgen.cli import main
+from llmgen.loading import gguf_cache, models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,9 +101,10 @@ def leftovers(target: Path) -> list[str]:
 
 
 def greedy(loaded: models.LoadedModel) -> list[int]:
-    from llmgen.config import DecodingConfig
-    from llmgen.decode import CachedLM, sample_tokens
-    from llmgen.sampling import make_generator
+    from llmgen.decoding.config import DecodingConfig
+    from llmgen.decoding.plain import sample_tokens
+    from llmgen.decoding.sampling import make_generator
+    from llmgen.loading.engines.torch import CachedLM
 
     tokens = sample_tokens(CachedLM(loaded.model), [3, 4, 5], DecodingConfig(temperature=0), make_generator(0))
     return [next(tokens) for _ in range(8)]
@@ -337,7 +338,7 @@ def test_two_processes_converting_at_once_both_succeed_and_convert_once(tmp_path
     procs = [llmgen_with_stand_in(tmp_path, char_model, cache, [GENERATE[0], "-m", str(gguf), *GENERATE[1:]],
                                   save_seconds=1.5) for _ in range(2)]
     outputs = [proc.communicate(timeout=240) for proc in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err.decode()
         assert b"Traceback" not in err
     assert json.loads(outputs[0][0])["token_ids"] == json.loads(outputs[1][0])["token_ids"]

@@ -1,4 +1,4 @@
-"""Hostile, truncated and corrupt GGUF files: each is refused by the header check (`llmgen.gguf_check`)
+"""Hostile, truncated and corrupt GGUF files: each is refused by the header check (`llmgen.loading.gguf_check`)
 with one line, before transformers reads a byte of it, in bounded time and memory.
 
 The files are small valid GGUF files written with the gguf package's GGUFWriter, then damaged at a
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmgen import gguf_check, models
 from llmgen.cli import main
 from llmgen.errors import ModelError
+from llmgen.loading import gguf_check, models
 
 TOKENS_KEY = b"tokenizer.ggml.tokens"
 EMBED = b"token_embd.weight"

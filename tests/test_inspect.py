@@ -15,10 +15,10 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llmgen import processors
 from llmgen.cli import main
-from llmgen.config import DecodingConfig
-from llmgen.inspection import view_stages
+from llmgen.decoding import processors
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.inspection import view_stages
 
 VOCAB = 97
 NAMES = ["raw", "penalties", "temperature", "top_k", "top_p", "min_p"]

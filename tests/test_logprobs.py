@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen import models
-from llmgen.batch import Limits, sample_rows
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, plain_source
+from llmgen.decoding.batch import Limits, sample_rows
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, to_json, token_logprobs
+from llmgen.decoding.plain import plain_source
+from llmgen.decoding.processors import penalty_context, process, token_counts
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import run_sequence
+from llmgen.decoding.speculative import speculate
 from llmgen.errors import UsageError
-from llmgen.generation import run_sequence
-from llmgen.logprobs import LogprobSpec, TokenLogprob, to_json, token_logprobs
-from llmgen.processors import penalty_context, process, token_counts
-from llmgen.rowcache import row_cache
-from llmgen.sampling import make_generator
-from llmgen.speculative import speculate
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM, row_cache
 
 GREEDY = DecodingConfig(temperature=0, max_new_tokens=20, ignore_eos=True)
 PENALISED = GREEDY.replace(frequency_penalty=0.7, presence_penalty=0.3, repetition_penalty=1.2)
@@ -164,7 +164,7 @@ def test_batched_rows_report_what_plain_decoding_reports(target, config) -> None
                     no_repeat_ngram_size=2, early_stopping="never"), "processed"),
 ], ids=["plain", "penalties-ngram"])
 def test_beam_logprobs_add_up_to_the_unnormalised_score(target, config, mode) -> None:
-    from llmgen.beam import beam_search, to_result
+    from llmgen.decoding.beam import beam_search, to_result
 
     prompt = target.tokenizer("abc ab")["input_ids"]
     found = beam_search(target.model, prompt, config, target.eos_token_ids, config.max_new_tokens,

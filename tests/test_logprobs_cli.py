@@ -12,8 +12,8 @@ from rich.console import Console
 
 from llmgen.cli import main
 from llmgen.cli.probs_view import ProbsRenderer, band_style
-from llmgen.generation import SequenceResult
-from llmgen.logprobs import TokenLogprob
+from llmgen.decoding.logprobs import TokenLogprob
+from llmgen.decoding.sequence import SequenceResult
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

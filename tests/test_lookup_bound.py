@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from llmgen.bench.lookup_bound import bound, copy_oracle, lookup_draft, replay
-from llmgen.config import DecodingConfig
-from llmgen.speculative import FixedGamma, NgramProposer, SpeculativeStats, speculative_tokens
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.speculative import FixedGamma, NgramProposer, SpeculativeStats, speculative_tokens
 
 VOCAB = 8
 

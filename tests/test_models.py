@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmgen import models
 from llmgen.errors import ModelError
+from llmgen.loading import models
 
 
 def test_default_alias_is_the_embedded_gguf() -> None:

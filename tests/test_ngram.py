@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.speculative.proposers import NgramProposer, prompt_lookup
 from llmgen.errors import UsageError
-from llmgen.sampling import make_generator
-from llmgen.speculative.proposers import NgramProposer, prompt_lookup
 
 
 def test_continues_the_match_of_the_last_tokens() -> None:

@@ -13,8 +13,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llmgen import processors
-from llmgen.config import DecodingConfig
+from llmgen.decoding import processors
+from llmgen.decoding.config import DecodingConfig
 
 ROWS, VOCAB = 6, 97
 

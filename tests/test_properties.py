@@ -20,10 +20,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmgen import processors
-from llmgen.config import DecodingConfig
+from llmgen.decoding import processors
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.sampling import make_generator, random_pick
 from llmgen.errors import ConfigError
-from llmgen.sampling import make_generator, random_pick
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -134,7 +134,7 @@ def distributions(draw: st.DrawFn, rows: int, vocab: int) -> torch.Tensor:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_the_verifier_returns_between_1_and_gamma_plus_1_tokens(data: st.DataObject) -> None:
-    from llmgen.speculative.verify import verify
+    from llmgen.decoding.speculative.verify import verify
 
     gamma = data.draw(st.integers(0, 8), label="gamma")
     vocab = data.draw(st.integers(2, 12), label="vocab")
@@ -169,7 +169,7 @@ def random_model(tokenizer, seed: int, layers: int, hidden: int):
     """A random llama over the 13-token char vocabulary, in memory, wrapped as a LoadedModel."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llmgen.models import LoadedModel
+    from llmgen.loading.models import LoadedModel
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
@@ -186,9 +186,10 @@ def random_model(tokenizer, seed: int, layers: int, hidden: int):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_greedy_speculative_equals_greedy_for_random_tiny_models(tokenizer, data: st.DataObject) -> None:
-    from llmgen.decode import CachedLM, sample_tokens
-    from llmgen.generation import run_sequence
-    from llmgen.speculative import speculate
+    from llmgen.decoding.plain import sample_tokens
+    from llmgen.decoding.sequence import run_sequence
+    from llmgen.decoding.speculative import speculate
+    from llmgen.loading.engines.torch import CachedLM
 
     target = random_model(tokenizer, data.draw(st.integers(0, 10**6), label="target seed"),
                           data.draw(st.integers(1, 2), label="layers"), 32)

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen import models
-from llmgen.decode import CachedLM
-from llmgen.rowcache import RowCache, row_cache
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM, RowCache, row_cache
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmgen.quant import blocks as qb
-from llmgen.quant.linear import Int4Linear
+from llmgen.loading.quant import blocks as qb
+from llmgen.loading.quant.linear import Int4Linear
 
 gguf = pytest.importorskip("gguf")
 

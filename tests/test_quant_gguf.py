@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmgen.quant import pack
-from llmgen.quant.llama import Shape
+from llmgen.loading.quant import pack
+from llmgen.loading.quant.llama import Shape
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType

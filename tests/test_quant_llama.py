@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen import models
-from llmgen.decode import CachedLM
-from llmgen.quant import llama, pack
+from llmgen.loading import models
+from llmgen.loading.quant import llama, pack
 
 
 def _hf(path: Path):

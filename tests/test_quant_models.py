@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen import models
 from llmgen.cli import main
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.speculative import DraftModelProposer, FixedGamma, speculate, speculative_tokens
 from llmgen.errors import ModelError, UsageError
-from llmgen.quant import cache as qcache
-from llmgen.quant import pack
-from llmgen.quant.llama import Shape
-from llmgen.quant.llama import LeanLlama
-from llmgen.sampling import make_generator
-from llmgen.speculative import DraftModelProposer, FixedGamma, speculate, speculative_tokens
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM
+from llmgen.loading.quant import cache as qcache
+from llmgen.loading.quant import pack
+from llmgen.loading.quant.llama import LeanLlama, Shape
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -107,9 +107,8 @@ def test_unknown_quant_is_a_usage_error(capsys, char_model: Path) -> None:
 
 
 def test_an_architecture_without_an_int4_path_is_one_line(capsys, tmp_path) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from conftest import build_char_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=13, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(tmp_path)
@@ -163,8 +162,15 @@ def test_the_small_draft_keeps_embedded_greedy_exact(embedded) -> None:
 def test_speculative_sampling_with_an_int4_draft_follows_the_target(char_model: Path, draft_model: Path) -> None:
     """The chi-square test of test_speculative_distribution with the real int4 draft model (its own cache,
     its bfloat16 numerics) in the loop, every sampling option on."""
-    from test_speculative_distribution import (LENGTH, SAMPLES, CONFIGS, TableLM, chi_square_p_value, exact_joint,
-                                               logits_table)
+    from test_speculative_distribution import (
+        CONFIGS,
+        LENGTH,
+        SAMPLES,
+        TableLM,
+        chi_square_p_value,
+        exact_joint,
+        logits_table,
+    )
 
     config = CONFIGS["temperature-topk-topp-penalties"]
     target = models.load(str(char_model))

@@ -10,17 +10,16 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 
-from llmgen import models  # noqa: E402
-from llmgen.batch import Limits, Row, decode_rows  # noqa: E402
 from llmgen.cli import main  # noqa: E402
-from llmgen.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.batch import Limits, Row, decode_rows  # noqa: E402
+from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.sampling import make_generator  # noqa: E402
 from llmgen.distributed.ray import decode_on_ray  # noqa: E402
-from llmgen.rowcache import row_cache  # noqa: E402
-from llmgen.sampling import make_generator  # noqa: E402
+from llmgen.loading import models  # noqa: E402
+from llmgen.loading.engines.torch import row_cache  # noqa: E402
 
 LOAD = {"device": "cpu", "dtype": "auto", "quant": "auto", "offline": True, "allow_pickle": False,
         "trust_remote_code": False}

@@ -17,10 +17,11 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llmgen import models
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, pick, sample_tokens
-from llmgen.sampling import make_generator, random_pick
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import pick, sample_tokens
+from llmgen.decoding.sampling import make_generator, random_pick
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM
 
 SAMPLES = 20_000
 ALL_ON = DecodingConfig(temperature=0.8, top_k=8, top_p=0.95, min_p=0.02,
@@ -28,7 +29,7 @@ ALL_ON = DecodingConfig(temperature=0.8, top_k=8, top_p=0.95, min_p=0.02,
 
 
 def oracle_distribution(logits: torch.Tensor, tokens: list[int], config: DecodingConfig) -> torch.Tensor:
-    """The target distribution via the OpenAI formula + HF warpers, independent of llmgen.processors."""
+    """The target distribution via the OpenAI formula + HF warpers, independent of llmgen.decoding.processors."""
     logits = logits.clone().float()
     for j in set(tokens):
         c = tokens.count(j)

@@ -16,11 +16,12 @@ from pathlib import Path
 import psutil
 import torch
 
-from llmgen import models
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
-from llmgen.generation import run_sequence
-from llmgen.sampling import make_generator
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import run_sequence
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM
 
 MB = 1024 * 1024
 BOUND_MB = 50  # growth allowed after warm-up, on top of the KV cache

@@ -9,15 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen import models
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
-from llmgen.errors import IncompatibleDraftError
-from llmgen.sampling import make_generator
-from llmgen.speculative import (DraftModelProposer, FixedGamma, Proposal, SpeculativeStats,
-                                check_compatible, speculate, speculative_tokens)
-from llmgen.speculative.runner import parse_gamma
-from llmgen.errors import UsageError
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.speculative import (
+    DraftModelProposer,
+    FixedGamma,
+    Proposal,
+    SpeculativeStats,
+    check_compatible,
+    speculate,
+    speculative_tokens,
+)
+from llmgen.decoding.speculative.runner import parse_gamma
+from llmgen.errors import IncompatibleDraftError, UsageError
+from llmgen.loading import models
+from llmgen.loading.engines.torch import CachedLM
 
 
 @pytest.fixture(scope="module")

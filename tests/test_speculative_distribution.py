@@ -3,7 +3,7 @@
 The target and the draft are the tiny char models (different weights, same 13-token vocabulary), so
 rejections really happen. To keep 10^4 samples fast, their logits are computed once, for every context
 the runs can reach (prompt + up to 2 generated tokens), and served by `TableLM`, which behaves like
-`decode.CachedLM`. Everything else is the real loop: proposers, penalty counts at draft positions, the
+`CachedLM`. Everything else is the real loop: proposers, penalty counts at draft positions, the
 processor chain, `verify`, rollbacks. The joint distribution of 3 generated tokens is compared with
 the target's exact one, enumerated with the processor chain, by a chi-square test.
 """
@@ -19,11 +19,11 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from llmgen import models
-from llmgen.config import DecodingConfig
-from llmgen.processors import distribution, penalty_context, token_counts
-from llmgen.sampling import make_generator
-from llmgen.speculative import DraftModelProposer, FixedGamma, NgramProposer, speculative_tokens
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors import distribution, penalty_context, token_counts
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.speculative import DraftModelProposer, FixedGamma, NgramProposer, speculative_tokens
+from llmgen.loading import models
 
 LENGTH = 3  # generated tokens per sample
 SAMPLES = 10_000

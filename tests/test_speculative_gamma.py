@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmgen.speculative.gamma import CPU_FORWARD_COST, AdaptiveGamma, FixedGamma, expected_tokens
+from llmgen.decoding.speculative.gamma import CPU_FORWARD_COST, AdaptiveGamma, FixedGamma, expected_tokens
 
 
 def test_expected_tokens() -> None:
@@ -74,7 +74,7 @@ def simulate(policy, alpha: float, forward: dict[int, float], draft_step: float,
     None: i.i.d. acceptance) once the ones before it were."""
     import random
 
-    from llmgen.speculative.gamma import _interpolate
+    from llmgen.decoding.speculative.gamma import _interpolate
 
     rng = random.Random(0)
     tokens = seconds = 0.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmgen.sampling import make_generator
-from llmgen.speculative.verify import verify
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.speculative.verify import verify
 
 V = 5
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmgen.textstream import TextStream
+from llmgen.decoding.textstream import TextStream
 
 
 class ByteTokenizer:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmgen.config import DEFAULTS, DecodingConfig
+from llmgen.decoding.config import DEFAULTS, DecodingConfig
 from llmgen.errors import UsageError
 
 INSTALL = "pip install 'llmgen[vllm]' (vLLM is CUDA-only on PyPI and brings its own torch)"

@@ -1,6 +1,6 @@
 """The benchmark's only contact with speculative decoding and beam search.
 
-Both live in their own modules (`llmgen.speculative`, `llmgen.beam`). They are imported here, inside
+Both live in their own modules (`llmgen.decoding.speculative`, `llmgen.decoding.beam`). They are imported here, inside
 the functions, so that the rest of the benchmark runs on an installation that lacks them.
 """
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from llmgen.config import DecodingConfig
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.sequence import token_budget
 from llmgen.errors import UsageError
-from llmgen.generation import token_budget
-from llmgen.models import LoadedModel
+from llmgen.loading.models import LoadedModel
 
 TokenSource = Iterator[tuple[int, str]]
 
@@ -25,7 +25,7 @@ def speculative_source(target: LoadedModel, draft: LoadedModel | None, prompt_id
     """A token source of speculative decoding, and a function giving its statistics once it is done
     (target_forwards, draft_tokens, accepted_tokens, acceptance_rate, tokens_per_target_forward, ...)."""
     try:
-        from llmgen.speculative import make_source
+        from llmgen.decoding.speculative import make_source
     except ModuleNotFoundError:
         raise UsageError("speculative decoding is not part of this installation") from None
     return make_source(target, draft, prompt_ids, config, generator, gamma=gamma)
@@ -34,7 +34,7 @@ def speculative_source(target: LoadedModel, draft: LoadedModel | None, prompt_id
 def beam_tokens(loaded: LoadedModel, prompt_ids: list[int], config: DecodingConfig) -> list[int]:
     """The best beam's generated token ids (with the final EOS if it ended on one)."""
     try:
-        from llmgen.beam import beam_search
+        from llmgen.decoding.beam import beam_search
     except ModuleNotFoundError:
         raise UsageError("beam search is not part of this installation") from None
     budget = token_budget(len(prompt_ids), config, loaded.context_length)

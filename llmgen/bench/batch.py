@@ -12,12 +12,11 @@ from typing import Any
 
 import torch
 
-from llmgen import models
-from llmgen.batch import Limits, Row, decode_rows, row_generator
 from llmgen.bench.prompts import load as load_set
-from llmgen.config import DecodingConfig
-from llmgen.generation import encode_prompt
-from llmgen.rowcache import row_cache
+from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.sequence import encode_prompt
+from llmgen.loading import models
 
 SIZES = (1, 2, 4, 8, 16)
 
@@ -70,7 +69,7 @@ def sweep(loaded: models.LoadedModel, runs: int, with_hf: bool = True, sizes: Se
         def ours(_: int) -> int:
             start, finished = time.perf_counter(), []
             rows = [Row(i, p, config, row_generator(0, i)) for i, p in enumerate(prompts)]
-            decode_rows(row_cache(loaded.model), rows, Limits.of(loaded), batch_size=size, continuous=False,
+            decode_rows(loaded.engine.rows(), rows, Limits.of(loaded), batch_size=size, continuous=False,
                         on_done=lambda row, result: finished.append(time.perf_counter() - start))
             latencies["llmgen"].append(statistics.mean(finished))
             return new * len(prompts)

@@ -27,13 +27,13 @@ from typing import Any
 import torch
 
 from llmgen.bench.stats import PeakMemory
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import run_sequence, token_budget
+from llmgen.decoding.stats import Timer
 from llmgen.errors import UsageError
-from llmgen.generation import run_sequence, token_budget
-from llmgen.models import LoadedModel
-from llmgen.sampling import make_generator
-from llmgen.stats import Timer
+from llmgen.loading.models import LoadedModel
 
 # The strategies `llmgen bench` knows, in the order rows are shown. `int4` is plain decoding with the
 # target's weights in 4 bits (`--quant int4`), measured against `plain` in the same run.
@@ -45,7 +45,8 @@ HF_PROMPT_LOOKUP = 10  # HF generate(prompt_lookup_num_tokens=...), the value HF
 
 def available(strategy: str) -> str | None:
     """None when the strategy can run here, else why not."""
-    module = {"ngram": "llmgen.speculative", "draft": "llmgen.speculative", "beam": "llmgen.beam"}.get(strategy)
+    module = {"ngram": "llmgen.decoding.speculative", "draft": "llmgen.decoding.speculative",
+              "beam": "llmgen.decoding.beam"}.get(strategy)
     if module is None:
         return None
     try:
@@ -99,7 +100,7 @@ class Marks:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_timer(cls, timer: Timer, token_ids: list[int], extra: dict[str, Any] | None = None) -> "Marks":
+    def from_timer(cls, timer: Timer, token_ids: list[int], extra: dict[str, Any] | None = None) -> Marks:
         return cls(timer.prefill_seconds if timer.first is not None else None,
                    timer.tokens_per_second or None, token_ids, extra or {})
 
@@ -145,7 +146,7 @@ def plain(loaded: LoadedModel, config: DecodingConfig, label: str = "plain",
           strategy: str = "plain") -> Contender:
     def run_once(ids: list[int]) -> RunRecord:
         def make_source(generator: torch.Generator) -> Any:
-            tokens = sample_tokens(CachedLM(loaded.model), ids, config, generator)
+            tokens = sample_tokens(loaded.engine.sequence(), ids, config, generator)
             return ((token, "target") for token in tokens), dict
 
         return measure(loaded.device, lambda: _run_source(loaded, config, ids, make_source), len(ids))
@@ -277,7 +278,7 @@ class ForwardClock:
 
     def __init__(self, loaded: LoadedModel, prompt_ids: Sequence[int]) -> None:
         self.loaded = loaded
-        self.lm = CachedLM(loaded.model)
+        self.lm = loaded.engine.sequence()
         self.lm.forward(prompt_ids)
         self.base = self.lm.length
         self.prompt_ids = list(prompt_ids)

@@ -24,15 +24,15 @@ from llmgen.errors import ModelError
 _PROBE = """
 import json, resource, sys, time
 started = time.perf_counter()
-from llmgen import models
+from llmgen.loading import models
 loaded = models.load(sys.argv[1], quant=sys.argv[2])
 generate = int(sys.argv[3])
 if generate:  # a greedy run after loading, so that the peak includes the KV cache and activations
-    from llmgen.config import DecodingConfig
-    from llmgen.decode import CachedLM, sample_tokens
-    from llmgen.sampling import make_generator
+    from llmgen.decoding.config import DecodingConfig
+    from llmgen.decoding.plain import sample_tokens
+    from llmgen.decoding.sampling import make_generator
     ids = loaded.tokenizer("Write a short story about a lighthouse keeper.")["input_ids"]
-    tokens = sample_tokens(CachedLM(loaded.model), ids, DecodingConfig(temperature=0.0), make_generator(0))
+    tokens = sample_tokens(loaded.engine.sequence(), ids, DecodingConfig(temperature=0.0), make_generator(0))
     for _ in range(generate):
         next(tokens)
 try:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
-from llmgen.models import LoadedModel
-from llmgen.sampling import make_generator
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.loading.models import LoadedModel
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")
 
@@ -28,7 +27,7 @@ def profile_plain(loaded: LoadedModel, prompt_ids: list[int], config: DecodingCo
                   rows: int = 20) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
-    tokens = sample_tokens(CachedLM(loaded.model), prompt_ids, config, make_generator(0, loaded.device))
+    tokens = sample_tokens(loaded.engine.sequence(), prompt_ids, config, make_generator(0, loaded.device))
     for _ in range(4):  # prefill and a few steps outside the profile
         next(tokens)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if loaded.device.type == "cuda" else [])

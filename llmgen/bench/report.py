@@ -118,7 +118,7 @@ def machine(device: torch.device) -> str:
 
 
 def today() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # --- formatting ----------------------------------------------------------------------------------

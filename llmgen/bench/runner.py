@@ -20,14 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from llmgen.bench import contenders as cs
 from llmgen.bench.prompts import PromptSet
 from llmgen.bench.stats import Summary, peak_rss_bytes, quality, schedule, summarize
-from llmgen.config import DecodingConfig
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.sequence import encode_prompt
 from llmgen.errors import PromptError, UsageError
-from llmgen.generation import encode_prompt
-from llmgen.models import LoadedModel
+from llmgen.loading.models import LoadedModel
 
 # Called before each run: (runs done, runs in all, what runs now).
 OnProgress = Callable[[int, int, str], None]

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import inspect
 from types import SimpleNamespace
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from llmgen import models
 from llmgen.backends import BACKENDS
 from llmgen.backends import vllm as vllm_backend
 from llmgen.cli import common
 from llmgen.cli.output import make_renderer
-from llmgen.config import Resolved
+from llmgen.decoding.config import Resolved
+from llmgen.decoding.sequence import SequenceResult, encode_prompt, token_budget
 from llmgen.errors import UsageError
-from llmgen.generation import SequenceResult, encode_prompt, token_budget
-from llmgen.hfutil import quiet
+from llmgen.loading import models
+from llmgen.loading.hfutil import quiet
 
 PANEL = "Backend"
 
@@ -31,11 +31,11 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 
 
 BACKEND = [
-    _option("backend", Annotated[Optional[str], typer.Option(
+    _option("backend", Annotated[str | None, typer.Option(
         "--backend", metavar="hf|vllm", rich_help_panel=PANEL, show_default="hf, or the preset's backend",
         help="hf: llmgen's own decoding. vllm: the same settings run by vLLM (tensor- and pipeline-parallel "
              "models on GPUs; extra llmgen\\[vllm]); what vLLM cannot do exactly is refused.")], None),
-    _option("vllm_option", Annotated[Optional[list[str]], typer.Option(
+    _option("vllm_option", Annotated[list[str] | None, typer.Option(
         "--vllm-option", metavar="KEY=VALUE", rich_help_panel=PANEL, show_default="none",
         help="A vLLM engine key, repeatable: tensor_parallel_size, pipeline_parallel_size, "
              "distributed_executor_backend, gpu_memory_utilization, max_model_len (over the preset's "
@@ -169,7 +169,7 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
 
 
 RAY = [
-    _option("ray", Annotated[Optional[str], typer.Option(
+    _option("ray", Annotated[str | None, typer.Option(
         "--ray", metavar="ADDRESS", rich_help_panel=PANEL, show_default="off",
         help="With --input: shard the prompts over Ray actors, each running llmgen's own batched decoding. ADDRESS: "
              "local (start a Ray instance here), auto (join a running cluster) or ray://HOST:PORT (extra llmgen\\[ray]).")], None),

@@ -17,22 +17,22 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any, Optional
+from typing import IO, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmgen import constraints, prompt_file
-from llmgen.batch import DEFAULT_BATCH_SIZE, Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen import prompt_file
 from llmgen.cli.output import Renderer, stderr_console
-from llmgen.config import Resolved
+from llmgen.decoding import constraints
+from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen.decoding.config import Resolved
+from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import SequenceResult, encode_prompt
 from llmgen.errors import LlmgenError, UsageError
-from llmgen.generation import SequenceResult, encode_prompt
-from llmgen.hfutil import first_line
-from llmgen.logprobs import LogprobSpec, TokenLogprob
-from llmgen.models import LoadedModel
-from llmgen.rowcache import row_cache
-from llmgen.sampling import make_generator
+from llmgen.loading.hfutil import first_line
+from llmgen.loading.models import LoadedModel
 
 PANEL = "Many prompts (--input)"
 RECORD_SEPARATOR = "\x1e"
@@ -43,7 +43,7 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 
 
 BATCH = [
-    _option("input", Annotated[Optional[str], typer.Option(
+    _option("input", Annotated[str | None, typer.Option(
         "--input", "-i", metavar="FILE", rich_help_panel=PANEL, show_default="off",
         help="Decode every prompt of FILE ('-' = stdin): one prompt per line, or JSON Lines with \"prompt\" "
              "and optional \"id\", \"system\" and decoding keys as in presets (they override the command line "
@@ -59,7 +59,7 @@ BATCH = [
         "-0", "--null", rich_help_panel=PANEL,
         help="Text output: end each text with a NUL byte, instead of separating texts by a line holding "
              "only the record separator \\x1e.")], False),
-    _option("resume", Annotated[Optional[Path], typer.Option(
+    _option("resume", Annotated[Path | None, typer.Option(
         "--resume", metavar="FILE", rich_help_panel=PANEL, show_default="off", dir_okay=False,
         help="Append JSON rows to FILE (JSON Lines) instead of stdout, skipping the prompts whose index is already "
              "there (an error row counts as done: delete it to retry).")], None),
@@ -77,7 +77,7 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
     """The `n` samples as one batch, rendered in sample order."""
     config = resolved.config
     shown = InOrder(renderer, config.n)
-    return sample_rows(row_cache(loaded.model), ids, config, Limits.of(loaded), on_text=shown.text, on_done=shown.done,
+    return sample_rows(loaded.engine.rows(), ids, config, Limits.of(loaded), on_text=shown.text, on_done=shown.done,
                        logprobs=logprobs, constraint=constraints.for_model(config, loaded))
 
 
@@ -287,7 +287,7 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
             if decoder is not None:
                 decoder(rows(), done, lambda row, why: fail(row.key, why))
             else:
-                decode_rows(row_cache(loaded.model), rows(), Limits.of(loaded), batch_size=batch["batch_size"],
+                decode_rows(loaded.engine.rows(), rows(), Limits.of(loaded), batch_size=batch["batch_size"],
                             on_done=done)
         finally:
             writer.drain()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from llmgen.cli import common
 from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, with_options
 from llmgen.cli.output import stderr_console
-from llmgen.config import DecodingConfig
+from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import IncompatibleDraftError, ModelError, UsageError
 
 PANEL = "Benchmark"
@@ -75,18 +75,18 @@ def pick_strategies(requested: list[str], explicit: bool, drafts: list[str], mod
 @with_options(sampling=SAMPLING, model_opts=MODEL, output=OUTPUT)
 def bench(
     *,
-    prompts: Annotated[Optional[list[str]], typer.Option(
+    prompts: Annotated[list[str] | None, typer.Option(
         "--prompts", help="Prompt sets: built-in grounded, correct, proofread, open, code, or a file (one prompt per line, or JSONL "
         'with a "prompt" field). Repeat or separate with commas.', show_default="grounded",
         rich_help_panel=PANEL)] = None,
-    strategies: Annotated[Optional[list[str]], typer.Option(
+    strategies: Annotated[list[str] | None, typer.Option(
         "--strategies", "-s", help="plain, int4 (plain decoding with the target's weights in 4 bits), penalties, "
         "ngram, draft, beam; repeat or separate with commas.",
         show_default="plain,int4,ngram,draft,beam (those that can run)", rich_help_panel=PANEL)] = None,
-    gamma: Annotated[Optional[list[str]], typer.Option(
+    gamma: Annotated[list[str] | None, typer.Option(
         "--gamma", "-g", help="Draft lengths for ngram and draft, e.g. 1,2,4,8,auto (a sweep).",
         show_default="5", rich_help_panel=PANEL)] = None,
-    draft: Annotated[Optional[list[str]], typer.Option(
+    draft: Annotated[list[str] | None, typer.Option(
         "--draft", help="Draft model(s) for the draft strategy, each with its alias's own --quant ('small' is "
         "int4); 'self' is the target in int4. Repeatable.",
         show_default="small, with the default model", rich_help_panel=PANEL)] = None,
@@ -100,10 +100,10 @@ def bench(
                                           "with the same settings; 'llamacpp' adds llama.cpp on the same GGUF file "
                                           "(greedy, the same threads; extra llmgen\\[llamacpp]); both: hf,llamacpp.",
                                           rich_help_panel=PANEL)] = "none",
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: tokens/s by strategy, speedup "
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: tokens/s by strategy, speedup "
                                                  "against γ (needs the extra llmgen\\[plot]: matplotlib).", show_default="none",
                                                  rich_help_panel=PANEL)] = None,
-    batch_sizes: Annotated[Optional[str], typer.Option(
+    batch_sizes: Annotated[str | None, typer.Option(
         "--batch-sizes", metavar="LIST", rich_help_panel=PANEL, show_default="off",
         help="Instead of the strategies: the batch-size sweep, e.g. 1,2,4,8,16: throughput and mean row "
              "latency of batched greedy decoding (16 prompts, 16 new tokens), against HF generate() on the "
@@ -127,9 +127,10 @@ def bench(
 
       llmgen bench -s plain,penalties --prompts open --json > quality.json
     """
-    from llmgen.bench import prompts as prompt_sets
     from llmgen.bench import plot as plotting
-    from llmgen.bench import report, roofline as roof, runner
+    from llmgen.bench import prompts as prompt_sets
+    from llmgen.bench import report, runner
+    from llmgen.bench import roofline as roof
 
     baselines = set(_split([baseline])) - {"none"}
     if baselines - {"hf", "llamacpp"}:
@@ -189,7 +190,7 @@ def bench(
     llamacpp_gguf = None
     if "llamacpp" in baselines:
         from llmgen.bench import contenders
-        from llmgen.models import resolve
+        from llmgen.loading.models import resolve
 
         resolved_model = resolve(model_opts["model"])
         gguf = resolved_model.location if resolved_model.kind == "gguf" else None

@@ -1,4 +1,4 @@
-"""`llmgen chat`: a conversation that keeps the KV cache between turns (`llmgen/chat.py`); the REPL is
+"""`llmgen chat`: a conversation that keeps the KV cache between turns (`llmgen/decoding/chat.py`); the REPL is
 `cli/chat_repl.py`. Every sampling, penalty, preset and logprobs option of `generate`, and the draft
 options of `speculate`; --raw and beam search are refused."""
 
@@ -9,19 +9,20 @@ import inspect
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from llmgen import beam, constraints, presets
-from llmgen.chat import ChatSession, Conversation, Speculative
+from llmgen import presets
 from llmgen.cli import common
 from llmgen.cli.chat_repl import Repl, line_reader
 from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, decoding_flags, with_options
 from llmgen.cli.speculate import SPECULATIVE, _load_draft
-from llmgen.config import DEFAULTS, Resolved, canonical_key, resolve
+from llmgen.decoding import beam, constraints
+from llmgen.decoding.chat import ChatSession, Conversation, Speculative
+from llmgen.decoding.config import DEFAULTS, Resolved, canonical_key, resolve
+from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
 from llmgen.errors import ConfigError, UsageError
-from llmgen.speculative import NgramProposer, check_compatible, parse_gamma
 
 CLEAR = object()  # `/set KEY none`: forget the flag
 DRAFT_OPTIONS = ("draft", "gamma", "ngram_max", "ngram_min", "draft_dtype", "draft_quant")
@@ -33,7 +34,7 @@ def _plain_by_default(param: inspect.Parameter) -> inspect.Parameter:
         return param
     option = copy.copy(param.annotation.__metadata__[0])  # a copy: speculate's own stays as it is
     option.show_default = "none (plain decoding)"
-    return param.replace(annotation=Annotated[Optional[str], option])
+    return param.replace(annotation=Annotated[str | None, option])
 
 
 # The same option objects as speculate's (one flag, one definition); --compare and --trace stay there.
@@ -41,7 +42,7 @@ DRAFT = [_plain_by_default(p) for p in SPECULATIVE if p.name in DRAFT_OPTIONS]
 
 CHAT = [
     inspect.Parameter("history", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[Path], typer.Option(
+        Path | None, typer.Option(
             "--history", metavar="FILE.json", show_default="none", rich_help_panel="Prompt and output",
             help="Start from a saved transcript (OpenAI-style messages, as /save writes them).")]),
 ]

@@ -20,14 +20,14 @@ from typing import Any
 
 from rich.table import Table
 
-from llmgen import constraints
-from llmgen.chat import ChatSession, Conversation
 from llmgen.cli import common
 from llmgen.cli.output import Renderer, format_stats, stderr_console
-from llmgen.config import FIELDS
+from llmgen.decoding import constraints
+from llmgen.decoding.chat import ChatSession, Conversation
+from llmgen.decoding.config import FIELDS
+from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.errors import LlmgenError, UsageError
-from llmgen.hfutil import first_line
-from llmgen.logprobs import LogprobSpec
+from llmgen.loading.hfutil import first_line
 
 LineReader = Callable[[str], str]  # returns a line without its newline; raises EOFError, KeyboardInterrupt
 FENCE = '"""'

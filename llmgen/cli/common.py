@@ -10,17 +10,18 @@ from typing import Any
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from llmgen import constraints, models, presets
+from llmgen import presets
 from llmgen.cli.options import decoding_flags
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.cli.output import make_renderer as output_renderer
-from llmgen.config import FIELDS, Resolved, resolve
+from llmgen.decoding import constraints
+from llmgen.decoding.config import FIELDS, Resolved, resolve
+from llmgen.decoding.logprobs import LogprobSpec
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import SequenceResult, TokenSource, encode_prompt, run_sequence
 from llmgen.errors import PromptError, UsageError
-from llmgen.generation import SequenceResult, TokenSource, encode_prompt, run_sequence
-from llmgen.logprobs import LogprobSpec
-from llmgen.models import LoadedModel
-from llmgen.sampling import make_generator
-
+from llmgen.loading import models
+from llmgen.loading.models import LoadedModel
 
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from llmgen import beam, constraints
 from llmgen.cli import backend_run, batch_run, common
 from llmgen.cli.backend_run import BACKEND, RAY
 from llmgen.cli.batch_run import BATCH
 from llmgen.cli.options import BEAM, LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.cli.output import TerminalRenderer, beam_progress
-from llmgen.config import Resolved
-from llmgen.decode import CachedLM, plain_source
+from llmgen.decoding import beam, constraints
+from llmgen.decoding.config import Resolved
+from llmgen.decoding.logprobs import LogprobSpec
+from llmgen.decoding.plain import plain_source
+from llmgen.decoding.sequence import token_budget
 from llmgen.errors import UsageError
-from llmgen.generation import token_budget
-from llmgen.logprobs import LogprobSpec
-from llmgen.models import LoadedModel
+from llmgen.loading.models import LoadedModel
 
 
 @with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH,
@@ -98,7 +98,7 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
     def plain(prompt_ids: list[int], generator: Any) -> Any:
         matcher = constraints.new_matcher(resolved.config, loaded)
-        return plain_source(CachedLM(loaded.model), prompt_ids, resolved.config, generator, spec, matcher), dict
+        return plain_source(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher), dict
 
     common.run_all(loaded, ids, resolved, renderer, plain)
 

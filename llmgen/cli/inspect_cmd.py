@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -16,10 +16,9 @@ from rich.table import Table
 
 from llmgen.cli import common
 from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
-from llmgen.decode import CachedLM
+from llmgen.decoding.inspection import StepView, check_room, inspect_steps
+from llmgen.decoding.sampling import make_generator
 from llmgen.errors import UsageError
-from llmgen.inspection import StepView, check_room, inspect_steps
-from llmgen.sampling import make_generator
 
 PANEL = "Inspect"
 
@@ -36,11 +35,11 @@ INSPECT = [
         "--steps", metavar="K", min=1, rich_help_panel=PANEL,
         help="Positions to show: each step picks a token (greedy, or sampled with the sampling options and "
              "--seed) and moves on.")], 1),
-    _option("continue_text", Annotated[Optional[str], typer.Option(
+    _option("continue_text", Annotated[str | None, typer.Option(
         "--continue", metavar="TEXT", rich_help_panel=PANEL, show_default="none",
         help="Append TEXT's tokens after the prompt first, as if generated, to look at the position after it.")],
         None),
-    _option("plot", Annotated[Optional[Path], typer.Option(
+    _option("plot", Annotated[Path | None, typer.Option(
         "--plot", metavar="FILE", rich_help_panel=PANEL, show_default="none",
         help="Also write a PNG of the first step: one bar chart per stage (needs the extra llmgen\\[plot]: "
              "matplotlib).")], None),
@@ -89,7 +88,7 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
     tokenizer = loaded.tokenizer
     console = Console(highlight=False)
     first: StepView | None = None
-    for step in inspect_steps(CachedLM(loaded.model), ids, forced, config, generator, own["steps"],
+    for step in inspect_steps(loaded.engine.sequence(), ids, forced, config, generator, own["steps"],
                               loaded.eos_token_ids):
         first = first or step
         if output["json"]:

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmgen import models
 from llmgen.errors import ModelError
+from llmgen.loading import models
 
 app = typer.Typer(help="Model aliases and the conversion cache.", no_args_is_help=True)
 

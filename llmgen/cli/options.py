@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from llmgen.config import DEFAULTS, FIELDS
+from llmgen.decoding.config import DEFAULTS, FIELDS
 from llmgen.errors import UsageError
 
 
@@ -33,7 +33,7 @@ def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter
 
 def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling") -> inspect.Parameter:
     option = typer.Option(*flags, help=_help(name), show_default=_default(name), rich_help_panel=panel)
-    return _param(name, Annotated[Optional[type_], option])
+    return _param(name, Annotated[type_ | None, option])
 
 
 SAMPLING = [
@@ -50,17 +50,17 @@ SAMPLING = [
     _decoding("penalty_window", int, "--penalty-window", panel="Penalties"),
     _decoding("max_new_tokens", int, "--max-new-tokens", "-N", panel="Length"),
     _decoding("stop", list[str], "--stop", panel="Length"),
-    _param("ignore_eos", Annotated[Optional[bool], typer.Option(
+    _param("ignore_eos", Annotated[bool | None, typer.Option(
         "--ignore-eos", help=_help("ignore_eos"), show_default="off", rich_help_panel="Length")]),
     _decoding("schema", str, "--schema", panel="Constrained output"),
-    _param("json_object", Annotated[Optional[bool], typer.Option(
+    _param("json_object", Annotated[bool | None, typer.Option(
         "--json-object", help=_help("json_object"), show_default="off", rich_help_panel="Constrained output")]),
     _decoding("regex", str, "--regex", panel="Constrained output"),
     _decoding("choice", list[str], "--choice", panel="Constrained output"),
     _decoding("grammar", str, "--grammar", panel="Constrained output"),
     _decoding("seed", int, "--seed"),
     _decoding("n", int, "-n", "--num-return-sequences"),
-    _param("preset", Annotated[Optional[str], typer.Option(
+    _param("preset", Annotated[str | None, typer.Option(
         "--preset", "-p", help="A preset name (see 'llmgen presets list') or a path to a TOML file.",
         show_default="none", rich_help_panel="Sampling")]),
     _param("dump_config", Annotated[bool, typer.Option(
@@ -72,11 +72,11 @@ BEAM_HELP = ("Beam search is deterministic: there is no beam sampling, so --temp
              "--top-k, --top-p and --min-p are refused with it. Penalties apply per beam, to that beam's tokens.")
 
 BEAM = [
-    _param("num_beams", Annotated[Optional[int], typer.Option(
+    _param("num_beams", Annotated[int | None, typer.Option(
         "--num-beams", help=f"{_help('num_beams')} {BEAM_HELP}", show_default=_default("num_beams"),
         rich_help_panel="Beam search")]),
     _decoding("length_penalty", float, "--length-penalty", panel="Beam search"),
-    _param("early_stopping", Annotated[Optional[str], typer.Option(
+    _param("early_stopping", Annotated[str | None, typer.Option(
         "--early-stopping", show_default=_default("early_stopping"), rich_help_panel="Beam search",
         help=f"{_help('early_stopping')} true: stop as soon as B hypotheses have finished. false: stop once B have "
              "finished and the best running beam, scored at its current length, cannot beat the worst of them "
@@ -111,11 +111,11 @@ MODEL = [
 ]
 
 OUTPUT = [
-    _param("chat", Annotated[Optional[bool], typer.Option(
+    _param("chat", Annotated[bool | None, typer.Option(
         "--chat/--raw", show_default="chat if the tokenizer has a chat template",
         help="Chat applies the tokenizer's chat template; raw tokenizes the prompt as it is.",
         rich_help_panel="Prompt and output")]),
-    _param("system", Annotated[Optional[str], typer.Option(
+    _param("system", Annotated[str | None, typer.Option(
         "--system", help="System message (chat mode).", rich_help_panel="Prompt and output")]),
     _param("json", Annotated[bool, typer.Option(
         "--json", help="Print one JSON object per sequence (JSON Lines) instead of text.",
@@ -125,11 +125,11 @@ OUTPUT = [
 ]
 
 LOGPROBS = [
-    _param("logprobs", Annotated[Optional[int], typer.Option(
+    _param("logprobs", Annotated[int | None, typer.Option(
         "--logprobs", metavar="N", show_default="off", rich_help_panel="Probabilities",
         help="Give each generated token's log-probability and its N most likely alternatives (0 to 20), in the "
              "\"logprobs\" field of --json rows (OpenAI's field names).")]),
-    _param("logprobs_mode", Annotated[Optional[str], typer.Option(
+    _param("logprobs_mode", Annotated[str | None, typer.Option(
         "--logprobs-mode", metavar="raw|processed", show_default="raw", rich_help_panel="Probabilities",
         help="raw: the model's distribution, before any processor. processed: the distribution the token was "
              "drawn from, after penalties, temperature and truncation (greedy: after the penalties).")]),
@@ -143,7 +143,7 @@ LOGPROBS = [
              "alternatives.")], False),
 ]
 
-PromptArg = Annotated[Optional[str], typer.Argument(
+PromptArg = Annotated[str | None, typer.Argument(
     help="The prompt. Read from stdin when it is '-' or absent and stdin is not a terminal.",
     show_default=False)]
 

@@ -22,8 +22,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from llmgen.generation import SequenceResult
-from llmgen.logprobs import TokenLogprob
+from llmgen.decoding.logprobs import TokenLogprob
+from llmgen.decoding.sequence import SequenceResult
 
 # How each token origin is shown on a terminal (speculative decoding colours them).
 ORIGIN_STYLES = {"target": "", "accepted": "green", "resampled": "bold red", "bonus": "cyan"}

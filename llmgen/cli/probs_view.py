@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from llmgen.cli.output import TerminalRenderer
-from llmgen.generation import SequenceResult
-from llmgen.logprobs import TokenLogprob
+from llmgen.decoding.logprobs import TokenLogprob
+from llmgen.decoding.sequence import SequenceResult
 
 # (lowest p of the band, style, label), most likely first.
 BANDS = ((0.9, "", "p ≥ 0.9"), (0.5, "cyan", "0.5–0.9"), (0.2, "yellow", "0.2–0.5"), (0.0, "red", "< 0.2"))

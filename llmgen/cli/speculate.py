@@ -6,23 +6,23 @@ import contextlib
 import inspect
 import json
 from pathlib import Path
-from typing import IO, Annotated, Any, Optional
+from typing import IO, Annotated, Any
 
 import typer
 
-from llmgen import models
 from llmgen.backends.vllm import Draft
 from llmgen.cli import backend_run, common
 from llmgen.cli.backend_run import BACKEND
 from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.cli.output import Renderer
-from llmgen.config import DecodingConfig
-from llmgen.decode import CachedLM, sample_tokens
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import SequenceResult, run_sequence
+from llmgen.decoding.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
 from llmgen.errors import ModelError, UsageError
-from llmgen.generation import SequenceResult, run_sequence
-from llmgen.models import LoadedModel
-from llmgen.sampling import make_generator
-from llmgen.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
+from llmgen.loading import models
+from llmgen.loading.models import LoadedModel
 
 PANEL = "Speculative decoding"
 SELF = "self"
@@ -36,7 +36,7 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 SPECULATIVE = [
     _option(name, annotation, default)
     for name, annotation, default in (
-        ("draft", Annotated[Optional[str], typer.Option(
+        ("draft", Annotated[str | None, typer.Option(
             "--draft", "-d", rich_help_panel=PANEL, show_default="none (required)",
             help="The draft: 'ngram' (prompt lookup, no model), 'self' (the target's own weights in int4), "
                  "or a model resolved as for --model (alias, directory, .gguf file, hub id) with the target's "
@@ -65,7 +65,7 @@ SPECULATIVE = [
         ("compare", Annotated[bool, typer.Option(
             "--compare", rich_help_panel=PANEL,
             help="Also run plain decoding with the same settings and report the measured speedup.")], False),
-        ("trace", Annotated[Optional[Path], typer.Option(
+        ("trace", Annotated[Path | None, typer.Option(
             "--trace", rich_help_panel=PANEL, show_default="off", metavar="FILE",
             help="Write one JSON line per round: proposed tokens, p(x) and q(x), accepted or not, "
                  "and the token that replaced the first rejection (or the bonus token).")], None),
@@ -214,7 +214,7 @@ def plain_baseline(target: LoadedModel, result: SequenceResult, config: Decoding
     count = max(1, len(result.token_ids))
     plain_config = config.replace(max_new_tokens=count, ignore_eos=True, stop=(), n=1)
     generator = make_generator(config.seed, target.device)
-    source = ((token, "target") for token in sample_tokens(CachedLM(target.model), result.prompt_token_ids,
+    source = ((token, "target") for token in sample_tokens(target.engine.sequence(), result.prompt_token_ids,
                                                            plain_config, generator))
     baseline = run_sequence(source, target.tokenizer, result.prompt_token_ids, plain_config,
                             target.eos_token_ids, target.context_length)

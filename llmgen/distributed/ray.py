@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from llmgen.batch import Limits, Row, decode_rows
-from llmgen.config import DecodingConfig
+from llmgen.decoding.batch import Limits, Row, decode_rows
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.logprobs import LogprobSpec
+from llmgen.decoding.sequence import SequenceResult
 from llmgen.errors import UsageError
-from llmgen.generation import SequenceResult
-from llmgen.logprobs import LogprobSpec
 
 INSTALL = "pip install 'llmgen[ray]'"
 
@@ -55,7 +55,7 @@ class RowDecoder:
     """The body of a Ray actor: one loaded model, llmgen's batched decoding over chunks of tasks."""
 
     def __init__(self, model: str, load_options: dict[str, Any], threads: int) -> None:
-        from llmgen import models
+        from llmgen.loading import models
 
         torch.set_num_threads(threads)
         self.loaded = models.load(model, **load_options)
@@ -64,8 +64,7 @@ class RowDecoder:
         return os.getpid()
 
     def decode(self, tasks: list[Task], batch_size: int) -> list[tuple[int, SequenceResult]]:
-        from llmgen import constraints
-        from llmgen.rowcache import row_cache
+        from llmgen.decoding import constraints
 
         loaded = self.loaded
         rows = []
@@ -76,7 +75,7 @@ class RowDecoder:
             rows.append(Row(task.key, task.prompt_ids, task.config, generator, logprobs=task.logprobs,
                             matcher=matcher))
         done: list[tuple[int, SequenceResult]] = []
-        decode_rows(row_cache(loaded.model), rows, Limits.of(loaded),
+        decode_rows(loaded.engine.rows(), rows, Limits.of(loaded),
                     batch_size=batch_size, on_done=lambda row, result: done.append((row.key, result)))
         return done
 

@@ -1,0 +1,228 @@
+"""Batched decoding: many rows, one forward per step.
+
+A row is one sequence: its prompt, its decoding settings, its own random stream and its own stop
+rules (`generation.SequenceState`). Each step of `decode_rows`:
+
+1. admit: pending rows fill the free slots (continuous batching), or, with `continuous=False`, only
+   when the batch is empty (static batches). Rows admitted together with the same prompt share one
+   prefill, and the cache row is repeated (this is how `-n N` works);
+2. pick: the processor chain and the pick, row by row (`pick_rows`);
+3. stop: each row's stop rules see its token; finished rows leave the cache at once;
+4. step: one forward over the rows still running.
+
+Why each row's output does not depend on the batch:
+- logits: rows never attend to each other; padding is masked (`rowcache.py`). Only fp32 rounding of
+  a different matrix shape can differ, which can flip a greedy pick at a near-tie.
+- penalties: counts come from the row's own prompt and tokens, every step.
+- constraints: each row owns its matcher (`constraints.py`), which masks only that row's logits.
+- randomness: each row draws from its own `torch.Generator`, seeded with `row_seed(seed, index)`,
+  so a row's draws do not depend on how many rows run beside it, or in which order they finish.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.constraints import Constraint, Matcher
+from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
+from llmgen.decoding.processors import penalty_context, process, token_counts
+from llmgen.decoding.sampling import greedy_pick, make_generator, random_pick
+from llmgen.decoding.sequence import SequenceResult, SequenceState
+from llmgen.loading.engines.torch import Rows
+
+DEFAULT_BATCH_SIZE = 8
+# NOTE: an odd 64-bit constant (2^64 / golden ratio): row seeds are far apart, and row 0 gets the seed
+# itself (torch reads a seed modulo 2^64), so sample 0 of `-n N --seed S` is what `--seed S` alone draws.
+_SEED_STRIDE = 0x9E3779B97F4A7C15
+
+
+def row_seed(seed: int, index: int) -> int:
+    return (seed + index * _SEED_STRIDE) % 2**64
+
+
+def row_generator(seed: int | None, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Row `index`'s random stream: from (seed, index), or fresh entropy without a seed."""
+    return make_generator(None if seed is None else row_seed(seed, index), device)
+
+
+@dataclass(eq=False)
+class Row:
+    """One sequence to decode. `key` identifies it to the caller (the sample or prompt index)."""
+
+    key: int
+    prompt_ids: list[int]
+    config: DecodingConfig
+    generator: torch.Generator
+    state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
+    logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
+    matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the stop rules need to know of the model."""
+
+    tokenizer: object
+    eos_token_ids: frozenset[int]
+    context_length: int
+
+    @classmethod
+    def of(cls, loaded: Any) -> Limits:
+        """The limits of a `models.LoadedModel` (or anything with those three attributes)."""
+        return cls(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
+
+
+OnText = Callable[[Row, str], None]
+OnDone = Callable[[Row, SequenceResult], None]
+
+
+def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogprob | None]]:
+    """Processors then the pick, for rows that may each have their own settings: [rows, vocab] -> [rows],
+    and each row's logprobs of its token (None for rows that did not ask).
+
+    Rows with equal settings go through the processor chain together; each sampled row then draws
+    with its own generator.
+    """
+    tokens = torch.empty(len(rows), dtype=torch.long)
+    entries: list[TokenLogprob | None] = [None] * len(rows)
+    vocab = logits.shape[-1]
+    groups: dict[tuple[DecodingConfig, LogprobSpec | None], list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[row.config, row.logprobs].append(i)
+    for (config, spec), members in groups.items():
+        counts = None
+        if config.uses_penalties:  # each row's own counts, derived from its own context
+            counts = torch.stack([
+                token_counts(penalty_context(rows[i].prompt_ids, rows[i].state.tokens, config), vocab, logits.device)
+                for i in members])  # [g, vocab]
+        allowed = None
+        if rows[members[0]].matcher is not None:  # NOTE: rows of one config are all constrained or none
+            allowed = torch.stack([rows[i].matcher.allowed() for i in members])  # [g, vocab]
+        processed = process(logits[members], counts, config, allowed)  # [g, vocab]
+        if config.greedy:
+            tokens[members] = greedy_pick(processed).cpu()
+        else:
+            probs = processed.softmax(dim=-1)
+            for j, i in enumerate(members):
+                tokens[i] = int(random_pick(probs[j:j + 1], rows[i].generator)[0])
+        if spec is not None:
+            for i, entry in zip(members, token_logprobs(logits[members], processed, tokens[members], spec)):
+                entries[i] = entry
+    return tokens, entries
+
+
+def decode_rows(cache: Rows, pending: Iterable[Row], limits: Limits, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                continuous: bool = True, on_text: OnText | None = None, on_done: OnDone | None = None) -> None:
+    """Decode every row of `pending` (read lazily), at most `batch_size` at a time.
+
+    `on_text(row, piece)` receives each row's final text as it is decided; `on_done(row, result)`
+    each finished row. On an exception (Ctrl-C included) the rows still running are dropped; rows
+    already passed to `on_done` are complete.
+    """
+    queue: Iterator[Row] = iter(pending)
+    active: list[Row] = []
+    try:
+        _loop(cache, queue, limits, batch_size, continuous, on_text, on_done, active)
+    except BaseException:
+        for row in active:  # NOTE: Ctrl-C: text held back (a possible stop string) is released, as in run_sequence
+            piece = row.state.finish() if row.state else ""
+            if piece and on_text:
+                on_text(row, piece)
+        raise
+
+
+def _loop(cache: Rows, queue: Iterator[Row], limits: Limits, batch_size: int, continuous: bool,
+          on_text: OnText | None, on_done: OnDone | None, active: list[Row]) -> None:
+    """The loop of `decode_rows`; `active` (the rows running) is kept up to date in place."""
+    logits = torch.empty(0)
+    exhausted = False
+    while True:
+        # 1. admit
+        if not exhausted and len(active) < batch_size and (continuous or not active):
+            admitted = _take(queue, batch_size - len(active))
+            exhausted = len(admitted) < batch_size - len(active)
+            if admitted:
+                fresh = _admit(cache, admitted, limits)
+                logits = fresh if not active else torch.cat([logits, fresh])
+                active.extend(admitted)
+        if not active:
+            return
+        # 2. pick
+        tokens, entries = pick_rows(logits, active)  # [rows]
+        # 3. stop
+        running = []
+        for i, row in enumerate(active):
+            if row.matcher is not None:
+                row.matcher.advance(int(tokens[i]))
+            piece = row.state.push(int(tokens[i]), entries[i])
+            if piece and on_text:
+                on_text(row, piece)
+            if row.state.done:
+                _finish(row, on_text, on_done)
+            else:
+                running.append(i)
+        if len(running) < len(active):
+            cache.select(running)
+            active[:] = [active[i] for i in running]
+            tokens = tokens[running]
+        # 4. step
+        if active:
+            logits = cache.step(tokens)
+
+
+def _take(queue: Iterator[Row], count: int) -> list[Row]:
+    taken = []
+    for row in queue:
+        taken.append(row)
+        if len(taken) == count:
+            break
+    return taken
+
+
+def _admit(cache: Rows, rows: list[Row], limits: Limits) -> Tensor:
+    """Prefill the rows' distinct prompts once each, then repeat cache rows so each row has its own."""
+    before = cache.rows
+    distinct: dict[tuple[int, ...], int] = {}
+    for row in rows:
+        row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,
+                                  limits.context_length)
+        distinct.setdefault(tuple(row.prompt_ids), len(distinct))
+    logits = cache.add(list(distinct))  # [distinct, vocab]
+    where = [distinct[tuple(row.prompt_ids)] for row in rows]
+    if len(distinct) < len(rows):
+        cache.select(list(range(before)) + [before + w for w in where])
+    return logits[where]  # [len(rows), vocab]
+
+
+def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
+    piece = row.state.finish()
+    if piece and on_text:
+        on_text(row, piece)
+    if on_done:
+        on_done(row, row.state.result())
+
+
+def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: Limits, *,
+                on_text: OnText | None = None, on_done: OnDone | None = None,
+                logprobs: LogprobSpec | None = None, constraint: Constraint | None = None) -> list[SequenceResult]:
+    """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order.
+    With `constraint`, each sample gets its own matcher."""
+    rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device), logprobs=logprobs,
+                matcher=None if constraint is None else constraint.matcher())
+            for i in range(config.n)]
+    results: dict[int, SequenceResult] = {}
+
+    def done(row: Row, result: SequenceResult) -> None:
+        results[row.key] = result
+        if on_done:
+            on_done(row, result)
+
+    decode_rows(cache, rows, limits, batch_size=config.n, on_text=on_text, on_done=done)
+    return [results[i] for i in range(config.n)]

@@ -1,0 +1,96 @@
+"""`llmgen inspect`: the next-token distribution at each stage of the chain, for one position at a time.
+
+A step reads the model's logits at a position and runs them through `processors.stages`, the very
+functions decoding runs (there is no second implementation):
+
+    raw -> penalties -> temperature -> top_k -> top_p -> min_p -> pick
+
+For each stage it reports the probabilities softmax(stage logits), how many tokens are still
+drawable (finite logits), and the entropy in bits. The last stage is what `processors.distribution`
+samples from (greedy: the argmax of it). The token picked there, with `decode.pick_processed`, is
+appended and the next step reads the next position.
+
+Tokens forced with `--continue` count as generated tokens for the penalties, as they would if the
+model had written them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.plain import pick_processed
+from llmgen.decoding.processors import penalty_context, stages, token_counts
+from llmgen.errors import UsageError
+from llmgen.loading.engines.base import SequenceCache
+
+
+@dataclass(frozen=True)
+class StageView:
+    name: str  # "raw", "penalties", "temperature", "top_k", "top_p", "min_p"
+    on: bool  # False: the stage is off (its "off" value, or a warper in greedy mode) and changed nothing
+    logits: Tensor  # [vocab], float32, the stage's logits (-inf for cut tokens)
+    probs: Tensor  # [vocab], softmax of them
+    kept: int  # tokens with finite logits
+    entropy: float  # bits
+
+
+@dataclass(frozen=True)
+class StepView:
+    position: int  # index in the whole sequence (prompt, forced, generated) of the token being chosen
+    stages: list[StageView]
+    chosen: int
+
+    def cut_at(self, token: int) -> str | None:
+        """The stage that cut `token` (its probability became 0), or None if it survived."""
+        for stage in self.stages:
+            if stage.logits[token] == -math.inf:
+                return stage.name
+        return None
+
+
+def view_stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> list[StageView]:
+    """logits [vocab] -> one view per stage of `processors.stages`."""
+    out = []
+    for stage in stages(logits[None], None if counts is None else counts[None], config):
+        row = stage.logits[0]
+        probs = row.softmax(dim=-1)
+        drawable = probs > 0
+        entropy = max(0.0, float(-(probs[drawable] * probs[drawable].log2()).sum()))
+        out.append(StageView(stage.name, stage.on, row, probs, int(torch.isfinite(row).sum()), entropy))
+    return out
+
+
+def check_room(prompt_len: int, forced: int, steps: int, context_length: int) -> None:
+    needed = prompt_len + forced + steps
+    if needed > context_length:
+        raise UsageError(f"--steps {steps}: the prompt ({prompt_len} tokens) and --continue ({forced}) leave "
+                         f"{max(0, context_length - prompt_len - forced)} of the model's {context_length} "
+                         "positions")
+
+
+@torch.inference_mode()
+def inspect_steps(lm: SequenceCache, prompt_ids: Sequence[int], forced: Sequence[int], config: DecodingConfig,
+                  generator: torch.Generator, steps: int, eos_token_ids: frozenset[int] = frozenset()
+                  ) -> Iterator[StepView]:
+    """Up to `steps` views, after the prompt and the forced tokens; stops after an end-of-sequence token
+    unless `config.ignore_eos`."""
+    prompt = list(prompt_ids)
+    generated = list(forced)
+    logits = lm.forward([*prompt, *generated])[0]  # [vocab]
+    for _ in range(steps):
+        counts = None
+        if config.uses_penalties:
+            counts = token_counts(penalty_context(prompt, generated, config), logits.shape[-1], logits.device)
+        views = view_stages(logits, counts, config)
+        token = int(pick_processed(views[-1].logits[None], config, generator)[0])  # the last stage is `process`
+        yield StepView(len(prompt) + len(generated), views, token)
+        generated.append(token)
+        if token in eos_token_ids and not config.ignore_eos:
+            return
+        logits = lm.forward([token])[0]

@@ -1,0 +1,21 @@
+"""Exact speculative decoding: a draft proposes, the target verifies in one forward, caches roll back.
+
+- `verify.py`     the pure verifier (p, q, residual, bonus)
+- `proposers.py`  the draft model and the n-gram (prompt lookup) draft
+- `counts.py`     penalty counts at draft positions
+- `gamma.py`      fixed γ and `auto`
+- `loop.py`       propose -> verify -> rollback, as a token iterator
+- `stats.py`      acceptance counts and the expected tokens per forward
+- `runner.py`     wiring from loaded models; `speculate()` for one whole sequence
+"""
+
+from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, expected_tokens
+from llmgen.decoding.speculative.loop import Round, speculative_tokens
+from llmgen.decoding.speculative.proposers import DraftModelProposer, NgramProposer, Proposal, prompt_lookup
+from llmgen.decoding.speculative.runner import NGRAM, check_compatible, make_source, parse_gamma, speculate
+from llmgen.decoding.speculative.stats import SpeculativeStats
+from llmgen.decoding.speculative.verify import Verdict, verify
+
+__all__ = ["AdaptiveGamma", "DraftModelProposer", "FixedGamma", "NGRAM", "NgramProposer", "Proposal", "Round",
+           "SpeculativeStats", "Verdict", "check_compatible", "expected_tokens", "make_source", "parse_gamma",
+           "prompt_lookup", "speculate", "speculative_tokens", "verify"]

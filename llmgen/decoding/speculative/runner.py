@@ -1,0 +1,114 @@
+"""From loaded models to a speculative token source, or to a finished sequence.
+
+`make_source` is what the CLI uses (one call per sequence: fresh caches, fresh statistics);
+`speculate` runs one whole sequence and is what the benchmark calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.constraints import Matcher, new_matcher
+from llmgen.decoding.logprobs import LogprobSpec
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import OnText, SequenceResult, TokenSource, run_sequence, token_budget
+from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, GammaPolicy
+from llmgen.decoding.speculative.loop import OnRound, speculative_tokens
+from llmgen.decoding.speculative.proposers import DraftModelProposer, ForcedFirst, NgramProposer, Proposer
+from llmgen.decoding.speculative.stats import SpeculativeStats
+from llmgen.errors import IncompatibleDraftError, UsageError
+from llmgen.loading.engines.base import SequenceCache
+from llmgen.loading.models import LoadedModel
+
+Gamma = int | Literal["auto"]
+NGRAM = "ngram"
+
+
+def parse_gamma(value: str | int) -> Gamma:
+    """'auto' or an integer >= 1; anything else is a usage error."""
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+        gamma = int(value)
+        if gamma < 1:
+            raise UsageError(f"--gamma must be at least 1 (or 'auto'), got {gamma}")
+        return gamma
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    raise UsageError(f"--gamma must be a positive integer or 'auto', got {value!r}")
+
+
+def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:
+    """The draft must share the target's vocabulary: the same token ids and the same logits width."""
+    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    if t_vocab != d_vocab:
+        differ = len(set(t_vocab.items()) ^ set(d_vocab.items()))
+        raise IncompatibleDraftError(
+            f"draft {draft.ref!r} has a different vocabulary from the target {target.ref!r} "
+            f"({len(d_vocab)} vs {len(t_vocab)} tokens, {differ} entries differ); speculative decoding "
+            "needs a draft with the same tokenizer")
+    if target.vocab_size != draft.vocab_size:
+        raise IncompatibleDraftError(
+            f"draft {draft.ref!r} outputs {draft.vocab_size} logits per token but the target {target.ref!r} "
+            f"outputs {target.vocab_size}; speculative decoding needs the same vocabulary size")
+
+
+def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
+    if gamma != "auto":
+        return FixedGamma(gamma)
+    if draft is None:  # n-gram: drafting is nearly free
+        return AdaptiveGamma(start=4, max_gamma=24, draft_cost=0.02)
+    # NOTE: priors for c (a draft step over a target step), replaced by measured costs within a few rounds:
+    # the same-size model in int4 measured 0.15-0.3 of a float32 step; a float draft is assumed costlier.
+    return AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.25 if draft.quant == "int4" else 0.65)
+
+
+def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int,
+                  draft_lm: SequenceCache | None = None, matcher: Matcher | None = None) -> Proposer:
+    if draft is None:
+        return NgramProposer(ngram_max, ngram_min)
+    return DraftModelProposer(draft_lm or draft.engine.sequence(), config, draft.context_length, matcher)
+
+
+SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
+
+
+def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int],
+                config: DecodingConfig, generator: torch.Generator, *, gamma: Gamma = "auto",
+                ngram_max: int = 4, ngram_min: int = 2, on_round: OnRound | None = None,
+                logprobs: LogprobSpec | None = None, target_lm: SequenceCache | None = None,
+                draft_lm: SequenceCache | None = None) -> SourceWithStats:
+    """A fresh token source for one sequence, and a function returning its statistics when it is done.
+
+    `draft` is a loaded draft model, or None for the n-gram (prompt lookup) draft. `target_lm` and
+    `draft_lm` are caches to reuse (`chat.py`): each may hold a prefix of `prompt_ids` already, and only
+    the rest is prefilled; by default both start empty.
+    """
+    if draft is not None:
+        check_compatible(target, draft)
+    stats = SpeculativeStats()
+    policy = make_policy(gamma, draft)
+    budget = token_budget(len(prompt_ids), config, target.context_length)
+    matcher = new_matcher(config, target)  # this sequence's own; the proposer and the loop share it
+    proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher)
+    if matcher is not None:  # the grammar's forced tokens are a free draft (docs/constrained.md: 1.23x on n-gram)
+        proposer = ForcedFirst(proposer, matcher)
+    source = speculative_tokens(target_lm or target.engine.sequence(), proposer,
+                                prompt_ids, config, generator, policy, budget, stats, on_round, logprobs, matcher)
+    return source, stats.as_dict
+
+
+def speculate(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int], config: DecodingConfig,
+              *, gamma: Gamma = "auto", ngram_max: int = 4, ngram_min: int = 2,
+              generator: torch.Generator | None = None, on_text: OnText | None = None,
+              on_round: OnRound | None = None, logprobs: LogprobSpec | None = None) -> SequenceResult:
+    """Generate one sequence with speculative decoding; `result.stats` holds timings and the counts."""
+    generator = generator or make_generator(config.seed, target.device)
+    source, extra = make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
+                                ngram_max=ngram_max, ngram_min=ngram_min, on_round=on_round, logprobs=logprobs)
+    result = run_sequence(source, target.tokenizer, prompt_ids, config, target.eos_token_ids,
+                          target.context_length, on_text)
+    result.stats.update(extra())
+    return result

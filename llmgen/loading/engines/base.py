@@ -1,0 +1,74 @@
+"""The engine interface: what decoding needs of a model, and nothing more.
+
+An engine runs a model and keeps its KV cache. Decoding code (`llmgen/decoding`) sees only these
+three protocols; it never calls a model, builds a cache or reshapes one.
+
+- `SequenceCache`: one sequence. `forward(ids)` appends tokens and returns float32 logits
+  [k, vocab] (the last position only, or every position with `all_logits`, as the speculative
+  verify needs); `rollback(n)` forgets every token after the first n; `length` counts the tokens held.
+- `RowsCache`: many sequences decoded together, one forward per step. `add(prompts)` prefills new
+  rows after the running ones, `step(tokens)` appends one token per row, and `select(indices)` keeps,
+  drops or repeats rows (finished rows leave; beams follow their parents; `-n` repeats one prefill).
+- `Engine`: makes either kind of cache for one loaded model, and names itself (`torch`, `llamacpp`).
+
+Implementations: `engines/torch.py` (transformers' forward, and the lean int4 Llama of `quant/`);
+`engines/llamacpp.py` (llama.cpp's `llama_decode` through llama-cpp-python's low-level API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class SequenceCache(Protocol):
+    """One sequence's KV cache behind a model forward."""
+
+    length: int  # tokens in the cache
+
+    def forward(self, token_ids: Sequence[int], all_logits: bool = False) -> Tensor:
+        """Append `token_ids`; float32 logits [len(token_ids) if all_logits else 1, vocab]."""
+        ...
+
+    def rollback(self, length: int) -> None:
+        """Forget every token after the first `length`."""
+        ...
+
+
+class RowsCache(Protocol):
+    """The KV cache of many rows decoded in one forward per step."""
+
+    device: torch.device
+
+    @property
+    def rows(self) -> int: ...
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
+        """Prefill `prompts` as new rows after the existing ones; their logits [len(prompts), vocab]."""
+        ...
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Append one token per row (`tokens` [rows]); the next-token logits [rows, vocab]."""
+        ...
+
+    def select(self, indices: Sequence[int]) -> None:
+        """Keep the rows `indices`, in that order; an index may repeat (a copy of that row)."""
+        ...
+
+
+class Engine(Protocol):
+    """What runs one loaded model: a factory of caches."""
+
+    name: str  # "torch" or "llamacpp": shown by --dump-config and in the statistics
+    device: torch.device
+
+    def sequence(self) -> SequenceCache:
+        """An empty single-sequence cache."""
+        ...
+
+    def rows(self) -> RowsCache:
+        """An empty cache for batched rows."""
+        ...
