@@ -54,7 +54,7 @@ def _sync(device: torch.device) -> None:
 
 def run_llmgen(loaded: models.LoadedModel, ids: list[int], config: DecodingConfig) -> list[int]:
     budget = token_budget(len(ids), config, loaded.context_length)
-    return beam_search(loaded.model, ids, config, loaded.eos_token_ids, budget).hypotheses[0].token_ids
+    return beam_search(loaded.engine, ids, config, loaded.eos_token_ids, budget).hypotheses[0].token_ids
 
 
 @torch.inference_mode()

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
 from llmgen.decoding.constraints import compile_constraint  # noqa: E402
-from llmgen.decoding.plain import CachedLM, plain_source  # noqa: E402
+from llmgen.decoding.plain import CachedLM, plain_tokens  # noqa: E402
 from llmgen.decoding.sampling import make_generator  # noqa: E402
 from llmgen.decoding.sequence import run_sequence  # noqa: E402
 from llmgen.loading import models  # noqa: E402
@@ -128,7 +128,7 @@ def decode_rate(loaded, config: DecodingConfig, constrained: bool) -> tuple[floa
     matcher = None
     if constrained:
         matcher = compile_constraint(config, loaded.tokenizer, loaded.eos_token_ids, loaded.vocab_size).matcher()
-    source = plain_source(CachedLM(loaded.model), ids, config, make_generator(0), None, matcher)
+    source = plain_tokens(CachedLM(loaded.model), ids, config, make_generator(0), None, matcher)
     result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
     return result.stats["tokens_per_second"], len(result.token_ids)
 
@@ -150,7 +150,7 @@ def forced_draft(loaded, rounds: int, max_new_tokens: int) -> dict:
             matcher = constraint.matcher()
             stats = SpeculativeStats()
             if name == "plain":
-                source = plain_source(CachedLM(loaded.model), ids, config, make_generator(0), None, matcher)
+                source = plain_tokens(CachedLM(loaded.model), ids, config, make_generator(0), None, matcher)
             else:
                 proposer = NgramProposer(4, 2)
                 if name == "ngram+forced":

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
 from llmgen.decoding.logprobs import LogprobSpec, token_logprobs  # noqa: E402
-from llmgen.decoding.plain import CachedLM, plain_source  # noqa: E402
+from llmgen.decoding.plain import CachedLM, plain_tokens  # noqa: E402
 from llmgen.decoding.processors import process  # noqa: E402
 from llmgen.decoding.sampling import make_generator  # noqa: E402
 from llmgen.decoding.sequence import run_sequence  # noqa: E402
@@ -49,7 +49,7 @@ def cpu_model() -> str:
 
 
 def decode_speed(loaded: models.LoadedModel, ids: list[int], config: DecodingConfig, spec: LogprobSpec | None) -> float:
-    source = plain_source(CachedLM(loaded.model), ids, config, make_generator(0, loaded.device), spec)
+    source = plain_tokens(CachedLM(loaded.model), ids, config, make_generator(0, loaded.device), spec)
     result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
     return result.stats["tokens_per_second"]
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen.decoding.batch import Row, decode_rows, row_generator, sample_rows
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence
 from llmgen.loading import models
 from llmgen.loading.engines.torch import CachedLM, RowCache, SerialRows
+from llmgen.loading.loaded import ModelInfo
 
 CHAR_PROMPTS = ["abc", "hello.", "a bad cafe", "h", "dead beef cafe", "ab", "fade.", "cab bag"]
 TEXT_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Three primary colors are red,"]
@@ -29,8 +30,8 @@ def wide_lm(wide_model):
     return models.load(str(wide_model))
 
 
-def limits(loaded) -> Limits:
-    return Limits(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
+def limits(loaded) -> ModelInfo:
+    return ModelInfo(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
 
 
 def batched(loaded, prompts: list[list[int]], config: DecodingConfig, batch_size: int = 8,
@@ -43,7 +44,7 @@ def batched(loaded, prompts: list[list[int]], config: DecodingConfig, batch_size
 
 
 def alone(loaded, prompt: list[int], config: DecodingConfig) -> list[int]:
-    source = ((t, "target") for t in sample_tokens(CachedLM(loaded.model), prompt, config, make_generator(config.seed)))
+    source = plain_tokens(CachedLM(loaded.model), prompt, config, make_generator(config.seed))
     return run_sequence(source, loaded.tokenizer, prompt, config, loaded.eos_token_ids, loaded.context_length).token_ids
 
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from stats_helpers import chi_square_pvalue
 
-from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen.decoding.batch import Row, decode_rows, row_generator, sample_rows
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.processors import distribution, penalty_context, token_counts
 from llmgen.loading import models
 from llmgen.loading.engines.torch import RowCache
+from llmgen.loading.loaded import ModelInfo
 
 LENGTH = 3
 SAMPLES = 10_000
@@ -50,8 +51,8 @@ def exact_joint(loaded, prompt: list[int], config: DecodingConfig) -> dict[tuple
     return joint
 
 
-def limits(loaded) -> Limits:
-    return Limits(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
+def limits(loaded) -> ModelInfo:
+    return ModelInfo(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
 
 
 SETTINGS = {

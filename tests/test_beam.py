@@ -43,7 +43,7 @@ def hf_beam(loaded, prompt_ids: list[int], config: DecodingConfig, eos: frozense
 
 
 def ours(loaded, prompt_ids: list[int], config: DecodingConfig, eos: frozenset[int]) -> list[tuple[list[int], float]]:
-    found = beam_search(loaded.model, prompt_ids, config, eos, config.max_new_tokens)
+    found = beam_search(loaded.engine, prompt_ids, config, eos, config.max_new_tokens)
     return [(h.token_ids, h.score) for h in found.hypotheses[:config.n]]
 
 
@@ -120,7 +120,7 @@ def test_early_stopping_modes_differ_and_each_equals_hf(char_lm) -> None:
     results = {}
     for early in ("false", "true", "never"):
         config = DecodingConfig(num_beams=5, n=5, early_stopping=early, max_new_tokens=20)
-        found = beam_search(char_lm.model, ids, config, eos, 20)
+        found = beam_search(char_lm.engine, ids, config, eos, 20)
         results[early] = found
         assert_same([(h.token_ids, h.score) for h in found.hypotheses], hf_beam(char_lm, ids, config, eos))
     assert results["true"].steps < results["false"].steps < results["never"].steps == 20
@@ -148,7 +148,7 @@ def test_a_hypothesis_that_ends_early_competes_on_its_length_penalised_score(cha
 def test_hypotheses_finish_with_their_reason(char_lm) -> None:
     ids = char_lm.tokenizer("bead")["input_ids"]
     config = DecodingConfig(num_beams=4, n=4, max_new_tokens=20)
-    found = beam_search(char_lm.model, ids, config, frozenset({DOT}), 20)
+    found = beam_search(char_lm.engine, ids, config, frozenset({DOT}), 20)
     for h in found.hypotheses:
         assert h.finish_reason == ("eos" if h.token_ids[-1] == DOT else "length")
         assert DOT not in h.token_ids[:-1]
@@ -158,7 +158,7 @@ def test_hypotheses_finish_with_their_reason(char_lm) -> None:
 def test_ignore_eos_runs_every_beam_to_the_budget(char_lm) -> None:
     ids = char_lm.tokenizer("h")["input_ids"]
     config = DecodingConfig(num_beams=3, n=3, max_new_tokens=10, ignore_eos=True)
-    found = beam_search(char_lm.model, ids, config, frozenset({1, DOT}), 10)
+    found = beam_search(char_lm.engine, ids, config, frozenset({1, DOT}), 10)
     assert all(len(h.token_ids) == 10 and h.finish_reason == "length" for h in found.hypotheses)
     assert_same([(h.token_ids, h.score) for h in found.hypotheses], hf_beam(char_lm, ids, config, frozenset()))
 
@@ -214,14 +214,48 @@ def test_embedded_model_chat_prompt_with_eos(embedded) -> None:
                 hf_beam(embedded, ids, config, embedded.eos_token_ids))
 
 
-def test_one_forward_per_step_and_none_after_the_last(char_lm, monkeypatch) -> None:
-    from llmgen.decoding import beam
-
+def test_one_forward_per_step_and_none_after_the_last(char_lm) -> None:
     calls: list[tuple[int, int]] = []
-    forward = beam._forward
-    monkeypatch.setattr(beam, "_forward", lambda model, ids, cache: calls.append(tuple(ids.shape)) or
-                        forward(model, ids, cache))
+
+    class CountingEngine:
+        """The torch engine, with each forward of its rows recorded as (rows, tokens per row)."""
+        device = char_lm.engine.device
+        name = "torch"
+
+        def rows(self):
+            inner = char_lm.engine.rows()
+
+            class Counted:
+                def add(self, prompts):
+                    calls.append((len(prompts), max(map(len, prompts))))
+                    return inner.add(prompts)
+
+                def step(self, tokens):
+                    calls.append((tokens.shape[0], 1))
+                    return inner.step(tokens)
+
+                def select(self, indices):
+                    inner.select(indices)
+
+                rows = property(lambda self: inner.rows)
+            return Counted()
+
     ids = char_lm.tokenizer("abc")["input_ids"]
-    found = beam_search(char_lm.model, ids, DecodingConfig(num_beams=3, max_new_tokens=7), frozenset(), 7)
+    found = beam_search(CountingEngine(), ids, DecodingConfig(num_beams=3, max_new_tokens=7), frozenset(), 7)
     assert found.steps == 7
     assert calls == [(1, len(ids))] + [(3, 1)] * 6  # the prompt once, then one row per beam
+
+
+def test_candidates_are_the_best_beam_token_pairs_in_order() -> None:
+    from llmgen.decoding.beam import candidates
+
+    log_probs = torch.log(torch.tensor([[0.70, 0.20, 0.10],
+                                        [0.05, 0.05, 0.90]]))  # [B=2, V=3]
+    scores = torch.tensor([0.0, -1.0])
+    top, parents, tokens = candidates(log_probs, scores, keep=4)
+    # totals: beam 0: log .7 = -0.36, log .2 = -1.61, log .1 = -2.30; beam 1: -1 + log .9 = -1.11, ...
+    assert parents.tolist() == [0, 1, 0, 0] and tokens.tolist() == [0, 2, 1, 2]
+    torch.testing.assert_close(top, torch.tensor([0.70, 0.90, 0.20, 0.10]).log() + torch.tensor([0, -1.0, 0, 0]))
+    # a dead beam (-1e9) never supplies a candidate while a live one has tokens left
+    _, parents, _ = candidates(log_probs, torch.tensor([0.0, -1e9]), keep=3)
+    assert parents.tolist() == [0, 0, 0]  # the prompt once, then one row per beam

@@ -95,7 +95,7 @@ def test_json_gives_the_k_best_hypotheses_with_scores(capsys, char_model, char_l
     objects = [json.loads(line) for line in out.splitlines()]
     ids = char_lm.tokenizer("bead")["input_ids"]
     config = DecodingConfig(num_beams=4, n=3, max_new_tokens=12)
-    expected = beam.beam_search(char_lm.model, ids, config, char_lm.eos_token_ids, 12).hypotheses[:3]
+    expected = beam.beam_search(char_lm.engine, ids, config, char_lm.eos_token_ids, 12).hypotheses[:3]
     assert [o["token_ids"] for o in objects] == [h.token_ids for h in expected]
     assert [o["score"] for o in objects] == pytest.approx([h.score for h in expected], abs=1e-6)
     assert [o["score"] for o in objects] == sorted((o["score"] for o in objects), reverse=True)

@@ -135,7 +135,7 @@ def test_constrained_speculative_samples_follow_the_constrained_target(tables, k
         rounds = []
         tokens = speculative_tokens(TableLM(target_table), proposer, prompt, CONFIG, generator, FixedGamma(2),
                                     LENGTH, on_round=rounds.append, matcher=matcher)
-        observed[tuple(token for token, _ in tokens)] += 1
+        observed[tuple(token.id for token in tokens)] += 1
         proposed += sum(len(r.proposed) for r in rounds)
         accepted += sum(r.accepted for r in rounds)
     assert proposed > 0 and 0 < accepted < proposed, (accepted, proposed)  # both outcomes exercised

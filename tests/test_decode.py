@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence
 from llmgen.loading import models
@@ -29,7 +29,7 @@ def hf_greedy(loaded, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> l
 
 def llmgen_greedy(loaded, prompt_ids: list[int], max_new_tokens: int, **options) -> list[int]:
     config = DecodingConfig(temperature=0, max_new_tokens=max_new_tokens, **options)
-    source = ((t, "target") for t in sample_tokens(CachedLM(loaded.model), prompt_ids, config, make_generator(0)))
+    source = plain_tokens(CachedLM(loaded.model), prompt_ids, config, make_generator(0))
     result = run_sequence(source, loaded.tokenizer, prompt_ids, config, loaded.eos_token_ids,
                           loaded.context_length)
     return result.token_ids
@@ -103,7 +103,7 @@ def test_rollback_equals_a_fresh_run_over_the_prefix(char_lm) -> None:
 def test_sampling_stops_at_max_new_tokens_and_eos(char_lm) -> None:
     ids = char_lm.tokenizer("abc")["input_ids"]
     config = DecodingConfig(seed=3, max_new_tokens=7, ignore_eos=True)
-    source = ((t, "target") for t in sample_tokens(CachedLM(char_lm.model), ids, config, make_generator(3)))
+    source = plain_tokens(CachedLM(char_lm.model), ids, config, make_generator(3))
     result = run_sequence(source, char_lm.tokenizer, ids, config, char_lm.eos_token_ids, char_lm.context_length)
     assert len(result.token_ids) == 7 and result.finish_reason == "length"
     assert result.stats["generated_tokens"] == 7 and result.stats["prompt_tokens"] == len(ids)
@@ -112,7 +112,7 @@ def test_sampling_stops_at_max_new_tokens_and_eos(char_lm) -> None:
 def test_generation_is_cut_at_the_context_length(char_lm) -> None:
     ids = char_lm.tokenizer("abcd" * 60)["input_ids"]  # 240 of the 256-token context
     config = DecodingConfig(temperature=0, max_new_tokens=100, ignore_eos=True)
-    source = ((t, "target") for t in sample_tokens(CachedLM(char_lm.model), ids, config, make_generator(0)))
+    source = plain_tokens(CachedLM(char_lm.model), ids, config, make_generator(0))
     result = run_sequence(source, char_lm.tokenizer, ids, config, char_lm.eos_token_ids, char_lm.context_length)
     assert len(result.token_ids) == char_lm.context_length - len(ids)
 
@@ -122,6 +122,6 @@ def test_the_loop_runs_no_forward_after_the_last_token(char_lm, monkeypatch) -> 
     calls = []
     original = lm.forward
     monkeypatch.setattr(lm, "forward", lambda ids, all_logits=False: calls.append(len(ids)) or original(ids))
-    tokens = sample_tokens(lm, [3, 4, 5], DecodingConfig(temperature=0), make_generator(0))
+    tokens = (t.id for t in plain_tokens(lm, [3, 4, 5], DecodingConfig(temperature=0), make_generator(0)))
     list(itertools.islice(tokens, 5))
     assert calls == [3, 1, 1, 1, 1]

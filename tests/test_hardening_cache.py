@@ -102,11 +102,11 @@ def leftovers(target: Path) -> list[str]:
 
 def greedy(loaded: models.LoadedModel) -> list[int]:
     from llmgen.decoding.config import DecodingConfig
-    from llmgen.decoding.plain import sample_tokens
+    from llmgen.decoding.plain import plain_tokens
     from llmgen.decoding.sampling import make_generator
     from llmgen.loading.engines.torch import CachedLM
 
-    tokens = sample_tokens(CachedLM(loaded.model), [3, 4, 5], DecodingConfig(temperature=0), make_generator(0))
+    tokens = (t.id for t in plain_tokens(CachedLM(loaded.model), [3, 4, 5], DecodingConfig(temperature=0), make_generator(0)))
     return [next(tokens) for _ in range(8)]
 
 

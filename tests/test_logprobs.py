@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen.decoding.batch import Limits, sample_rows
+from llmgen.decoding.batch import sample_rows
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, to_json, token_logprobs
-from llmgen.decoding.plain import plain_source
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.processors import penalty_context, process, token_counts
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence
@@ -21,6 +21,7 @@ from llmgen.decoding.speculative import speculate
 from llmgen.errors import UsageError
 from llmgen.loading import models
 from llmgen.loading.engines.torch import CachedLM, row_cache
+from llmgen.loading.loaded import ModelInfo
 
 GREEDY = DecodingConfig(temperature=0, max_new_tokens=20, ignore_eos=True)
 PENALISED = GREEDY.replace(frequency_penalty=0.7, presence_penalty=0.3, repetition_penalty=1.2)
@@ -39,7 +40,7 @@ def draft(draft_model: Path) -> models.LoadedModel:
 
 
 def plain(loaded: models.LoadedModel, prompt: list[int], config: DecodingConfig, spec: LogprobSpec, seed: int = 0):
-    source = plain_source(CachedLM(loaded.model), prompt, config, make_generator(seed), spec)
+    source = plain_tokens(CachedLM(loaded.model), prompt, config, make_generator(seed), spec)
     return run_sequence(source, loaded.tokenizer, prompt, config, loaded.eos_token_ids, loaded.context_length)
 
 
@@ -142,7 +143,7 @@ def test_plain_source_equals_the_forced_walk(target) -> None:
 
 def test_without_logprobs_nothing_is_added(target) -> None:
     prompt = target.tokenizer("ab")["input_ids"]
-    source = ((t, o) for t, o, _ in plain_source(CachedLM(target.model), prompt, GREEDY, make_generator(0)))
+    source = plain_tokens(CachedLM(target.model), prompt, GREEDY, make_generator(0))
     result = run_sequence(source, target.tokenizer, prompt, GREEDY, target.eos_token_ids, target.context_length)
     assert result.logprobs is None and "logprobs" not in result.as_json()
 
@@ -151,7 +152,7 @@ def test_without_logprobs_nothing_is_added(target) -> None:
 def test_batched_rows_report_what_plain_decoding_reports(target, config) -> None:
     prompt = target.tokenizer("abc ab")["input_ids"]
     spec = LogprobSpec(3, "processed")
-    limits = Limits(target.tokenizer, target.eos_token_ids, target.context_length)
+    limits = ModelInfo(target.tokenizer, target.eos_token_ids, target.context_length)
     results = sample_rows(row_cache(target.model), prompt, config.replace(n=3), limits, logprobs=spec)
     for result in results:
         expected = to_json(forced(target, prompt, result.token_ids, config, spec), target.tokenizer)
@@ -167,7 +168,7 @@ def test_beam_logprobs_add_up_to_the_unnormalised_score(target, config, mode) ->
     from llmgen.decoding.beam import beam_search, to_result
 
     prompt = target.tokenizer("abc ab")["input_ids"]
-    found = beam_search(target.model, prompt, config, target.eos_token_ids, config.max_new_tokens,
+    found = beam_search(target.engine, prompt, config, target.eos_token_ids, config.max_new_tokens,
                         logprobs=LogprobSpec(2, mode))
     assert len(found.hypotheses) == config.num_beams
     for hypothesis in found.hypotheses:

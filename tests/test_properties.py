@@ -186,7 +186,7 @@ def random_model(tokenizer, seed: int, layers: int, hidden: int):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_greedy_speculative_equals_greedy_for_random_tiny_models(tokenizer, data: st.DataObject) -> None:
-    from llmgen.decoding.plain import sample_tokens
+    from llmgen.decoding.plain import plain_tokens
     from llmgen.decoding.sequence import run_sequence
     from llmgen.decoding.speculative import speculate
     from llmgen.loading.engines.torch import CachedLM
@@ -202,8 +202,8 @@ def test_greedy_speculative_equals_greedy_for_random_tiny_models(tokenizer, data
                             ignore_eos=data.draw(st.booleans(), label="ignore eos"),
                             frequency_penalty=data.draw(st.sampled_from([0.0, 0.5]), label="frequency"),
                             repetition_penalty=data.draw(st.sampled_from([1.0, 1.3]), label="repetition"))
-    plain_source = ((token, "target") for token in sample_tokens(CachedLM(target.model), prompt, config,
-                                                                  make_generator(0)))
+    plain_source = plain_tokens(CachedLM(target.model), prompt, config,
+                                                                  make_generator(0))
     plain = run_sequence(plain_source, tokenizer, prompt, config, target.eos_token_ids, target.context_length)
     result = speculate(target, draft, prompt, config, gamma=gamma, ngram_min=1, generator=make_generator(0))
     assert result.token_ids == plain.token_ids

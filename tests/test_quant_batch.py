@@ -66,3 +66,25 @@ def test_sample_n_with_int4_from_the_command_line(capsys, char_model: Path) -> N
     assert main([*args, "-n", "3", "ab"]) == 0  # reproducible with --seed
     assert [json.loads(line)["token_ids"] for line in capsys.readouterr().out.splitlines()] == \
         [r["token_ids"] for r in rows]
+
+
+def test_int4_beams_equal_the_rows_decoded_one_by_one(int4) -> None:
+    """Beam search on int4's batched rows (`RowCache`) finds what it finds when every beam is its own
+    single-sequence cache, one forward per row (`SerialRows`): same hypotheses, same scores."""
+    from llmgen.decoding.beam import beam_search
+    from llmgen.decoding.config import DecodingConfig
+    from llmgen.loading.engines.torch import SerialRows
+
+    class OneByOne:
+        name, device = "torch", int4.engine.device
+
+        def rows(self):
+            return SerialRows(int4.model)
+
+    config = DecodingConfig(num_beams=3, n=3, max_new_tokens=8, repetition_penalty=1.3, stop=("zz",))
+    prompt = [0, 5, 6, 7, 5]
+    batched = beam_search(int4.engine, prompt, config, int4.eos_token_ids, 8, int4.tokenizer)
+    serial = beam_search(OneByOne(), prompt, config, int4.eos_token_ids, 8, int4.tokenizer)
+    assert [h.token_ids for h in batched.hypotheses] == [h.token_ids for h in serial.hypotheses]
+    assert [h.score for h in batched.hypotheses] == [h.score for h in serial.hypotheses]
+    assert len(batched.hypotheses) == 3

@@ -14,12 +14,13 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from llmgen.cli import main  # noqa: E402
-from llmgen.decoding.batch import Limits, Row, decode_rows  # noqa: E402
+from llmgen.decoding.batch import Row, decode_rows  # noqa: E402
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
 from llmgen.decoding.sampling import make_generator  # noqa: E402
 from llmgen.distributed.ray import decode_on_ray  # noqa: E402
 from llmgen.loading import models  # noqa: E402
 from llmgen.loading.engines.torch import row_cache  # noqa: E402
+from llmgen.loading.loaded import ModelInfo  # noqa: E402
 
 LOAD = {"device": "cpu", "dtype": "auto", "quant": "auto", "offline": True, "allow_pickle": False,
         "trust_remote_code": False}
@@ -42,7 +43,7 @@ PROMPTS = [[0, 5, 6], [0, 7, 3, 4], [0, 8], [0, 9, 9, 10], [0, 3, 5, 7, 9, 11], 
 def local_results(path: Path, config: DecodingConfig) -> dict[int, list[int]]:
     loaded = models.load(str(path))
     out: dict[int, list[int]] = {}
-    decode_rows(row_cache(loaded.model), rows_of(PROMPTS, config), Limits(loaded.tokenizer, loaded.eos_token_ids,
+    decode_rows(row_cache(loaded.model), rows_of(PROMPTS, config), ModelInfo(loaded.tokenizer, loaded.eos_token_ids,
                 loaded.context_length), batch_size=3, on_done=lambda row, r: out.__setitem__(row.key, r.token_ids))
     return out
 

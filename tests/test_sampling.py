@@ -18,7 +18,7 @@ from transformers.generation.logits_process import (
 )
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import pick, sample_tokens
+from llmgen.decoding.plain import pick, plain_tokens
 from llmgen.decoding.sampling import make_generator, random_pick
 from llmgen.loading import models
 from llmgen.loading.engines.torch import CachedLM
@@ -91,14 +91,14 @@ def test_two_token_sequences_follow_the_exact_joint_distribution(char_lm) -> Non
     samples = []
     gen = make_generator(1234)
     for _ in range(10_000):
-        tokens = sample_tokens(CachedLM(model), prompt, config, gen)
+        tokens = (t.id for t in plain_tokens(CachedLM(model), prompt, config, gen))
         samples.append(tuple(itertools.islice(tokens, 2)))
     assert chi_square_pvalue(samples, joint) > 1e-3
 
 
 def first_tokens(lm, seed: int | None, count: int = 12) -> list[int]:
     prompt = lm.tokenizer("abc")["input_ids"]
-    tokens = sample_tokens(CachedLM(lm.model), prompt, DecodingConfig(seed=seed), make_generator(seed))
+    tokens = (t.id for t in plain_tokens(CachedLM(lm.model), prompt, DecodingConfig(seed=seed), make_generator(seed)))
     return list(itertools.islice(tokens, count))
 
 

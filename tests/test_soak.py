@@ -17,7 +17,7 @@ import psutil
 import torch
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence
 from llmgen.loading import models
@@ -46,7 +46,7 @@ def soak(loaded: models.LoadedModel, prompt: list[int], config: DecodingConfig, 
 
     def source():
         nonlocal peak
-        for index, token in enumerate(sample_tokens(CachedLM(loaded.model), prompt, config, make_generator(0))):
+        for index, token in enumerate(t.id for t in plain_tokens(CachedLM(loaded.model), prompt, config, make_generator(0))):
             if index == warmup:
                 marks["after_warmup"] = rss()
             elif index > warmup and index % 128 == 0:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.speculative import (
     DraftModelProposer,
@@ -38,7 +38,7 @@ def draft(draft_model: Path) -> models.LoadedModel:
 
 
 def plain_greedy(loaded: models.LoadedModel, prompt: Sequence[int], config: DecodingConfig) -> list[int]:
-    tokens = sample_tokens(CachedLM(loaded.model), prompt, config, make_generator(0))
+    tokens = (t.id for t in plain_tokens(CachedLM(loaded.model), prompt, config, make_generator(0)))
     return [next(tokens) for _ in range(config.max_new_tokens)]
 
 
@@ -165,7 +165,7 @@ def test_target_cache_after_a_rejected_round_equals_a_fresh_run(target, wrong_at
     rounds = []
     tokens = speculative_tokens(lm, FixedProposer(proposed), prompt, config, make_generator(0), FixedGamma(4),
                                 config.max_new_tokens, on_round=rounds.append)
-    got = [next(tokens)[0] for _ in range(wrong_at + 1)]
+    got = [next(tokens).id for _ in range(wrong_at + 1)]
     assert got == right[:wrong_at + 1]
     assert rounds[0].accepted == wrong_at and rounds[0].origin == "resampled"
     # The target holds the prompt and the accepted draft tokens; the resampled token is pending.
@@ -192,8 +192,8 @@ def test_draft_cache_follows_the_accepted_prefix(target, draft) -> None:
 
     tokens = speculative_tokens(target_lm, proposer, prompt, config, make_generator(0), FixedGamma(3),
                                 config.max_new_tokens, on_round=check)
-    for token, _ in tokens:
-        sequence.append(token)
+    for token in tokens:
+        sequence.append(token.id)
     assert sequence[len(prompt):] == plain_greedy(target, prompt, config)
     assert outcomes == {True, False}, "the test needs both full acceptances and rejections"
 

@@ -143,7 +143,7 @@ def test_speculative_samples_follow_the_target_distribution(tables, kind: str, c
         rounds = []
         tokens = speculative_tokens(TableLM(target_table), proposer, prompt, config, generator, FixedGamma(2),
                                     LENGTH, on_round=rounds.append)
-        observed[tuple(token for token, _ in tokens)] += 1
+        observed[tuple(token.id for token in tokens)] += 1
         proposed += sum(len(r.proposed) for r in rounds)
         accepted += sum(r.accepted for r in rounds)
     # Both outcomes must be common, or the test would not exercise the verifier.

@@ -6,17 +6,15 @@ the functions, so that the rest of the benchmark runs on an installation that la
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.sequence import token_budget
+from llmgen.decoding.sequence import TokenSource, token_budget
 from llmgen.errors import UsageError
 from llmgen.loading.models import LoadedModel
-
-TokenSource = Iterator[tuple[int, str]]
 
 
 def speculative_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: list[int],
@@ -38,5 +36,5 @@ def beam_tokens(loaded: LoadedModel, prompt_ids: list[int], config: DecodingConf
     except ModuleNotFoundError:
         raise UsageError("beam search is not part of this installation") from None
     budget = token_budget(len(prompt_ids), config, loaded.context_length)
-    output = beam_search(loaded.model, prompt_ids, config, loaded.eos_token_ids, budget)
+    output = beam_search(loaded.engine, prompt_ids, config, loaded.eos_token_ids, budget)
     return list(output.hypotheses[0].token_ids) if output.hypotheses else []

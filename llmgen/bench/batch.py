@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from llmgen.bench.prompts import load as load_set
-from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator
+from llmgen.decoding.batch import Row, decode_rows, row_generator
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.sequence import encode_prompt
 from llmgen.loading import models
@@ -69,7 +69,7 @@ def sweep(loaded: models.LoadedModel, runs: int, with_hf: bool = True, sizes: Se
         def ours(_: int) -> int:
             start, finished = time.perf_counter(), []
             rows = [Row(i, p, config, row_generator(0, i)) for i, p in enumerate(prompts)]
-            decode_rows(loaded.engine.rows(), rows, Limits.of(loaded), batch_size=size, continuous=False,
+            decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=size, continuous=False,
                         on_done=lambda row, result: finished.append(time.perf_counter() - start))
             latencies["llmgen"].append(statistics.mean(finished))
             return new * len(prompts)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +28,9 @@ import torch
 
 from llmgen.bench.stats import PeakMemory
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.sequence import run_sequence, token_budget
+from llmgen.decoding.sequence import TokenSource, run_sequence, token_budget
 from llmgen.decoding.stats import Timer
 from llmgen.errors import UsageError
 from llmgen.loading.models import LoadedModel
@@ -127,7 +127,7 @@ def measure(device: torch.device, body: Callable[[], Marks], prompt_tokens: int,
 # --- llmgen ---------------------------------------------------------------------------------------
 
 def _run_source(loaded: LoadedModel, config: DecodingConfig, ids: list[int],
-                make_source: Callable[[torch.Generator], tuple[Iterator[tuple[int, str]], Callable[[], dict]]],
+                make_source: Callable[[torch.Generator], tuple[TokenSource, Callable[[], dict]]],
                 ) -> Marks:
     """One sequence through `run_sequence`, the same loop and stop rules as `llmgen generate`."""
     generator = make_generator(config.seed if config.seed is not None else 0, loaded.device)
@@ -146,8 +146,7 @@ def plain(loaded: LoadedModel, config: DecodingConfig, label: str = "plain",
           strategy: str = "plain") -> Contender:
     def run_once(ids: list[int]) -> RunRecord:
         def make_source(generator: torch.Generator) -> Any:
-            tokens = sample_tokens(loaded.engine.sequence(), ids, config, generator)
-            return ((token, "target") for token in tokens), dict
+            return plain_tokens(loaded.engine.sequence(), ids, config, generator), dict
 
         return measure(loaded.device, lambda: _run_source(loaded, config, ids, make_source), len(ids))
 

@@ -29,10 +29,10 @@ loaded = models.load(sys.argv[1], quant=sys.argv[2])
 generate = int(sys.argv[3])
 if generate:  # a greedy run after loading, so that the peak includes the KV cache and activations
     from llmgen.decoding.config import DecodingConfig
-    from llmgen.decoding.plain import sample_tokens
+    from llmgen.decoding.plain import plain_tokens
     from llmgen.decoding.sampling import make_generator
     ids = loaded.tokenizer("Write a short story about a lighthouse keeper.")["input_ids"]
-    tokens = sample_tokens(loaded.engine.sequence(), ids, DecodingConfig(temperature=0.0), make_generator(0))
+    tokens = (t.id for t in plain_tokens(loaded.engine.sequence(), ids, DecodingConfig(temperature=0.0), make_generator(0)))
     for _ in range(generate):
         next(tokens)
 try:

@@ -8,7 +8,6 @@ same `SequenceResult`s, printed by the same renderers, so `--json` rows look ali
 from __future__ import annotations
 
 import inspect
-from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +20,7 @@ from llmgen.decoding.config import Resolved
 from llmgen.decoding.sequence import SequenceResult, encode_prompt, token_budget
 from llmgen.errors import UsageError
 from llmgen.loading import models
-from llmgen.loading.hfutil import quiet
+from llmgen.loading.loaded import ModelInfo
 
 PANEL = "Backend"
 
@@ -74,27 +73,13 @@ def _number(value: str) -> Any:
     return value
 
 
-def tokenizer_only(model_opts: dict[str, Any]) -> SimpleNamespace:
-    """What the driver of a vLLM run needs of the model, without its weights (which may not fit here):
-    its directory, tokenizer, context length and end-of-sequence ids."""
-    import torch
-    from transformers import AutoConfig, GenerationConfig
-
-    reference = models.resolve(model_opts["model"])
-    path = models.model_path(reference, model_opts["offline"], common.spinner)
-    tokenizer = models.load_tokenizer(model_opts["model"], path, model_opts["trust_remote_code"])
-    with quiet():
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=model_opts["trust_remote_code"])
-        try:
-            generation = GenerationConfig.from_pretrained(str(path))
-        except (OSError, ValueError):
-            generation = SimpleNamespace(eos_token_id=getattr(config, "eos_token_id", None))
-    return SimpleNamespace(ref=model_opts["model"], path=path, tokenizer=tokenizer, device=torch.device("cpu"),
-                           context_length=models.context_length(config),
-                           eos_token_ids=models.eos_ids(SimpleNamespace(generation_config=generation), tokenizer))
+def tokenizer_only(model_opts: dict[str, Any]) -> ModelInfo:
+    """What the driver of a vLLM run needs of the model, without its weights (which may not fit here)."""
+    return models.model_info(model_opts["model"], offline=model_opts["offline"],
+                             trust_remote_code=model_opts["trust_remote_code"], progress=common.spinner)
 
 
-def _request(light: SimpleNamespace, config: Any, ids: list[int], model_opts: dict[str, Any],
+def _request(light: ModelInfo, config: Any, ids: list[int], model_opts: dict[str, Any],
              engine_options: dict[str, Any], draft: vllm_backend.Draft | None = None,
              logprobs: int | None = None) -> vllm_backend.VllmRequest:
     return vllm_backend.translate(
@@ -103,7 +88,7 @@ def _request(light: SimpleNamespace, config: Any, ids: list[int], model_opts: di
         trust_remote_code=model_opts["trust_remote_code"], logprobs=logprobs)
 
 
-def vllm_decoder(light: SimpleNamespace, resolved: Resolved, model_opts: dict[str, Any],
+def vllm_decoder(light: ModelInfo, resolved: Resolved, model_opts: dict[str, Any],
                  engine_options: dict[str, Any]) -> Any:
     """A `batch_run.Decoder` for --input on vLLM: every row in one `LLM.generate` call, each with its own
     sampling parameters (rows may carry their own decoding keys). Sampled rows are vLLM's own draws:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from llmgen import prompt_file
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.decoding import constraints
-from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Limits, Row, decode_rows, row_generator, sample_rows
+from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Row, decode_rows, row_generator, sample_rows
 from llmgen.decoding.config import Resolved
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
 from llmgen.decoding.sampling import make_generator
@@ -77,7 +77,7 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
     """The `n` samples as one batch, rendered in sample order."""
     config = resolved.config
     shown = InOrder(renderer, config.n)
-    return sample_rows(loaded.engine.rows(), ids, config, Limits.of(loaded), on_text=shown.text, on_done=shown.done,
+    return sample_rows(loaded.engine.rows(), ids, config, loaded.info, on_text=shown.text, on_done=shown.done,
                        logprobs=logprobs, constraint=constraints.for_model(config, loaded))
 
 
@@ -287,7 +287,7 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
             if decoder is not None:
                 decoder(rows(), done, lambda row, why: fail(row.key, why))
             else:
-                decode_rows(loaded.engine.rows(), rows(), Limits.of(loaded), batch_size=batch["batch_size"],
+                decode_rows(loaded.engine.rows(), rows(), loaded.info, batch_size=batch["batch_size"],
                             on_done=done)
         finally:
             writer.drain()

@@ -171,13 +171,12 @@ def bench(
     if roofline and loaded.quant != "none":
         raise UsageError(f"--roofline measures the float path; drop --quant {loaded.quant}")
     if loaded.quant != "none":  # the target itself runs in 4 bits
-        for name in ("int4", "beam"):
-            if name in chosen:
-                chosen.remove(name)
-                why = "the target is already int4" if name == "int4" else "beam search runs on the float path only"
-                if explicit:
-                    raise UsageError(f"--strategies {name}: {why}")
-                late_notes.append(f"skipping {name}: {why}")
+        if "int4" in chosen:
+            chosen.remove("int4")
+            why = "the target is already int4"
+            if explicit:
+                raise UsageError(f"--strategies int4: {why}")
+            late_notes.append(f"skipping int4: {why}")
     int4 = None
     if "int4" in chosen:
         try:

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from llmgen import presets
@@ -141,7 +140,7 @@ def make_renderer(output: dict[str, Any], probs: dict[str, Any], spec: LogprobSp
     return output_renderer(output["json"], output["quiet"], legend)
 
 
-SourceFactory = Callable[[list[int], torch.Generator], tuple[TokenSource, Callable[[], dict[str, Any]]]]
+SourceFactory = Callable[[list[int], Any], tuple[TokenSource, Callable[[], dict[str, Any]]]]  # (ids, torch.Generator)
 
 
 def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,

@@ -14,7 +14,7 @@ from llmgen.cli.output import TerminalRenderer, beam_progress
 from llmgen.decoding import beam, constraints
 from llmgen.decoding.config import Resolved
 from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.plain import plain_source
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sequence import token_budget
 from llmgen.errors import UsageError
 from llmgen.loading.models import LoadedModel
@@ -87,8 +87,6 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     loaded = common.load_model(model_opts["model"], model_opts)
     ids = common.prompt_ids(loaded, text, output)
     if resolved.config.num_beams > 1:
-        if loaded.quant != "none":
-            raise UsageError(f"beam search runs on the float path only; drop --quant {loaded.quant}")
         run_beam_search(loaded, ids, resolved, output, spec)
         return
     renderer = common.make_renderer(output, probs, spec, loaded.tokenizer)
@@ -98,7 +96,7 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
     def plain(prompt_ids: list[int], generator: Any) -> Any:
         matcher = constraints.new_matcher(resolved.config, loaded)
-        return plain_source(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher), dict
+        return plain_tokens(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher), dict
 
     common.run_all(loaded, ids, resolved, renderer, plain)
 
@@ -110,9 +108,9 @@ def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, out
     renderer = common.output_renderer(output["json"], output["quiet"])
     with beam_progress(loaded.tokenizer, isinstance(renderer, TerminalRenderer)) as show:
         on_step = None if show is None else (lambda s: show(s.step, s.finished, s.best_token_ids))
-        found = beam.beam_search(loaded.model, ids, config, loaded.eos_token_ids,
+        found = beam.beam_search(loaded.engine, ids, config, loaded.eos_token_ids,
                                  token_budget(len(ids), config, loaded.context_length),
-                                 beam.stop_string_check(loaded.tokenizer, config.stop), on_step, spec,
+                                 loaded.tokenizer, on_step, spec,
                                  constraints.new_matcher(config, loaded))
     best = found.hypotheses[:config.n]
     for index, hypothesis in enumerate(best):

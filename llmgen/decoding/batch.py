@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +35,7 @@ from llmgen.decoding.processors import penalty_context, process, token_counts
 from llmgen.decoding.sampling import greedy_pick, make_generator, random_pick
 from llmgen.decoding.sequence import SequenceResult, SequenceState
 from llmgen.loading.engines.torch import Rows
+from llmgen.loading.loaded import ModelInfo
 
 DEFAULT_BATCH_SIZE = 8
 # NOTE: an odd 64-bit constant (2^64 / golden ratio): row seeds are far apart, and row 0 gets the seed
@@ -63,20 +63,6 @@ class Row:
     state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
     logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
     matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the stop rules need to know of the model."""
-
-    tokenizer: object
-    eos_token_ids: frozenset[int]
-    context_length: int
-
-    @classmethod
-    def of(cls, loaded: Any) -> Limits:
-        """The limits of a `models.LoadedModel` (or anything with those three attributes)."""
-        return cls(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
 
 
 OnText = Callable[[Row, str], None]
@@ -118,7 +104,7 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
     return tokens, entries
 
 
-def decode_rows(cache: Rows, pending: Iterable[Row], limits: Limits, *, batch_size: int = DEFAULT_BATCH_SIZE,
+def decode_rows(cache: Rows, pending: Iterable[Row], limits: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
                 continuous: bool = True, on_text: OnText | None = None, on_done: OnDone | None = None) -> None:
     """Decode every row of `pending` (read lazily), at most `batch_size` at a time.
 
@@ -138,7 +124,7 @@ def decode_rows(cache: Rows, pending: Iterable[Row], limits: Limits, *, batch_si
         raise
 
 
-def _loop(cache: Rows, queue: Iterator[Row], limits: Limits, batch_size: int, continuous: bool,
+def _loop(cache: Rows, queue: Iterator[Row], limits: ModelInfo, batch_size: int, continuous: bool,
           on_text: OnText | None, on_done: OnDone | None, active: list[Row]) -> None:
     """The loop of `decode_rows`; `active` (the rows running) is kept up to date in place."""
     logits = torch.empty(0)
@@ -186,7 +172,7 @@ def _take(queue: Iterator[Row], count: int) -> list[Row]:
     return taken
 
 
-def _admit(cache: Rows, rows: list[Row], limits: Limits) -> Tensor:
+def _admit(cache: Rows, rows: list[Row], limits: ModelInfo) -> Tensor:
     """Prefill the rows' distinct prompts once each, then repeat cache rows so each row has its own."""
     before = cache.rows
     distinct: dict[tuple[int, ...], int] = {}
@@ -209,7 +195,7 @@ def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
         on_done(row, row.state.result())
 
 
-def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: Limits, *,
+def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: ModelInfo, *,
                 on_text: OnText | None = None, on_done: OnDone | None = None,
                 logprobs: LogprobSpec | None = None, constraint: Constraint | None = None) -> list[SequenceResult]:
     """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order.

@@ -1,8 +1,8 @@
-"""Beam search in log-probability space, with its own loop and a batched KV cache.
+"""Beam search in log-probability space: its own loop, over the engine's batched rows (one row a beam).
 
 The semantics are those of HF `generate(num_beams=B, do_sample=False)`; the code is ours. One step:
 
-1. One forward of the B running beams; the cache holds one row per beam.  logits [B, V]
+1. One forward of the B running beams (`RowsCache.step`); the cache holds one row per beam.  logits [B, V]
 2. log_probs = log_softmax(logits), then, for each beam on that beam's own tokens:
    - the penalties of `processors.py` (repetition, then frequency/presence), counted over the beam's
      generated tokens (or prompt + generated, with `penalty_scope = "all"`), last `penalty_window` only;
@@ -17,7 +17,8 @@ The semantics are those of HF `generate(num_beams=B, do_sample=False)`; the code
    contains a stop string, or it uses up the token budget. Only the top B of the K may finish; a
    finished hypothesis scores  sum of log-probs / generated_length ** length_penalty  (EOS counted)
    and enters the finished set, which keeps the best B.
-5. The B best unfinished candidates become the running beams; the cache rows follow their parents.
+5. The B best unfinished candidates become the running beams; the cache rows follow their parents
+   (`RowsCache.select`, a row repeated where a beam has two children).
 6. The search stops when
    - every candidate finished (the budget is used up), or
    - early_stopping = "true" and B hypotheses finished, or
@@ -50,6 +51,7 @@ from llmgen.decoding.processors import NEG_INF, apply_mask, apply_penalties
 from llmgen.decoding.sequence import SequenceResult
 from llmgen.decoding.textstream import TextStream
 from llmgen.errors import UsageError
+from llmgen.loading.engines.base import Engine
 
 DEAD = -1.0e9  # NOTE: HF's score for a beam that must not be chosen; kept in float32, as HF does
 
@@ -175,60 +177,65 @@ def finished_score(log_prob_sum: float, length: int, length_penalty: float) -> f
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
-StopCheck = Callable[[list[int]], bool]
 OnStep = Callable[[BeamStep], None]
 
 
-def stop_string_check(tokenizer: Any, stops: Sequence[str]) -> StopCheck | None:
-    """True when the text of the generated tokens contains one of `stops`."""
-    if not stops:
+def candidates(log_probs: Tensor, scores: Tensor, keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 3, pure: the `keep` best (beam, token) candidates of all B * V, best first.
+
+    log_probs [B, V] (processed), scores [B] (running sums) -> (candidate scores [K], parent beams [K],
+    tokens [K]). Ties go to the lower flat index (beam-major), as `torch.topk` orders them."""
+    vocab = log_probs.shape[-1]
+    totals = (log_probs + scores[:, None]).view(-1)  # [B * V]
+    top_scores, top_index = torch.topk(totals, min(keep, totals.numel()))  # [K], best first
+    return top_scores, top_index // vocab, top_index % vocab
+
+
+def _fork(stream: TextStream | None, token: int) -> TextStream | None:
+    """A copy of a beam's text stream with one more token: the stop check of one candidate."""
+    if stream is None:
         return None
-
-    def check(token_ids: list[int]) -> bool:
-        text = tokenizer.decode(token_ids, skip_special_tokens=True)
-        return any(s in text for s in stops)
-
-    return check
-
-
-def _forward(model: Any, ids: Tensor, cache: Any) -> Tensor:
-    """Append ids [rows, k] to the cache; float32 logits of the last position [rows, V]."""
-    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1].to(torch.float32)
+    child = stream.copy()
+    child.push(token)
+    return child
 
 
 @torch.inference_mode()
-def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, eos_token_ids: frozenset[int],
-                budget: int, stop_check: StopCheck | None = None, on_step: OnStep | None = None,
+def beam_search(engine: Engine, prompt_ids: Sequence[int], config: DecodingConfig, eos_token_ids: frozenset[int],
+                budget: int, tokenizer: Any = None, on_step: OnStep | None = None,
                 logprobs: LogprobSpec | None = None, matcher: Any = None) -> BeamOutput:
     """Run beam search over `budget` new tokens at most; return the finished hypotheses, best first.
+
+    The beams are rows of the engine's `RowsCache`: the prompt is prefilled once and its row repeated,
+    and after each step the rows follow their parents (`select`). With stop strings (`config.stop`,
+    which need `tokenizer`), each beam keeps a `TextStream`; a candidate's check pushes one token onto
+    a copy of its parent's, so no text is decoded twice.
 
     With a constraint, `matcher` (`constraints.GrammarMatcher`) is forked into one matcher per beam: a
     beam's mask comes from its own, and a chosen candidate continues with a copy of its parent's,
     advanced by its token. A candidate of score -inf (a forbidden token) gets none: it is dead."""
-    from transformers import DynamicCache
-
     beams = config.num_beams
     eos = frozenset() if config.ignore_eos else eos_token_ids
     keep = max(2, 1 + len(eos)) * beams
     prompt_len = len(prompt_ids)
-    device = model.device
+    device = engine.device
     started = time.perf_counter()
 
-    cache = DynamicCache(config=model.config)
-    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # [1, P]
-    logits = _forward(model, prompt, cache).expand(beams, -1)  # [B, V]: prefill once, then copy the row
-    cache.batch_repeat_interleave(beams)
+    cache = engine.rows()
+    logits = cache.add([list(prompt_ids)]).expand(beams, -1)  # [B, V]: prefill once, then copy the row
+    cache.select([0] * beams)
     first_token_at = time.perf_counter()
     # The beams' tokens live on the host; on the device only when penalties or n-gram blocking read them.
     generated: list[list[int]] = [[] for _ in range(beams)]
     beam_entries: list[list[TokenLogprob]] = [[] for _ in range(beams)]  # with logprobs: each beam's, per token
+    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # [1, P]
     seqs = prompt.expand(beams, -1) if needs_context(config) else None  # [B, P + step]
     scores = torch.full((beams,), DEAD, dtype=torch.float32, device=device)  # running sums [B]
     scores[0] = 0.0  # NOTE: only beam 0 is live at first; the others are copies of it
     finished = FinishedSet(beams)
     identity = list(range(beams))
     matchers = None if matcher is None else [matcher.copy() for _ in range(beams)]
+    streams: list[TextStream | None] = [TextStream(tokenizer, config.stop) if config.stop else None] * beams
     steps = 0
 
     for step in range(budget):
@@ -238,22 +245,23 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
             allowed = torch.stack([m.allowed() if m is not None else torch.ones(logits.shape[-1], dtype=torch.bool)
                                    for m in matchers]).to(logits.device)  # [B, V]
         log_probs = beam_log_probs(logits, seqs, prompt_len, config, allowed)  # [B, V]
-        vocab = log_probs.shape[-1]
-        totals = (log_probs + scores[:, None]).view(-1)  # [B * V]
-        top_scores, top_index = torch.topk(totals, min(keep, totals.numel()))  # [K], best first
+        top_scores, parents_t, tokens_t = candidates(log_probs, scores, keep)  # [K] each
 
         # Which candidates finish, and why. NOTE: the one device-to-host transfer of the step.
-        host = torch.stack([top_scores.double(), top_index.double()]).tolist()
+        host = torch.stack([top_scores.double(), parents_t.double(), tokens_t.double()]).tolist()
         host_scores = host[0]
-        host_parents = [int(i) // vocab for i in host[1]]
-        host_tokens = [int(i) % vocab for i in host[1]]
+        host_parents = [int(i) for i in host[1]]
+        host_tokens = [int(i) for i in host[2]]
         step_entries = (_candidate_logprobs(logits, log_probs, host_parents, host_tokens, logprobs)
                         if logprobs is not None else None)
         reasons: list[str | None] = []
+        forks: list[TextStream | None] = []
         for parent, token in zip(host_parents, host_tokens):
+            fork = _fork(streams[parent], token) if token not in eos else None
+            forks.append(fork)
             if token in eos:
                 reasons.append("eos")
-            elif stop_check and stop_check(generated[parent] + [token]):
+            elif fork is not None and fork.stopped:
                 reasons.append("stop")
             elif steps == budget:
                 reasons.append("length")
@@ -277,6 +285,7 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
         rows = [host_parents[i] for i in chosen]
         next_tokens = [host_tokens[i] for i in chosen]
         generated = [generated[row] + [token] for row, token in zip(rows, next_tokens)]
+        streams = [forks[i] for i in chosen]
         if matchers is not None:
             matchers = [_forked(matchers[row], token, host_scores[i]) for row, token, i in zip(rows, next_tokens, chosen)]
         if step_entries is not None:
@@ -288,10 +297,9 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
             dead = torch.tensor([reasons[i] is not None for i in chosen], device=device)
             scores = scores.masked_fill(dead, DEAD)
             best = best if reasons[chosen[0]] is None else DEAD
-        rows_t = top_index[picked] // vocab  # [B], the parents, on the device
-        tokens_t = (top_index[picked] % vocab)[:, None]  # [B, 1]
+        next_t = tokens_t[picked]  # [B]
         if seqs is not None:
-            seqs = torch.cat([seqs[rows_t], tokens_t], dim=1)
+            seqs = torch.cat([seqs[parents_t[picked]], next_t[:, None]], dim=1)
 
         if on_step is not None:
             on_step(BeamStep(steps, generated[0], best, len(finished.items)))
@@ -301,8 +309,8 @@ def beam_search(model: Any, prompt_ids: Sequence[int], config: DecodingConfig, e
             break
 
         if rows != identity:  # NOTE: beams often keep their rows; skip the copy of every layer then
-            cache.reorder_cache(rows_t)
-        logits = _forward(model, tokens_t, cache)  # [B, V]
+            cache.select(rows)
+        logits = cache.step(next_t)  # [B, V]
 
     ended = time.perf_counter()
     decode_seconds = ended - first_token_at

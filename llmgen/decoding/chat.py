@@ -29,7 +29,7 @@ from typing import Any
 from llmgen.decoding import constraints
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.plain import plain_source
+from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, run_sequence
 from llmgen.errors import PromptError, UsageError
@@ -215,7 +215,7 @@ class ChatSession:
         generator = make_generator(seed, self.target.device)
         if self.speculative is None:  # a constraint gets a fresh matcher per reply (make_source makes its own)
             matcher = constraints.new_matcher(config, self.target)
-            source = plain_source(self.cache.lm, ids, config, generator, logprobs, matcher)
+            source = plain_tokens(self.cache.lm, ids, config, generator, logprobs, matcher)
             extra: Any = dict
         else:
             from llmgen.decoding.speculative import make_source
@@ -253,6 +253,6 @@ def reference_reply(target: LoadedModel, messages: list[dict[str, str]], config:
     """What `generate` does with the same messages: a fresh cache, the whole prompt prefilled (the tests' oracle)."""
     ids = render(target.tokenizer, messages)
     generator = make_generator(config.seed, target.device)
-    return run_sequence(plain_source(target.engine.sequence(), ids, config, generator), target.tokenizer, ids,
+    return run_sequence(plain_tokens(target.engine.sequence(), ids, config, generator), target.tokenizer, ids,
                         config, target.eos_token_ids, target.context_length)
 

@@ -13,7 +13,7 @@ so "processed" is the penalised distribution whose argmax was taken.
 
 Plain, batched and speculative decoding all call `token_logprobs` on the same (z, z') they pick
 from, so the numbers agree across them. Beam search reports the log-probs its scores add up
-(`beam.py`). The entries travel with the tokens (`generation.TokenSource`) and become JSON with
+(`beam.py`). The entries travel with the tokens (`sequence.Token`) and become JSON with
 OpenAI's field names in `to_json`.
 
 NOTE: strict JSON has no -inf, so `top_logprobs` in JSON lists only tokens that could be drawn:

@@ -1,9 +1,8 @@
 """Plain decoding: an engine's forward, the processors, then a pick, one token per step.
 
 The engine (`loading.engines`) keeps the sequence's KV cache; this module never sees a model.
-`sample_tokens` is plain decoding as an iterator: it yields one token per step and never computes a
-forward pass that nobody asked for. `plain_source` is the same loop as a token source, with each
-token's logprobs when asked (`logprobs.py`).
+`plain_tokens` is plain decoding as a token source: it yields one `Token` per step (with its logprobs
+when asked, `logprobs.py`) and never computes a forward pass that nobody asked for.
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
-from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
+from llmgen.decoding.logprobs import LogprobSpec, token_logprobs
 from llmgen.decoding.processors import penalty_context, process, token_counts
 from llmgen.decoding.sampling import greedy_pick, random_pick
+from llmgen.decoding.sequence import Token
 from llmgen.loading.engines.base import SequenceCache
 
 
@@ -33,27 +33,12 @@ def pick_processed(processed: Tensor, config: DecodingConfig, generator: torch.G
     return random_pick(processed.softmax(dim=-1), generator)
 
 
-def sample_tokens(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig,
-                  generator: torch.Generator) -> Iterator[int]:
-    """Plain decoding: yields generated tokens one at a time, forever; the caller decides when to stop."""
-    for token, _ in decode_steps(lm, prompt_ids, config, generator):
-        yield token
+def plain_tokens(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
+                 logprobs: LogprobSpec | None = None, matcher: Matcher | None = None) -> Iterator[Token]:
+    """Plain decoding: one `Token` per step, forever; the caller decides when to stop.
 
-
-def plain_source(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
-                 logprobs: LogprobSpec | None = None,
-                 matcher: Matcher | None = None) -> Iterator[tuple[int, str, TokenLogprob | None]]:
-    """Plain decoding as a token source (`generation.TokenSource`): (token, "target", its logprobs or None)."""
-    return ((token, "target", entry)
-            for token, entry in decode_steps(lm, prompt_ids, config, generator, logprobs, matcher))
-
-
-def decode_steps(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
-                 logprobs: LogprobSpec | None = None,
-                 matcher: Matcher | None = None) -> Iterator[tuple[int, TokenLogprob | None]]:
-    """The loop: each step yields the picked token and, when asked, its logprobs (else None).
-
-    With a constraint, `matcher` (owned by this sequence) gives each step's mask and takes each token."""
+    Each token carries its logprobs when `logprobs` asks (else None). With a constraint, `matcher`
+    (owned by this sequence) gives each step's mask and takes each token."""
     generated: list[int] = []
     # Prefill what the cache does not hold yet (all of the prompt, unless `chat.py` kept a prefix): [1, vocab]
     logits = lm.forward(list(prompt_ids)[lm.length:])
@@ -69,5 +54,5 @@ def decode_steps(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingC
         if matcher is not None:
             matcher.advance(token)
         generated.append(token)
-        yield token, entry
+        yield Token(token, "target", entry)
         logits = lm.forward([token])

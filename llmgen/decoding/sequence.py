@@ -1,9 +1,8 @@
 """From a token source to a finished sequence: stop rules, streaming text and statistics.
 
-A token source yields `(token_id, origin)` pairs, where origin says where a token came from:
-"target" for plain decoding; "accepted", "resampled" or "bonus" for speculative decoding. A source
-asked for logprobs yields `(token_id, origin, logprobs.TokenLogprob)` instead: computed where the
-token was picked, carried with it into the result.
+A token source yields `Token`s: the id, where it came from ("target" for plain decoding; "accepted",
+"resampled" or "bonus" for speculative decoding) and, when asked for, its logprobs (computed where
+the token was picked, carried with it into the result).
 `run_sequence` consumes it until one of the stop rules of `SequenceState` fires, in this order per
 token: end-of-sequence (unless ignored), a stop string in the text, `max_new_tokens`. Batched decoding
 (`batch.py`) keeps one `SequenceState` per row.
@@ -21,7 +20,17 @@ from llmgen.decoding.stats import Timer
 from llmgen.decoding.textstream import TextStream
 from llmgen.errors import PromptError, UsageError
 
-TokenSource = Iterator[tuple[int, str]] | Iterator[tuple[int, str, TokenLogprob | None]]
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One generated token: its id, its origin, and its logprobs when they were asked for."""
+
+    id: int
+    origin: str = "target"  # "target", or the speculative "accepted", "resampled", "bonus"
+    logprob: TokenLogprob | None = None
+
+
+TokenSource = Iterator[Token]
 # Called with each piece of final text, the origin of the token that completed it, and that token's
 # logprobs (None when not asked for, and for text released at the end).
 OnText = Callable[[str, str, TokenLogprob | None], None]
@@ -143,12 +152,11 @@ def run_sequence(source: TokenSource, tokenizer: Any, prompt_ids: Sequence[int],
     state = SequenceState(tokenizer, prompt_ids, config, eos_token_ids, context_length)
     origin = "target"
     try:
-        for item in source:
-            token, origin = item[0], item[1]
-            logprob = item[2] if len(item) > 2 else None
-            piece = state.push(token, logprob)
+        for token in source:
+            origin = token.origin
+            piece = state.push(token.id, token.logprob)
             if piece and on_text:
-                on_text(piece, origin, logprob)
+                on_text(piece, origin, token.logprob)
             if state.done:
                 break
     finally:

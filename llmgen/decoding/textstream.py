@@ -23,6 +23,13 @@ class TextStream:
         self._prefix_offset = 0
         self._read_offset = 0
 
+    def copy(self) -> TextStream:
+        """An independent stream in the same state (a beam's child continues its parent's text)."""
+        twin = TextStream.__new__(TextStream)
+        twin.__dict__.update(self.__dict__)
+        twin.ids = list(self.ids)
+        return twin
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from llmgen.decoding.batch import Limits, Row, decode_rows
+from llmgen.decoding.batch import Row, decode_rows
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.sequence import SequenceResult
@@ -75,7 +75,7 @@ class RowDecoder:
             rows.append(Row(task.key, task.prompt_ids, task.config, generator, logprobs=task.logprobs,
                             matcher=matcher))
         done: list[tuple[int, SequenceResult]] = []
-        decode_rows(loaded.engine.rows(), rows, Limits.of(loaded),
+        decode_rows(loaded.engine.rows(), rows, loaded.info,
                     batch_size=batch_size, on_done=lambda row, result: done.append((row.key, result)))
         return done
 

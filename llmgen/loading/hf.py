@@ -15,11 +15,10 @@ from typing import Any
 import torch
 
 from llmgen.errors import ModelError
-from llmgen.loading.engines.torch import TorchEngine
 from llmgen.loading.gguf_cache import ProgressHook, convert_gguf
 from llmgen.loading.hfutil import environment, first_line, quiet
-from llmgen.loading.loaded import LoadedModel
-from llmgen.loading.registry import Resolved
+from llmgen.loading.loaded import LoadedModel, ModelInfo
+from llmgen.loading.registry import Resolved, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -130,9 +129,33 @@ def context_length(config: Any) -> int:
     return 2048
 
 
+def model_info(ref: str, *, offline: bool, trust_remote_code: bool, progress: ProgressHook | None) -> ModelInfo:
+    """A model's tokenizer, context length and end-of-sequence ids, without its weights: what the driver of
+    a run whose weights live elsewhere (`--backend vllm`) needs, where they may not fit."""
+    from transformers import AutoConfig, GenerationConfig
+
+    path = model_path(resolve(ref), offline, progress)
+    tokenizer = load_tokenizer(ref, path, trust_remote_code)
+    with quiet():
+        try:
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except (ValueError, OSError, KeyError, TypeError) as err:
+            raise ModelError(f"cannot read the config of {ref!r} in {path}: {first_line(err)}") from None
+        try:
+            generation_eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
+        except (OSError, ValueError):
+            generation_eos = getattr(config, "eos_token_id", None)
+    return ModelInfo(tokenizer, _eos(generation_eos, tokenizer), context_length(config), ref, path)
+
+
 def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    return _eos(getattr(model.generation_config, "eos_token_id", None), tokenizer)
+
+
+def _eos(generation_eos: Any, tokenizer: Any) -> frozenset[int]:
+    """The generation config's end-of-sequence id(s) and the tokenizer's."""
     ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+    for value in (generation_eos, tokenizer.eos_token_id):
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, (list, tuple)):
@@ -172,7 +195,7 @@ def load_float(resolved: Resolved, *, device: str, dtype: str, offline: bool, al
         raise ModelError(f"cannot load model {ref!r} from {path}: no weights for {missing[0]} "
                          f"(tie_word_embeddings={getattr(model.config, 'tie_word_embeddings', None)})")
     model.to(dev).eval()
-    return LoadedModel(ref=ref, model=model, engine=TorchEngine(model), tokenizer=tokenizer, device=dev, dtype=dt,
+    return LoadedModel(ref=ref, model=model, tokenizer=tokenizer, device=dev, dtype=dt,
                        context_length=context_length(model.config), eos_token_ids=eos_ids(model, tokenizer),
                        load_seconds=time.perf_counter() - started, path=path)
 

@@ -16,7 +16,6 @@ import torch
 
 from llmgen.errors import ModelError
 from llmgen.loading import hf
-from llmgen.loading.engines.torch import TorchEngine
 from llmgen.loading.gguf_cache import ProgressHook, gguf_cache_path
 from llmgen.loading.hfutil import first_line, quiet
 from llmgen.loading.loaded import LoadedModel
@@ -90,7 +89,7 @@ def load_int4(resolved: Resolved, *, device: str, offline: bool, allow_pickle: b
         raise ModelError(f"--quant int4: cannot pack {ref!r}: {first_line(err)}") from None
     del packed  # closes the cache file
     tokenizer = hf.load_tokenizer(ref, path, trust_remote_code)
-    return LoadedModel(ref=ref, model=model, engine=TorchEngine(model), tokenizer=tokenizer, device=dev, dtype=torch.bfloat16,
+    return LoadedModel(ref=ref, model=model, tokenizer=tokenizer, device=dev, dtype=torch.bfloat16,
                               context_length=hf.context_length(config),
                               eos_token_ids=hf.eos_ids(model, tokenizer),
                               load_seconds=time.perf_counter() - started, path=path, quant="int4")

@@ -9,6 +9,22 @@ from typing import Any
 import torch
 
 from llmgen.loading.engines.base import Engine
+from llmgen.loading.engines.torch import TorchEngine
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What decoding reads of a model besides its engine: the tokenizer and what its stop rules need.
+
+    Every `LoadedModel` has one (`.info`); a run whose weights live elsewhere (`--backend vllm`) loads
+    only this (`hf.model_info`)."""
+
+    tokenizer: Any
+    eos_token_ids: frozenset[int]
+    context_length: int
+    ref: str = ""
+    path: Path | None = None
+    device: torch.device = torch.device("cpu")  # where each row's random generator lives
 
 
 @dataclass
@@ -23,7 +39,15 @@ class LoadedModel:
     load_seconds: float
     path: Path
     quant: str = "none"
-    engine: Engine = None  # type: ignore[assignment]  # set by the loader
+    engine: Engine | None = None  # None: the torch engine over `model`
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            self.engine = TorchEngine(self.model)
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.tokenizer, self.eos_token_ids, self.context_length, self.ref, self.path, self.device)
 
     @property
     def vocab_size(self) -> int:

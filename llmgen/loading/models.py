@@ -23,12 +23,13 @@ from llmgen.loading.hf import (
     eos_ids,
     load_float,
     load_tokenizer,
+    model_info,
     model_path,
     pick_device,
     pick_dtype,
 )
 from llmgen.loading.int4 import load_int4
-from llmgen.loading.loaded import LoadedModel
+from llmgen.loading.loaded import LoadedModel, ModelInfo
 from llmgen.loading.registry import (
     BUILTIN,
     DEFAULT_MODEL,
@@ -44,7 +45,7 @@ from llmgen.userdirs import cache_dir, config_dir
 __all__ = ["DEFAULT_MODEL", "DTYPES", "LoadedModel", "ProgressHook", "Resolved", "RegistryEntry", "cache_dir",
            "config_dir", "convert_gguf", "gguf_cache_path", "is_cached", "load", "pick_device", "pick_dtype",
            "registry", "resolve", "QUANTS", "load_tokenizer", "model_path", "context_length", "eos_ids",
-           "check_directory", "BUILTIN"]
+           "check_directory", "BUILTIN", "model_info", "ModelInfo"]
 
 def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool = False,
          allow_pickle: bool = False, trust_remote_code: bool = False,

@@ -1,4 +1,4 @@
-"""The speculative loop: propose -> verify -> roll back, as an iterator of (token, origin) pairs.
+"""The speculative loop: propose -> verify -> roll back, as an iterator of `Token`s (id and origin).
 
 One round, with the sequence so far S (prompt + output) and the target's cache holding all of S but
 its last token:
@@ -35,8 +35,9 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
-from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
+from llmgen.decoding.logprobs import LogprobSpec, token_logprobs
 from llmgen.decoding.processors import distribution_of, process
+from llmgen.decoding.sequence import Token
 from llmgen.decoding.speculative.counts import draft_counts
 from llmgen.decoding.speculative.gamma import GammaPolicy
 from llmgen.decoding.speculative.proposers import Proposer
@@ -85,9 +86,9 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
                        generator: torch.Generator, policy: GammaPolicy, max_tokens: int,
                        stats: SpeculativeStats | None = None, on_round: OnRound | None = None,
                        logprobs: LogprobSpec | None = None, matcher: Matcher | None = None
-                       ) -> Iterator[tuple[int, str]] | Iterator[tuple[int, str, TokenLogprob]]:
+                       ) -> Iterator[Token]:
     """Yield up to `max_tokens` tokens with their origin: 'accepted', 'resampled', 'bonus' or 'target';
-    with `logprobs`, (token, origin, the target's logprobs of the token)."""
+    with `logprobs`, each carries the target's logprobs of it."""
     stats = stats if stats is not None else SpeculativeStats()
     prompt = list(prompt_ids)
     generated: list[int] = []
@@ -136,7 +137,7 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         for i, (token, origin) in enumerate(zip(verdict.tokens, origins)):
             generated.append(token)
             stats.tokens += 1
-            yield (token, origin) if entries is None else (token, origin, entries[i])
+            yield Token(token, origin, None if entries is None else entries[i])
 
 
 def constrain_draft(matcher: Matcher, draft: list[int], q: Tensor | None
