@@ -12,8 +12,9 @@ from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from llmgen.cli import main
 from llmgen.decoding import beam
-from llmgen.decoding.beam import FinishedSet, Hypothesis, beam_counts, block_repeated_ngrams, can_improve
+from llmgen.decoding.beam import FinishedSet, Hypothesis, block_repeated_ngrams, can_improve
 from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.counts import penalty_counts
 from llmgen.errors import UsageError
 from llmgen.loading import models
 
@@ -161,13 +162,15 @@ def test_ngram_blocking_by_hand() -> None:
 
 def test_each_beam_counts_only_its_own_tokens() -> None:
     prompt = [0, 0]
-    seqs = torch.tensor([prompt + [3, 3, 4], prompt + [5, 5, 5]])
-    generated = beam_counts(seqs, 2, DecodingConfig(), 6)
+    beams = [(prompt, [3, 3, 4]), (prompt, [5, 5, 5])]  # one row per beam, as beam_log_probs builds them
+    on = {"repetition_penalty": 1.2}
+    generated = penalty_counts(beams, DecodingConfig(**on), 6)
     assert generated.tolist() == [[0, 0, 0, 2, 1, 0], [0, 0, 0, 0, 0, 3]]
-    everything = beam_counts(seqs, 2, DecodingConfig(penalty_scope="all"), 6)
+    everything = penalty_counts(beams, DecodingConfig(penalty_scope="all", **on), 6)
     assert everything[:, 0].tolist() == [2, 2]
-    window = beam_counts(seqs, 2, DecodingConfig(penalty_window=2), 6)
+    window = penalty_counts(beams, DecodingConfig(penalty_window=2, **on), 6)
     assert window.tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 2]]
+    assert penalty_counts(beams, DecodingConfig(), 6) is None  # no penalty: nothing is counted
 
 
 def test_penalties_act_on_log_probs_per_beam() -> None:

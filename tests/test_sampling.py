@@ -18,8 +18,9 @@ from transformers.generation.logits_process import (
 )
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import pick, plain_tokens
-from llmgen.decoding.sampling import make_generator, random_pick
+from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.processors import process
+from llmgen.decoding.sampling import make_generator, pick, random_pick
 from llmgen.loading import models
 from llmgen.loading.engines.torch import CachedLM
 
@@ -59,7 +60,8 @@ def test_pick_with_every_option_on_matches_the_processed_distribution() -> None:
     context = [3, 3, 7, 1, 9]
     counts = torch.bincount(torch.tensor(context), minlength=vocab).float()
     gen = make_generator(1)
-    draws = pick(logits.expand(SAMPLES, -1), counts.expand(SAMPLES, -1), ALL_ON, gen).tolist()
+    processed = process(logits.expand(SAMPLES, -1), counts.expand(SAMPLES, -1), ALL_ON)
+    draws = pick(processed, ALL_ON.greedy, [gen] * SAMPLES).tolist()
     expected = oracle_distribution(logits, context, ALL_ON)
     assert (expected > 0).sum() >= 3, "the options should leave a real choice"
     assert chi_square_pvalue(draws, dict(enumerate(expected.tolist()))) > 1e-3

@@ -30,9 +30,10 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Constraint, Matcher
+from llmgen.decoding.counts import penalty_counts
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
-from llmgen.decoding.processors import penalty_context, process, token_counts
-from llmgen.decoding.sampling import greedy_pick, make_generator, random_pick
+from llmgen.decoding.processors import process
+from llmgen.decoding.sampling import make_generator, pick
 from llmgen.decoding.sequence import SequenceResult, SequenceState
 from llmgen.loading.engines.torch import Rows
 from llmgen.loading.loaded import ModelInfo
@@ -83,21 +84,14 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
     for i, row in enumerate(rows):
         groups[row.config, row.logprobs].append(i)
     for (config, spec), members in groups.items():
-        counts = None
-        if config.uses_penalties:  # each row's own counts, derived from its own context
-            counts = torch.stack([
-                token_counts(penalty_context(rows[i].prompt_ids, rows[i].state.tokens, config), vocab, logits.device)
-                for i in members])  # [g, vocab]
+        # each row's own counts, derived from its own context: [g, vocab] or None
+        counts = penalty_counts([(rows[i].prompt_ids, rows[i].state.tokens) for i in members], config, vocab,
+                                logits.device)
         allowed = None
         if rows[members[0]].matcher is not None:  # NOTE: rows of one config are all constrained or none
             allowed = torch.stack([rows[i].matcher.allowed() for i in members])  # [g, vocab]
         processed = process(logits[members], counts, config, allowed)  # [g, vocab]
-        if config.greedy:
-            tokens[members] = greedy_pick(processed).cpu()
-        else:
-            probs = processed.softmax(dim=-1)
-            for j, i in enumerate(members):
-                tokens[i] = int(random_pick(probs[j:j + 1], rows[i].generator)[0])
+        tokens[members] = pick(processed, config.greedy, [rows[i].generator for i in members]).cpu()
         if spec is not None:
             for i, entry in zip(members, token_logprobs(logits[members], processed, tokens[members], spec)):
                 entries[i] = entry

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DEFAULTS, DecodingConfig, Resolved
+from llmgen.decoding.counts import penalty_counts
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, entries, to_json
 from llmgen.decoding.processors import NEG_INF, apply_mask, apply_penalties
 from llmgen.decoding.sequence import SequenceResult
@@ -110,15 +111,6 @@ class FinishedSet:
 # Pure pieces: per-beam logits processing and the stopping rule.
 
 
-def beam_counts(seqs: Tensor, prompt_len: int, config: DecodingConfig, vocab: int) -> Tensor:
-    """c[b, j] = occurrences of token j in beam b's penalty context. seqs [B, prompt + generated]."""
-    context = seqs[:, prompt_len:] if config.penalty_scope == "generated" else seqs
-    if config.penalty_window:
-        context = context[:, -config.penalty_window:]
-    counts = torch.zeros(seqs.shape[0], vocab, dtype=torch.float32, device=seqs.device)
-    return counts.scatter_add_(1, context, torch.ones(context.shape, dtype=torch.float32, device=seqs.device))
-
-
 def block_repeated_ngrams(log_probs: Tensor, seqs: Tensor, n: int) -> Tensor:
     """-inf for every token that would complete an n-gram already present in the same row.
 
@@ -153,7 +145,9 @@ def beam_log_probs(logits: Tensor, seqs: Tensor | None, prompt_len: int, config:
     if seqs is None:
         return log_probs
     if config.uses_penalties:
-        log_probs = apply_penalties(log_probs, beam_counts(seqs, prompt_len, config, log_probs.shape[-1]), config)
+        beams = [(row[:prompt_len], row[prompt_len:]) for row in seqs.tolist()]  # each beam's own tokens
+        log_probs = apply_penalties(log_probs, penalty_counts(beams, config, log_probs.shape[-1], log_probs.device),
+                                    config)
     if config.no_repeat_ngram_size:
         log_probs = block_repeated_ngrams(log_probs, seqs, config.no_repeat_ngram_size)
     return log_probs

@@ -7,7 +7,7 @@ functions decoding runs (there is no second implementation):
 
 For each stage it reports the probabilities softmax(stage logits), how many tokens are still
 drawable (finite logits), and the entropy in bits. The last stage is what `processors.distribution`
-samples from (greedy: the argmax of it). The token picked there, with `decode.pick_processed`, is
+samples from (greedy: the argmax of it). The token picked there, with `sampling.pick`, is
 appended and the next step reads the next position.
 
 Tokens forced with `--continue` count as generated tokens for the penalties, as they would if the
@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import pick_processed
-from llmgen.decoding.processors import penalty_context, stages, token_counts
+from llmgen.decoding.counts import penalty_counts
+from llmgen.decoding.processors import stages
+from llmgen.decoding.sampling import pick
 from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
 
@@ -84,11 +85,10 @@ def inspect_steps(lm: SequenceCache, prompt_ids: Sequence[int], forced: Sequence
     generated = list(forced)
     logits = lm.forward([*prompt, *generated])[0]  # [vocab]
     for _ in range(steps):
-        counts = None
-        if config.uses_penalties:
-            counts = token_counts(penalty_context(prompt, generated, config), logits.shape[-1], logits.device)
+        counts = penalty_counts([(prompt, generated)], config, logits.shape[-1], logits.device)
+        counts = None if counts is None else counts[0]  # [vocab]
         views = view_stages(logits, counts, config)
-        token = int(pick_processed(views[-1].logits[None], config, generator)[0])  # the last stage is `process`
+        token = int(pick(views[-1].logits[None], config.greedy, [generator])[0])  # the last stage is `process`
         yield StepView(len(prompt) + len(generated), views, token)
         generated.append(token)
         if token in eos_token_ids and not config.ignore_eos:

@@ -10,27 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
+from llmgen.decoding.counts import penalty_counts
 from llmgen.decoding.logprobs import LogprobSpec, token_logprobs
-from llmgen.decoding.processors import penalty_context, process, token_counts
-from llmgen.decoding.sampling import greedy_pick, random_pick
+from llmgen.decoding.processors import process
+from llmgen.decoding.sampling import pick
 from llmgen.decoding.sequence import Token
 from llmgen.loading.engines.base import SequenceCache
-
-
-def pick(logits: Tensor, counts: Tensor | None, config: DecodingConfig, generator: torch.Generator) -> Tensor:
-    """Processors then the pick, row by row: logits [rows, vocab] -> tokens [rows]."""
-    return pick_processed(process(logits, counts, config), config, generator)
-
-
-def pick_processed(processed: Tensor, config: DecodingConfig, generator: torch.Generator) -> Tensor:
-    """The pick from logits that went through `process` already: [rows, vocab] -> tokens [rows]."""
-    if config.greedy:
-        return greedy_pick(processed)
-    return random_pick(processed.softmax(dim=-1), generator)
 
 
 def plain_tokens(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
@@ -44,12 +32,11 @@ def plain_tokens(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingC
     logits = lm.forward(list(prompt_ids)[lm.length:])
     vocab = logits.shape[-1]
     while True:
-        counts = None
-        if config.uses_penalties:  # derived from the context on every step; no state to roll back
-            counts = token_counts(penalty_context(prompt_ids, generated, config), vocab, logits.device)[None]
+        # derived from the context on every step; no state to roll back: [1, vocab] or None
+        counts = penalty_counts([(prompt_ids, generated)], config, vocab, logits.device)
         allowed = None if matcher is None else matcher.allowed()[None]  # [1, vocab] bool
         processed = process(logits, counts, config, allowed)  # [1, vocab]
-        token = int(pick_processed(processed, config, generator)[0])
+        token = int(pick(processed, config.greedy, [generator])[0])
         entry = token_logprobs(logits, processed, [token], logprobs)[0] if logprobs is not None else None
         if matcher is not None:
             matcher.advance(token)

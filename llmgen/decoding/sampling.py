@@ -7,6 +7,8 @@ residual such as max(0, p - q) in speculative decoding, and zero-probability tok
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,17 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     else:
         generator.manual_seed(seed)
     return generator
+
+
+def pick(processed: Tensor, greedy: bool, generators: Sequence[torch.Generator]) -> Tensor:
+    """The pick, for every decoding path: processed logits [rows, vocab] -> tokens [rows].
+
+    Greedy: the argmax of each row. Sampling: row r draws from softmax(processed[r]) with its own
+    `generators[r]` (so a row's draws never depend on the rows beside it)."""
+    if greedy:
+        return greedy_pick(processed)
+    probs = processed.softmax(dim=-1)  # [rows, vocab]
+    return torch.cat([random_pick(probs[r:r + 1], generator) for r, generator in enumerate(generators)])
 
 
 def greedy_pick(logits: Tensor) -> Tensor:

@@ -35,10 +35,10 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
+from llmgen.decoding.counts import draft_counts
 from llmgen.decoding.logprobs import LogprobSpec, token_logprobs
 from llmgen.decoding.processors import distribution_of, process
 from llmgen.decoding.sequence import Token
-from llmgen.decoding.speculative.counts import draft_counts
 from llmgen.decoding.speculative.gamma import GammaPolicy
 from llmgen.decoding.speculative.proposers import Proposer
 from llmgen.decoding.speculative.stats import SpeculativeStats

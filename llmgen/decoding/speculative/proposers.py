@@ -26,9 +26,9 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
-from llmgen.decoding.processors import distribution
-from llmgen.decoding.sampling import random_pick
-from llmgen.decoding.speculative.counts import position_counts
+from llmgen.decoding.counts import penalty_counts
+from llmgen.decoding.processors import distribution_of, process
+from llmgen.decoding.sampling import pick
 from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
 
@@ -91,10 +91,12 @@ class DraftModelProposer:
         tokens: list[int] = []
         rows: list[Tensor] = []
         for i in range(gamma):
-            counts = position_counts(prompt_ids, generated, tokens, self.config, logits.shape[-1], logits.device)
+            counts = penalty_counts([(prompt_ids, [*generated, *tokens])], self.config, logits.shape[-1],
+                                    logits.device)
             allowed = None if self.matcher is None else self.matcher.allowed()[None]  # [1, vocab]
-            q_i = distribution(logits, counts, self.config, allowed)  # [1, vocab]
-            token = int(q_i.argmax()) if self.config.greedy else int(random_pick(q_i[0], generator))
+            processed = process(logits, counts, self.config, allowed)  # [1, vocab]
+            q_i = distribution_of(processed, self.config)  # [1, vocab]
+            token = int(pick(processed, self.config.greedy, [generator])[0])
             tokens.append(token)
             rows.append(q_i[0])
             if self.matcher is not None:
