@@ -17,11 +17,18 @@ with `error` set; the other lines are unaffected.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from llmgen.decoding import constraints
+from llmgen.decoding.batch import Row, row_generator
 from llmgen.decoding.config import DecodingConfig, canonical_key, coerce
-from llmgen.errors import LlmgenError
+from llmgen.decoding.logprobs import LogprobSpec
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import encode_prompt
+from llmgen.errors import LlmgenError, UsageError
+from llmgen.loading.hfutil import first_line
 
 ROW_KEYS = ("prompt", "id", "system")
 
@@ -99,3 +106,35 @@ def row_config(base: DecodingConfig, keys: dict[str, Any]) -> DecodingConfig:
     if config.n > 1 or config.num_beams > 1:
         raise LlmgenError("a row of --input cannot ask for n > 1 or beam search")
     return config
+
+
+OnError = Callable[[int, str], None]  # (prompt index, the one-line reason)
+
+
+def job_rows(jobs: Iterable[Job], model: Any, chat: bool | None, system: str | None,
+             logprobs: LogprobSpec | None, on_error: OnError) -> Iterator[Row]:
+    """The rows to decode, one per job, read lazily: the prompt encoded (chat template or raw), the row's
+    random stream, its matcher. A job that cannot become a row (its line was bad, its prompt does not
+    encode, its constraint does not compile) goes to `on_error` instead; the others are unaffected.
+
+    Seeds: a row with its own "seed" key is sampled exactly as `generate --seed` would; the others get
+    row i's stream of the command line's seed (`batch.row_generator`). `model` is a `LoadedModel`, or
+    the `ModelInfo` of one whose weights live elsewhere."""
+    for job in jobs:
+        if job.error is not None:
+            on_error(job.index, job.error)
+            continue
+        try:
+            ids = encode_prompt(model, job.prompt, chat, job.system or system)
+        except Exception as err:  # noqa: BLE001 - a tokenizer's failure on one row must not stop the others
+            on_error(job.index, first_line(err))
+            continue
+        seed = job.config.seed
+        generator = (make_generator(seed, model.device) if job.own_seed
+                     else row_generator(seed, job.index, model.device))
+        try:
+            matcher = constraints.new_matcher(job.config, model)
+        except UsageError as err:  # a row's own bad --regex or --schema fails that row only
+            on_error(job.index, str(err))
+            continue
+        yield Row(job.index, ids, job.config, generator, logprobs=logprobs, matcher=matcher)

@@ -105,3 +105,17 @@ def test_bad_ray_address_is_one_line(capsys, tmp_path: Path, char_model: Path) -
     prompts.write_text("ab\n")
     assert main(["generate", "-m", str(char_model), "--raw", "--input", str(prompts), "--ray", "tcp://x"]) == 2
     assert "use local, auto or ray://HOST:PORT" in capsys.readouterr().err
+
+
+def test_ray_without_an_address_means_local() -> None:
+    from llmgen.cli import _optional_values
+
+    assert _optional_values(["generate", "--input", "f", "--ray"]) == ["generate", "--input", "f", "--ray", "local"]
+    assert _optional_values(["generate", "--ray", "--input", "f"]) == ["generate", "--ray", "local", "--input", "f"]
+    assert _optional_values(["generate", "--ray", "auto", "-i", "f"]) == ["generate", "--ray", "auto", "-i", "f"]
+    assert _optional_values(["generate", "--", "--ray"]) == ["generate", "--", "--ray"]  # a prompt, after --
+
+
+def test_ray_without_an_address_still_needs_input(capsys, char_model: Path) -> None:
+    assert main(["generate", "-m", str(char_model), "--ray"]) == 2
+    assert "--ray shards the prompts of --input" in capsys.readouterr().err

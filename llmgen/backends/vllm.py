@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmgen.decoding.config import DEFAULTS, DecodingConfig
+from llmgen.decoding.sequence import SequenceResult
 from llmgen.errors import UsageError
 
 INSTALL = "pip install 'llmgen[vllm]' (vLLM is CUDA-only on PyPI and brings its own torch)"
@@ -159,6 +160,11 @@ class VllmOutput:
     token_ids: list[int]
     text: str
     finish_reason: str  # llmgen's: "length", "stop" or "eos"
+
+    def result(self, prompt_ids: Sequence[int], stats: dict[str, Any]) -> SequenceResult:
+        """The output as llmgen's own runs report one."""
+        return SequenceResult(self.text, self.token_ids, list(prompt_ids), self.finish_reason,
+                              {"prompt_tokens": len(prompt_ids), "generated_tokens": len(self.token_ids), **stats})
 
 
 def finish_reason(reason: str | None, stop_reason: Any) -> str:

@@ -134,6 +134,22 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+# Options whose value may be left out, and what they mean then (click's `flag_value`, which typer drops).
+_OPTIONAL_VALUES = {"--ray": "local"}
+
+
+def _optional_values(argv: list[str]) -> list[str]:
+    """`--ray` alone (last, or before another option) means `--ray local`."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--":
+            return out + argv[i + 1:]
+        if arg in _OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(_OPTIONAL_VALUES[arg])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a script, exits with) the exit code."""
     _register()
@@ -146,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = _PipeGuard(stdout)
     try:
         # NOTE: without standalone mode, typer returns the code of an Exit (Ctrl-C arrives as Exit(130)).
-        returned = app(args=argv, prog_name="llmgen", standalone_mode=False)
+        returned = app(args=_optional_values(sys.argv[1:] if argv is None else argv), prog_name="llmgen",
+                       standalone_mode=False)
         code = returned if isinstance(returned, int) else 0
     except LlmgenError as err:
         _error(str(err))

@@ -17,7 +17,7 @@ from llmgen.backends import vllm as vllm_backend
 from llmgen.cli import common
 from llmgen.cli.output import make_renderer
 from llmgen.decoding.config import Resolved
-from llmgen.decoding.sequence import SequenceResult, encode_prompt, token_budget
+from llmgen.decoding.sequence import encode_prompt, token_budget
 from llmgen.errors import UsageError
 from llmgen.loading import models
 from llmgen.loading.loaded import ModelInfo
@@ -90,7 +90,7 @@ def _request(light: ModelInfo, config: Any, ids: list[int], model_opts: dict[str
 
 def vllm_decoder(light: ModelInfo, resolved: Resolved, model_opts: dict[str, Any],
                  engine_options: dict[str, Any]) -> Any:
-    """A `batch_run.Decoder` for --input on vLLM: every row in one `LLM.generate` call, each with its own
+    """A `batch.Decoder` for --input on vLLM: every row in one `LLM.generate` call, each with its own
     sampling parameters (rows may carry their own decoding keys). Sampled rows are vLLM's own draws:
     with --seed, row i gets seed + i."""
 
@@ -112,16 +112,13 @@ def vllm_decoder(light: ModelInfo, resolved: Resolved, model_opts: dict[str, Any
         outputs, stats = vllm_backend.generate(batch[0][1], [row.prompt_ids for row, _ in batch],
                                                [request.params for _, request in batch])
         for (row, _), outs in zip(batch, outputs):
-            out = outs[0]
-            on_done(row, SequenceResult(out.text, out.token_ids, list(row.prompt_ids), out.finish_reason,
-                                        {"prompt_tokens": len(row.prompt_ids), "generated_tokens": len(out.token_ids),
-                                         **stats}))
+            on_done(row, outs[0].result(row.prompt_ids, stats))
 
     return decode
 
 
 def ray_decoder(ray: dict[str, Any], model_opts: dict[str, Any], batch_size: int) -> Any:
-    """A `batch_run.Decoder` for --input on Ray actors (`distributed.ray`), checked before any loading."""
+    """A `batch.Decoder` for --input on Ray actors (`distributed.ray`), checked before any loading."""
     from llmgen.distributed.ray import decode_on_ray, import_ray
 
     import_ray()
@@ -149,15 +146,15 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
         renderer.begin(index, len(chosen))
         if out.text:
             renderer.text(out.text, "target")
-        renderer.end(SequenceResult(out.text, out.token_ids, ids, out.finish_reason,
-                                    {"prompt_tokens": len(ids), "generated_tokens": len(out.token_ids), **stats}))
+        renderer.end(out.result(ids, stats))
 
 
 RAY = [
     _option("ray", Annotated[str | None, typer.Option(
-        "--ray", metavar="ADDRESS", rich_help_panel=PANEL, show_default="off",
+        "--ray", metavar="[ADDRESS]", rich_help_panel=PANEL, show_default="off",
         help="With --input: shard the prompts over Ray actors, each running llmgen's own batched decoding. ADDRESS: "
-             "local (start a Ray instance here), auto (join a running cluster) or ray://HOST:PORT (extra llmgen\\[ray]).")], None),
+             "local (the default when --ray has no value: start a Ray instance here), auto (join a running cluster) "
+             "or ray://HOST:PORT (extra llmgen\\[ray]).")], None),
     _option("ray_actors", Annotated[int, typer.Option(
         "--ray-actors", metavar="N", rich_help_panel=PANEL, min=1,
         help="Actors, each loading the model once.")], 2),

@@ -15,7 +15,7 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -25,10 +25,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from llmgen import prompt_file
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.decoding import constraints
-from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Row, decode_rows, row_generator, sample_rows
+from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Decoder, Row, decode_rows, sample_rows
 from llmgen.decoding.config import Resolved
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
-from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import SequenceResult, encode_prompt
 from llmgen.errors import LlmgenError, UsageError
 from llmgen.loading.hfutil import first_line
@@ -217,7 +216,33 @@ def progress_bar(total: int) -> Iterator[Progressed]:
 
 
 # Decodes rows elsewhere (Ray actors, vLLM): reports each finished row to on_done, each failed one to on_error.
-Decoder = Callable[[Iterable[Row], Callable[[Row, SequenceResult], None], Callable[[Row, str], None]], None]
+
+
+class InputRun:
+    """One --input run's bookkeeping: rows written as they finish, the progress bar, the counts."""
+
+    def __init__(self, jobs: list[prompt_file.Job], writer: RowWriter, advance: Progressed, quiet: bool) -> None:
+        self.by_index = {job.index: job for job in jobs}
+        self.writer, self.advance, self.quiet = writer, advance, quiet
+        self.failed = 0
+        self.tokens = 0
+
+    def _head(self, index: int) -> dict[str, Any]:
+        job = self.by_index[index]
+        return {"index": index} if job.id is None else {"index": index, "id": job.id}
+
+    def fail(self, index: int, message: str) -> None:
+        self.failed += 1
+        if not self.quiet:
+            print(f"llmgen: error: prompt {index} (line {index + 1}): {message}", file=sys.stderr, flush=True)
+        self.writer.put(index, {**self._head(index), "error": message})
+        self.advance(0)
+
+    def done(self, row: Row, result: SequenceResult) -> None:
+        self.tokens += len(result.token_ids)
+        self.writer.put(row.key, {**self._head(row.key), **result.as_json()})
+        constraints.warn_incomplete(row.config, result.finish_reason)
+        self.advance(len(result.token_ids))
 
 
 def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any],
@@ -225,8 +250,7 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
     """Decode every prompt of --input; raises RowsFailed at the end if any row failed.
 
     With a `decoder` (Ray actors, vLLM), the rows are decoded there instead of in this process, and
-    `loaded` needs only the tokenizer, the context length, the end-of-sequence ids and the device;
-    reading, ordering, resuming and writing rows stay the same."""
+    `loaded` is the model's `ModelInfo`; reading, ordering, resuming and writing rows stay the same."""
     jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
     chat, system = output.get("chat"), output.get("system")
     encode_prompt(loaded, "x", chat, system)  # --chat without a template, --system without chat: exit 2 now
@@ -234,69 +258,27 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
     skip = done_indices(resume) if resume else set()
     jobs = [job for job in jobs if job.index not in skip]
     order = None if batch["unordered"] else [job.index for job in jobs]
-    quiet = output["quiet"]
-    failed, tokens, started = 0, 0, time.perf_counter()
+    started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stream: IO[str] | None = None
         if resume:
             stream = stack.enter_context(_append(resume))
         writer = RowWriter(stream, json_mode=output["json"] or resume is not None, null=batch["null"], order=order)
-        advance = stack.enter_context(progress_bar(len(jobs)))
-        by_index = {job.index: job for job in jobs}
-
-        def head(index: int) -> dict[str, Any]:
-            job = by_index[index]
-            return {"index": index} if job.id is None else {"index": index, "id": job.id}
-
-        def fail(index: int, message: str) -> None:
-            nonlocal failed
-            failed += 1
-            if not quiet:
-                print(f"llmgen: error: prompt {index} (line {index + 1}): {message}", file=sys.stderr, flush=True)
-            writer.put(index, {**head(index), "error": message})
-            advance(0)
-
-        def done(row: Row, result: SequenceResult) -> None:
-            nonlocal tokens
-            tokens += len(result.token_ids)
-            writer.put(row.key, {**head(row.key), **result.as_json()})
-            constraints.warn_incomplete(row.config, result.finish_reason)
-            advance(len(result.token_ids))
-
-        def rows() -> Iterator[Row]:
-            for job in jobs:
-                if job.error is not None:
-                    fail(job.index, job.error)
-                    continue
-                try:
-                    ids = encode_prompt(loaded, job.prompt, chat, job.system or system)
-                except Exception as err:  # noqa: BLE001 - a tokenizer's failure on one row must not stop the others
-                    fail(job.index, first_line(err))
-                    continue
-                seed = job.config.seed
-                generator = (make_generator(seed, loaded.device) if job.own_seed
-                             else row_generator(seed, job.index, loaded.device))
-                try:
-                    matcher = constraints.new_matcher(job.config, loaded)
-                except UsageError as err:  # a row's own bad --regex or --schema fails that row only
-                    fail(job.index, str(err))
-                    continue
-                yield Row(job.index, ids, job.config, generator, logprobs=logprobs, matcher=matcher)
-
+        run = InputRun(jobs, writer, stack.enter_context(progress_bar(len(jobs))), output["quiet"])
+        rows = prompt_file.job_rows(jobs, loaded, chat, system, logprobs, run.fail)
         try:
             if decoder is not None:
-                decoder(rows(), done, lambda row, why: fail(row.key, why))
+                decoder(rows, run.done, lambda row, why: run.fail(row.key, why))
             else:
-                decode_rows(loaded.engine.rows(), rows(), loaded.info, batch_size=batch["batch_size"],
-                            on_done=done)
+                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch["batch_size"], on_done=run.done)
         finally:
             writer.drain()
-    if not quiet:
+    if not output["quiet"]:
         seconds = time.perf_counter() - started
-        print(f"llmgen: {len(jobs)} prompts ({failed} failed), {tokens} tokens in {seconds:.1f} s, "
-              f"{tokens / max(seconds, 1e-9):.1f} tok/s", file=sys.stderr, flush=True)
-    if failed:
-        raise RowsFailed(f"{failed} of {len(jobs)} prompts failed; their rows hold an \"error\" field")
+        print(f"llmgen: {len(jobs)} prompts ({run.failed} failed), {run.tokens} tokens in {seconds:.1f} s, "
+              f"{run.tokens / max(seconds, 1e-9):.1f} tok/s", file=sys.stderr, flush=True)
+    if run.failed:
+        raise RowsFailed(f"{run.failed} of {len(jobs)} prompts failed; their rows hold an \"error\" field")
 
 
 @contextlib.contextmanager

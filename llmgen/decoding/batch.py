@@ -68,6 +68,9 @@ class Row:
 
 OnText = Callable[[Row, str], None]
 OnDone = Callable[[Row, SequenceResult], None]
+OnRowError = Callable[[Row, str], None]
+# What decodes rows somewhere (this process, Ray actors, vLLM): each row ends in on_done or on_error.
+Decoder = Callable[[Iterable[Row], OnDone, OnRowError], None]
 
 
 def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogprob | None]]:
