@@ -50,8 +50,11 @@ def test_an_int4_target_skips_what_it_cannot_run(char_model: Path, prompt_file: 
     data = json.loads(out)
     assert data["model"]["quant"] == "int4"
     assert [row["label"] for row in data["rows"]] == ["plain"]  # no HF twin of an int4 model
-    code, _, err = run(capsys, bench(str(char_model), prompt_file, "--quant", "int4", "-s", "plain,beam"))
-    assert code == 2 and "beam search runs on the float path only" in err
+    code, _, err = run(capsys, bench(str(char_model), prompt_file, "--quant", "int4", "-s", "plain,int4"))
+    assert code == 2 and "the target is already int4" in err
+    code, out, err = run(capsys, bench(str(char_model), prompt_file, "--quant", "int4", "-s", "plain,beam"))
+    assert code == 0, err  # beams run on the engine's rows, int4 included
+    assert [row["label"] for row in json.loads(out)["rows"]] == ["plain", "beam B=4"]
     code, _, err = run(capsys, bench(str(char_model), prompt_file, "--quant", "int4", "--roofline"))
     assert code == 2 and "--roofline measures the float path" in err
 
