@@ -7,7 +7,6 @@ same `SequenceResult`s, printed by the same renderers, so `--json` rows look ali
 
 from __future__ import annotations
 
-import inspect
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +14,7 @@ import typer
 from llmgen.backends import BACKENDS
 from llmgen.backends import vllm as vllm_backend
 from llmgen.cli import common
+from llmgen.cli.options import option
 from llmgen.cli.output import make_renderer
 from llmgen.decoding.config import Resolved
 from llmgen.decoding.sequence import encode_prompt, token_budget
@@ -25,16 +25,13 @@ from llmgen.loading.loaded import ModelInfo
 PANEL = "Backend"
 
 
-def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
 
 BACKEND = [
-    _option("backend", Annotated[str | None, typer.Option(
+    option("backend", Annotated[str | None, typer.Option(
         "--backend", metavar="hf|vllm", rich_help_panel=PANEL, show_default="hf, or the preset's backend",
         help="hf: llmgen's own decoding. vllm: the same settings run by vLLM (tensor- and pipeline-parallel "
              "models on GPUs; extra llmgen\\[vllm]); what vLLM cannot do exactly is refused.")], None),
-    _option("vllm_option", Annotated[list[str] | None, typer.Option(
+    option("vllm_option", Annotated[list[str] | None, typer.Option(
         "--vllm-option", metavar="KEY=VALUE", rich_help_panel=PANEL, show_default="none",
         help="A vLLM engine key, repeatable: tensor_parallel_size, pipeline_parallel_size, "
              "distributed_executor_backend, gpu_memory_utilization, max_model_len (over the preset's "
@@ -150,17 +147,17 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
 
 
 RAY = [
-    _option("ray", Annotated[str | None, typer.Option(
+    option("ray", Annotated[str | None, typer.Option(
         "--ray", metavar="[ADDRESS]", rich_help_panel=PANEL, show_default="off",
         help="With --input: shard the prompts over Ray actors, each running llmgen's own batched decoding. ADDRESS: "
              "local (the default when --ray has no value: start a Ray instance here), auto (join a running cluster) "
              "or ray://HOST:PORT (extra llmgen\\[ray]).")], None),
-    _option("ray_actors", Annotated[int, typer.Option(
+    option("ray_actors", Annotated[int, typer.Option(
         "--ray-actors", metavar="N", rich_help_panel=PANEL, min=1,
         help="Actors, each loading the model once.")], 2),
-    _option("ray_threads", Annotated[int, typer.Option(
+    option("ray_threads", Annotated[int, typer.Option(
         "--ray-threads", metavar="N", rich_help_panel=PANEL, min=1, help="torch threads per actor.")], 1),
-    _option("ray_retries", Annotated[int, typer.Option(
+    option("ray_retries", Annotated[int, typer.Option(
         "--ray-retries", metavar="N", rich_help_panel=PANEL, min=0,
         help="Times a chunk whose actor died is tried again on a fresh actor before its prompts get "
              "error rows.")], 2),

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llmgen import prompt_file
+from llmgen.cli.options import option
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.decoding import constraints
 from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Decoder, Row, decode_rows, sample_rows
@@ -37,28 +37,25 @@ PANEL = "Many prompts (--input)"
 RECORD_SEPARATOR = "\x1e"
 
 
-def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
 
 BATCH = [
-    _option("input", Annotated[str | None, typer.Option(
+    option("input", Annotated[str | None, typer.Option(
         "--input", "-i", metavar="FILE", rich_help_panel=PANEL, show_default="off",
         help="Decode every prompt of FILE ('-' = stdin): one prompt per line, or JSON Lines with \"prompt\" "
              "and optional \"id\", \"system\" and decoding keys as in presets (they override the command line "
              "for that row). Output: one row per prompt, in input order.")], None),
-    _option("batch_size", Annotated[int, typer.Option(
+    option("batch_size", Annotated[int, typer.Option(
         "--batch-size", "-B", metavar="B", rich_help_panel=PANEL, min=1,
         help="Prompts decoded together; when one finishes, the next prompt takes its slot.")], DEFAULT_BATCH_SIZE),
-    _option("unordered", Annotated[bool, typer.Option(
+    option("unordered", Annotated[bool, typer.Option(
         "--unordered", rich_help_panel=PANEL,
         help="Write each row as soon as it finishes, not in input order (rows carry their index with --json).")],
         False),
-    _option("null", Annotated[bool, typer.Option(
+    option("null", Annotated[bool, typer.Option(
         "-0", "--null", rich_help_panel=PANEL,
         help="Text output: end each text with a NUL byte, instead of separating texts by a line holding "
              "only the record separator \\x1e.")], False),
-    _option("resume", Annotated[Path | None, typer.Option(
+    option("resume", Annotated[Path | None, typer.Option(
         "--resume", metavar="FILE", rich_help_panel=PANEL, show_default="off", dir_okay=False,
         help="Append JSON rows to FILE (JSON Lines) instead of stdout, skipping the prompts whose index is already "
              "there (an error row counts as done: delete it to retry).")], None),

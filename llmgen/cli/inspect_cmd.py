@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect as pyinspect
 import json
 import math
 import sys
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmgen.cli import common
-from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
+from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
 from llmgen.decoding.inspection import StepView, check_room, inspect_steps
 from llmgen.decoding.sampling import make_generator
 from llmgen.errors import UsageError
@@ -23,23 +22,20 @@ from llmgen.errors import UsageError
 PANEL = "Inspect"
 
 
-def _option(name: str, annotation: Any, default: Any) -> pyinspect.Parameter:
-    return pyinspect.Parameter(name, pyinspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
 
 INSPECT = [
-    _option("top", Annotated[int, typer.Option(
+    option("top", Annotated[int, typer.Option(
         "--top", metavar="N", min=1, rich_help_panel=PANEL,
         help="Candidates shown: the N most likely under the raw distribution (and the chosen token).")], 15),
-    _option("steps", Annotated[int, typer.Option(
+    option("steps", Annotated[int, typer.Option(
         "--steps", metavar="K", min=1, rich_help_panel=PANEL,
         help="Positions to show: each step picks a token (greedy, or sampled with the sampling options and "
              "--seed) and moves on.")], 1),
-    _option("continue_text", Annotated[str | None, typer.Option(
+    option("continue_text", Annotated[str | None, typer.Option(
         "--continue", metavar="TEXT", rich_help_panel=PANEL, show_default="none",
         help="Append TEXT's tokens after the prompt first, as if generated, to look at the position after it.")],
         None),
-    _option("plot", Annotated[Path | None, typer.Option(
+    option("plot", Annotated[Path | None, typer.Option(
         "--plot", metavar="FILE", rich_help_panel=PANEL, show_default="none",
         help="Also write a PNG of the first step: one bar chart per stage (needs the extra llmgen\\[plot]: "
              "matplotlib).")], None),

@@ -27,18 +27,21 @@ def _default(name: str) -> str:
     return "none" if value in (None, ()) else str(value)
 
 
-def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+def option(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    """One option of a group: a keyword parameter that typer reads from the command's signature."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
+
+
 def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling") -> inspect.Parameter:
-    option = typer.Option(*flags, help=_help(name), show_default=_default(name), rich_help_panel=panel)
-    return _param(name, Annotated[type_ | None, option])
+    flag = typer.Option(*flags, help=_help(name), show_default=_default(name), rich_help_panel=panel)
+    return option(name, Annotated[type_ | None, flag])
 
 
 SAMPLING = [
     _decoding("temperature", float, "--temperature", "-t"),
-    _param("greedy", Annotated[bool, typer.Option("--greedy", help="Shorthand for --temperature 0.",
+    option("greedy", Annotated[bool, typer.Option("--greedy", help="Shorthand for --temperature 0.",
                                                    rich_help_panel="Sampling")], False),
     _decoding("top_k", int, "--top-k"),
     _decoding("top_p", float, "--top-p"),
@@ -50,20 +53,20 @@ SAMPLING = [
     _decoding("penalty_window", int, "--penalty-window", panel="Penalties"),
     _decoding("max_new_tokens", int, "--max-new-tokens", "-N", panel="Length"),
     _decoding("stop", list[str], "--stop", panel="Length"),
-    _param("ignore_eos", Annotated[bool | None, typer.Option(
+    option("ignore_eos", Annotated[bool | None, typer.Option(
         "--ignore-eos", help=_help("ignore_eos"), show_default="off", rich_help_panel="Length")]),
     _decoding("schema", str, "--schema", panel="Constrained output"),
-    _param("json_object", Annotated[bool | None, typer.Option(
+    option("json_object", Annotated[bool | None, typer.Option(
         "--json-object", help=_help("json_object"), show_default="off", rich_help_panel="Constrained output")]),
     _decoding("regex", str, "--regex", panel="Constrained output"),
     _decoding("choice", list[str], "--choice", panel="Constrained output"),
     _decoding("grammar", str, "--grammar", panel="Constrained output"),
     _decoding("seed", int, "--seed"),
     _decoding("n", int, "-n", "--num-return-sequences"),
-    _param("preset", Annotated[str | None, typer.Option(
+    option("preset", Annotated[str | None, typer.Option(
         "--preset", "-p", help="A preset name (see 'llmgen presets list') or a path to a TOML file.",
         show_default="none", rich_help_panel="Sampling")]),
-    _param("dump_config", Annotated[bool, typer.Option(
+    option("dump_config", Annotated[bool, typer.Option(
         "--dump-config", help="Print the resolved settings and where each came from, then exit.",
         rich_help_panel="Sampling")], False),
 ]
@@ -72,11 +75,11 @@ BEAM_HELP = ("Beam search is deterministic: there is no beam sampling, so --temp
              "--top-k, --top-p and --min-p are refused with it. Penalties apply per beam, to that beam's tokens.")
 
 BEAM = [
-    _param("num_beams", Annotated[int | None, typer.Option(
+    option("num_beams", Annotated[int | None, typer.Option(
         "--num-beams", help=f"{_help('num_beams')} {BEAM_HELP}", show_default=_default("num_beams"),
         rich_help_panel="Beam search")]),
     _decoding("length_penalty", float, "--length-penalty", panel="Beam search"),
-    _param("early_stopping", Annotated[str | None, typer.Option(
+    option("early_stopping", Annotated[str | None, typer.Option(
         "--early-stopping", show_default=_default("early_stopping"), rich_help_panel="Beam search",
         help=f"{_help('early_stopping')} true: stop as soon as B hypotheses have finished. false: stop once B have "
              "finished and the best running beam, scored at its current length, cannot beat the worst of them "
@@ -85,59 +88,59 @@ BEAM = [
 ]
 
 MODEL = [
-    _param("model", Annotated[str, typer.Option(
+    option("model", Annotated[str, typer.Option(
         "--model", "-m", envvar="LLMGEN_MODEL", rich_help_panel="Model",
         help="Alias (see 'llmgen models list'), model directory, .gguf file or hub id.")], "smollm2-135m"),
-    _param("device", Annotated[str, typer.Option(
+    option("device", Annotated[str, typer.Option(
         "--device", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", rich_help_panel="Model")],
         "auto"),
-    _param("dtype", Annotated[str, typer.Option(
+    option("dtype", Annotated[str, typer.Option(
         "--dtype", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16 or float16.",
         rich_help_panel="Model")], "auto"),
-    _param("quant", Annotated[str, typer.Option(
+    option("quant", Annotated[str, typer.Option(
         "--quant", metavar="auto|none|int4", rich_help_panel="Model",
         help="Weights: none (the model's float weights through transformers) or int4 (4-bit weights on the "
              "CPU through llmgen's lean Llama forward; a GGUF file's own Q4_0/Q4_1 codes, else quantized at "
              "group 32). Default: the alias's own setting, else none.")], "auto"),
-    _param("offline", Annotated[bool, typer.Option(
+    option("offline", Annotated[bool, typer.Option(
         "--offline", help="Never download from the hub; use the local cache only.", rich_help_panel="Model")],
         False),
-    _param("allow_pickle", Annotated[bool, typer.Option(
+    option("allow_pickle", Annotated[bool, typer.Option(
         "--allow-pickle", help="Allow pickle (.bin) weights, which can run code when loaded.",
         rich_help_panel="Model")], False),
-    _param("trust_remote_code", Annotated[bool, typer.Option(
+    option("trust_remote_code", Annotated[bool, typer.Option(
         "--trust-remote-code", help="Allow models whose config asks for their own Python code.",
         rich_help_panel="Model")], False),
 ]
 
 OUTPUT = [
-    _param("chat", Annotated[bool | None, typer.Option(
+    option("chat", Annotated[bool | None, typer.Option(
         "--chat/--raw", show_default="chat if the tokenizer has a chat template",
         help="Chat applies the tokenizer's chat template; raw tokenizes the prompt as it is.",
         rich_help_panel="Prompt and output")]),
-    _param("system", Annotated[str | None, typer.Option(
+    option("system", Annotated[str | None, typer.Option(
         "--system", help="System message (chat mode).", rich_help_panel="Prompt and output")]),
-    _param("json", Annotated[bool, typer.Option(
+    option("json", Annotated[bool, typer.Option(
         "--json", help="Print one JSON object per sequence (JSON Lines) instead of text.",
         rich_help_panel="Prompt and output")], False),
-    _param("quiet", Annotated[bool, typer.Option(
+    option("quiet", Annotated[bool, typer.Option(
         "--quiet", "-q", help="No statistics on stderr.", rich_help_panel="Prompt and output")], False),
 ]
 
 LOGPROBS = [
-    _param("logprobs", Annotated[int | None, typer.Option(
+    option("logprobs", Annotated[int | None, typer.Option(
         "--logprobs", metavar="N", show_default="off", rich_help_panel="Probabilities",
         help="Give each generated token's log-probability and its N most likely alternatives (0 to 20), in the "
              "\"logprobs\" field of --json rows (OpenAI's field names).")]),
-    _param("logprobs_mode", Annotated[str | None, typer.Option(
+    option("logprobs_mode", Annotated[str | None, typer.Option(
         "--logprobs-mode", metavar="raw|processed", show_default="raw", rich_help_panel="Probabilities",
         help="raw: the model's distribution, before any processor. processed: the distribution the token was "
              "drawn from, after penalties, temperature and truncation (greedy: after the penalties).")]),
-    _param("show_probs", Annotated[bool, typer.Option(
+    option("show_probs", Annotated[bool, typer.Option(
         "--show-probs", rich_help_panel="Probabilities",
         help="On a terminal, colour each streamed token by its probability (processed, unless --logprobs-mode "
              "says raw), with a legend. Plain in pipes and with NO_COLOR.")], False),
-    _param("show_alternatives", Annotated[bool, typer.Option(
+    option("show_alternatives", Annotated[bool, typer.Option(
         "--show-alternatives", rich_help_panel="Probabilities",
         help="As --show-probs, and after the text a table of the uncertain tokens (p < 0.5) with their top "
              "alternatives.")], False),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -13,7 +12,7 @@ import typer
 from llmgen.backends.vllm import Draft
 from llmgen.cli import backend_run, common
 from llmgen.cli.backend_run import BACKEND
-from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
+from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
 from llmgen.cli.output import Renderer
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
@@ -28,13 +27,10 @@ PANEL = "Speculative decoding"
 SELF = "self"
 
 
-def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
 
 # The options only `speculate` has; the sampling, model and output options are shared with `generate`.
 SPECULATIVE = [
-    _option(name, annotation, default)
+    option(name, annotation, default)
     for name, annotation, default in (
         ("draft", Annotated[str | None, typer.Option(
             "--draft", "-d", rich_help_panel=PANEL, show_default="none (required)",
