@@ -120,3 +120,20 @@ def test_dump_config_names_the_draft(capsys) -> None:
     code, out, _ = run(capsys, "speculate", "-d", "small", "-g", "auto", "--top-p", "0.9", "--dump-config")
     assert code == 0
     assert 'draft = "small"' in out and 'gamma = "auto"' in out and "top_p = 0.9  # flag" in out
+
+
+def test_row_i_of_n_draws_from_its_own_stream(capsys, char_model: Path, draft_model: Path) -> None:
+    """`-n` means the same in every command: sequence i of `speculate -n 2 --seed S` is what `-n 1` gives
+    with row i's seed (`batch.row_seed(S, i)`), as for `generate -n`. (A fixed gamma: `auto` follows timings.)"""
+    from llmgen.decoding.batch import row_seed
+
+    args = ["speculate", "-m", str(char_model), "-d", str(draft_model), "-g", "3", "-t", "1.0", "-N", "12", "--ignore-eos",
+            "--raw", "--json"]
+    code, out, err = run(capsys, *args, "--seed", "5", "-n", "2", "abc")
+    assert code == 0, err
+    both = [json.loads(line)["token_ids"] for line in out.splitlines()]
+    for index in (0, 1):
+        code, out, err = run(capsys, *args, "--seed", str(row_seed(5, index)), "abc")
+        assert code == 0, err
+        assert json.loads(out)["token_ids"] == both[index]
+    assert both[0] != both[1]

@@ -14,9 +14,9 @@ from llmgen.cli.options import decoding_flags
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.cli.output import make_renderer as output_renderer
 from llmgen.decoding import constraints
+from llmgen.decoding.batch import row_generator
 from llmgen.decoding.config import FIELDS, Resolved, resolve
 from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import SequenceResult, TokenSource, encode_prompt, run_sequence
 from llmgen.errors import PromptError, UsageError
 from llmgen.loading import models
@@ -140,21 +140,23 @@ def make_renderer(output: dict[str, Any], probs: dict[str, Any], spec: LogprobSp
     return output_renderer(output["json"], output["quiet"], legend)
 
 
-SourceFactory = Callable[[list[int], Any], tuple[TokenSource, Callable[[], dict[str, Any]]]]  # (ids, torch.Generator)
+# (prompt ids, the sequence's torch.Generator, its index) -> a token source and its extra statistics
+SourceFactory = Callable[[list[int], Any, int], tuple[TokenSource, Callable[[], dict[str, Any]]]]
 
 
 def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
             make_source: SourceFactory) -> list[SequenceResult]:
-    """Generate `n` sequences one after another with one seeded generator, rendering as they come.
+    """Generate `n` sequences one after another, rendering as they come.
 
+    Sequence i draws from its own stream, `batch.row_generator(seed, i)`, as row i of `generate -n` does:
+    `-n 2 --seed S` gives as its second sequence what `-n 1` gives with the second row's seed.
     `make_source` returns a token source and a function giving extra statistics once it is done.
     """
     config = resolved.config
-    generator = make_generator(config.seed, loaded.device)
     results = []
     for index in range(config.n):
         renderer.begin(index, config.n)
-        source, extra_stats = make_source(ids, generator)
+        source, extra_stats = make_source(ids, row_generator(config.seed, index, loaded.device), index)
         result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids,
                               loaded.context_length, renderer.text)
         result.stats.update(extra_stats())

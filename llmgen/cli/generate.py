@@ -94,7 +94,7 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         batch_run.sample_n(loaded, ids, resolved, renderer, spec)
         return
 
-    def plain(prompt_ids: list[int], generator: Any) -> Any:
+    def plain(prompt_ids: list[int], generator: Any, index: int) -> Any:
         matcher = constraints.new_matcher(resolved.config, loaded)
         return plain_tokens(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher), dict
 

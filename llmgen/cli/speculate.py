@@ -119,11 +119,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
     if spec["compare"]:
         renderer = WithBaseline(renderer, target, config)
     with _trace_file(spec["trace"]) as trace:
-        sequence = -1
-
-        def speculative(prompt_ids: list[int], generator: Any) -> Any:
-            nonlocal sequence
-            sequence += 1
+        def speculative(prompt_ids: list[int], generator: Any, sequence: int) -> Any:
             on_round = _trace_writer(trace, sequence, target.tokenizer) if trace else None
             return make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
                                ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"], on_round=on_round,
