@@ -162,3 +162,34 @@ def test_transcript_round_trip_and_bad_files(tmp_path: Path) -> None:
         Conversation.load(tmp_path / "broken.json")
     with pytest.raises(UsageError, match="cannot read"):
         Conversation.load(tmp_path / "missing.json")
+
+
+def test_send_retry_and_an_interrupted_reply_keep_the_conversation_whole(short_model: Path) -> None:
+    """The turn bookkeeping lives in the session: a turn adds a message and its reply; a refused turn adds
+    nothing; a retry replaces the last reply (the same seed stream); Ctrl-C keeps the partial reply."""
+    loaded = models.load(str(short_model))
+    session = ChatSession(loaded, Conversation(system="hh"))
+    config = DecodingConfig(seed=4, max_new_tokens=6, ignore_eos=True)
+    first = session.send("abc", config)
+    assert [m["role"] for m in session.conversation.messages] == ["user", "assistant"]
+    assert session.conversation.messages[-1]["content"] == first.text and session.turns == 1
+    again = session.retry(config)
+    assert again.token_ids == first.token_ids  # reply 0 draws from seed + 0 both times
+    assert session.turns == 1 and session.conversation.messages[-1]["content"] == again.text
+    before = list(session.conversation.messages)
+    with pytest.raises(PromptError):
+        session.send("a" * 60, config)
+    assert session.conversation.messages == before
+
+    pieces: list[str] = []
+
+    def stop_after_first_piece(piece: str, origin: str, logprob=None) -> None:
+        pieces.append(piece)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        session.send("dede", config.replace(max_new_tokens=20), stop_after_first_piece)
+    assert session.conversation.messages[-2] == {"role": "user", "content": "dede"}
+    assert session.conversation.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
+    with pytest.raises(UsageError, match="no reply"):
+        ChatSession(loaded).retry(config)

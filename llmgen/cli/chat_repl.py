@@ -26,6 +26,7 @@ from llmgen.decoding import constraints
 from llmgen.decoding.chat import ChatSession, Conversation
 from llmgen.decoding.config import FIELDS
 from llmgen.decoding.logprobs import LogprobSpec
+from llmgen.decoding.sequence import SequenceResult
 from llmgen.errors import LlmgenError, UsageError
 from llmgen.loading.hfutil import first_line
 
@@ -108,7 +109,6 @@ class Repl:
         self.interactive = interactive
         self.about = about  # model, draft, gamma: shown by /show
         self.err = stderr_console()
-        self.turn = sum(m["role"] == "assistant" for m in session.conversation.messages)
         self.last_stats: dict[str, Any] | None = None
         self.totals = {"turns": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0,
                        "prefill_seconds": 0.0}
@@ -167,21 +167,14 @@ class Repl:
     # --- a turn ---------------------------------------------------------------------------------
 
     def user_turn(self, text: str) -> None:
-        self.session.conversation.messages.append({"role": "user", "content": text})
-        self.turn += 1
-        if not self.reply():
-            self.session.conversation.messages.pop()  # refused (too long): the chat goes on without it
-            self.turn -= 1
+        config = self.settings.resolved.config
+        self.answer(lambda on_text, on_drop: self.session.send(text, config, on_text, self.logprobs, on_drop=on_drop))
 
-    def reply(self) -> bool:
-        """Generate and show the reply to the last user message; False if it was refused."""
+    def answer(self, turn: Callable[[Any, Any], SequenceResult]) -> bool:
+        """Run one turn of the session (a message or a retry) and show its reply; False if it failed
+        (the session has left the conversation as it was)."""
         config = self.settings.resolved.config
         renderer = self.renderer()
-        pieces: list[str] = []
-
-        def on_text(piece: str, origin: str, logprob: Any = None) -> None:
-            pieces.append(piece)
-            renderer.text(piece, origin, logprob)
 
         def on_drop(count: int) -> None:
             self.note(f"the conversation outgrew the context; dropped the oldest {count} turn(s), "
@@ -189,7 +182,7 @@ class Repl:
 
         renderer.begin(0, 1)
         try:
-            result = self.session.reply(config, on_text, self.turn - 1, self.logprobs, on_drop=on_drop)
+            result = turn(renderer.text, on_drop)
         except LlmgenError as err:
             self.error(str(err))
             return False
@@ -199,8 +192,7 @@ class Repl:
             self.error(f"this turn failed: {type(err).__name__}: {first_line(err)}")
             return False
         except KeyboardInterrupt:
-            text = "".join(pieces)
-            self.session.conversation.messages.append({"role": "assistant", "content": text})
+            text = self.session.conversation.messages[-1]["content"]  # the partial reply, kept by the session
             if self.output["json"]:
                 self.write_row(text, {"finish_reason": "interrupted"})
             else:
@@ -208,7 +200,6 @@ class Repl:
                 sys.stdout.flush()
             self.note(f"reply interrupted; its {len(text)} characters so far are kept")
             return True
-        self.session.conversation.messages.append({"role": "assistant", "content": result.text})
         self.record(result.stats)
         constraints.warn_incomplete(config, result.finish_reason)
         if self.output["json"]:
@@ -221,7 +212,7 @@ class Repl:
         return True
 
     def write_row(self, text: str, stats: dict[str, Any], logprobs: list[dict[str, Any]] | None = None) -> None:
-        row: dict[str, Any] = {"turn": self.turn, "role": "assistant", "content": text, "stats": stats}
+        row: dict[str, Any] = {"turn": self.session.turns, "role": "assistant", "content": text, "stats": stats}
         if logprobs is not None:
             row["logprobs"] = logprobs
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -265,7 +256,6 @@ class Repl:
 
     def cmd_reset(self, arg: str) -> None:
         self.session.conversation.messages.clear()
-        self.turn = 0
         self.note("the conversation was reset")
 
     def cmd_system(self, arg: str) -> None:
@@ -314,13 +304,10 @@ class Repl:
         if not arg:
             raise UsageError("usage: /load FILE.json")
         self.session.conversation = Conversation.load(Path(arg))
-        self.turn = sum(m["role"] == "assistant" for m in self.session.conversation.messages)
         self.note(f"loaded {len(self.session.conversation.to_json())} messages from {arg}")
 
     def cmd_retry(self, arg: str) -> None:
-        messages = self.session.conversation.messages
-        if not messages or messages[-1]["role"] != "assistant":
+        config = self.settings.resolved.config
+        if not self.session.turns or self.session.conversation.messages[-1]["role"] != "assistant":
             raise UsageError("/retry: there is no reply to generate again")
-        removed = messages.pop()
-        if not self.reply():
-            messages.append(removed)
+        self.answer(lambda on_text, on_drop: self.session.retry(config, on_text, self.logprobs, on_drop=on_drop))

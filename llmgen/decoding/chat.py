@@ -243,6 +243,63 @@ class ChatSession:
             result.stats["dropped_turns"] = dropped
         return result
 
+    @property
+    def turns(self) -> int:
+        """Replies in the conversation so far."""
+        return sum(m["role"] == "assistant" for m in self.conversation.messages)
+
+    def send(self, text: str, config: DecodingConfig, on_text: OnText | None = None,
+             logprobs: LogprobSpec | None = None, on_round: Any = None,
+             on_drop: Callable[[int], None] | None = None) -> SequenceResult:
+        """One turn: the user's message joins the conversation, and so does the reply to it.
+
+        A turn that fails (a message too long for the context, an error inside the turn) leaves the
+        conversation as it was, and raises. On Ctrl-C the reply keeps the text decided so far, and the
+        KeyboardInterrupt goes on to the caller."""
+        self.conversation.messages.append({"role": "user", "content": text})
+        try:
+            return self._answer(config, on_text, logprobs, on_round, on_drop)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self.conversation.messages.pop()
+            raise
+
+    def retry(self, config: DecodingConfig, on_text: OnText | None = None, logprobs: LogprobSpec | None = None,
+              on_round: Any = None, on_drop: Callable[[int], None] | None = None) -> SequenceResult:
+        """The last reply generated again (with a seed, from the same stream as the first time). A failed
+        retry puts the old reply back, and raises; on Ctrl-C the new partial reply stays."""
+        messages = self.conversation.messages
+        if not messages or messages[-1]["role"] != "assistant":
+            raise UsageError("/retry: there is no reply to generate again")
+        removed = messages.pop()
+        try:
+            return self._answer(config, on_text, logprobs, on_round, on_drop)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            messages.append(removed)
+            raise
+
+    def _answer(self, config: DecodingConfig, on_text: OnText | None, logprobs: LogprobSpec | None,
+                on_round: Any, on_drop: Callable[[int], None] | None) -> SequenceResult:
+        """The reply to the last user message, appended to the conversation (partial on Ctrl-C).
+        Reply i (from 0) draws from seed + i."""
+        pieces: list[str] = []
+
+        def collect(piece: str, origin: str, logprob: Any = None) -> None:
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece, origin, logprob)
+
+        try:
+            result = self.reply(config, collect, self.turns, logprobs, on_round, on_drop)
+        except KeyboardInterrupt:
+            self.conversation.messages.append({"role": "assistant", "content": "".join(pieces)})
+            raise
+        self.conversation.messages.append({"role": "assistant", "content": result.text})
+        return result
+
     def clear_caches(self) -> None:
         self.cache.clear()
         if self.draft_cache is not None:
