@@ -108,15 +108,6 @@ class InOrder:
 
 # --- --input FILE --------------------------------------------------------------------------------
 
-def check_combination(prompt: str | None, resolved: Resolved) -> None:
-    if prompt is not None:
-        raise UsageError("give either a PROMPT or --input, not both")
-    if resolved.config.n > 1:
-        raise UsageError("--input gives one row per prompt; -n > 1 is not supported with it")
-    if resolved.config.num_beams > 1:
-        raise UsageError("--input decodes with sampling or greedy; beam search takes one PROMPT at a time")
-
-
 def read_input(source: str) -> str:
     if source == "-":
         raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()

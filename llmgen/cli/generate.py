@@ -15,8 +15,8 @@ from llmgen.decoding import beam, constraints
 from llmgen.decoding.config import Resolved
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.plan import plan_generate
 from llmgen.decoding.sequence import token_budget
-from llmgen.errors import UsageError
 from llmgen.loading.models import LoadedModel
 
 
@@ -52,45 +52,36 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     resolved = common.resolve_settings({**sampling, **beams})
     notes = beam.check_combination(resolved)
     spec = common.logprob_spec(probs, output["json"] or batch["input"] is not None)
-    if resolved.config.num_beams > 1 and (probs["show_probs"] or probs["show_alternatives"]):
-        raise UsageError("--show-probs colours streamed tokens, and beam search does not stream; "
-                         "use --logprobs N --json")
+    backend_name, engine_options = backend_run.choose(sampling, backend)
+    plan = plan_generate(resolved.config, prompt_given=prompt is not None, input_given=batch["input"] is not None,
+                         backend=backend_name, ray=ray["ray"], logprobs=spec is not None,
+                         show_probs=probs["show_probs"] or probs["show_alternatives"])
     if sampling["dump_config"]:
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
         return
     for note in notes:
         print(f"llmgen: note: {note}", file=sys.stderr)
-    if ray["ray"] and batch["input"] is None:
-        raise UsageError("--ray shards the prompts of --input FILE over Ray actors; give --input")
-    backend_name, engine_options = backend_run.choose(sampling, backend)
-    if backend_name == "vllm":
-        if spec is not None:
-            raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
-        if ray["ray"]:
-            raise UsageError("--ray runs llmgen's own decoding on Ray actors; vLLM distributes itself "
-                             "(distributed_executor_backend = \"ray\")")
-        if batch["input"] is not None:
-            batch_run.check_combination(prompt, resolved)
+    if plan.where == "vllm":
+        if plan.strategy == "input":
             light = backend_run.tokenizer_only(model_opts)
             batch_run.run_input(light, resolved, batch, output, None,
                                 backend_run.vllm_decoder(light, resolved, model_opts, engine_options))
-            return
-        backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options)
+        else:
+            backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options)
         return
-    if batch["input"] is not None:
-        batch_run.check_combination(prompt, resolved)
+    if plan.strategy == "input":
         loaded = common.load_model(model_opts["model"], model_opts)
-        decoder = backend_run.ray_decoder(ray, model_opts, batch["batch_size"]) if ray["ray"] else None
+        decoder = backend_run.ray_decoder(ray, model_opts, batch["batch_size"]) if plan.where == "ray" else None
         batch_run.run_input(loaded, resolved, batch, output, spec, decoder)
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
     ids = common.prompt_ids(loaded, text, output)
-    if resolved.config.num_beams > 1:
+    if plan.strategy == "beam":
         run_beam_search(loaded, ids, resolved, output, spec)
         return
     renderer = common.make_renderer(output, probs, spec, loaded.tokenizer)
-    if resolved.config.n > 1:
+    if plan.strategy == "samples":
         batch_run.sample_n(loaded, ids, resolved, renderer, spec)
         return
 
