@@ -24,7 +24,7 @@ from llmgen.cli import main
 from llmgen.cli.common import MAX_STDIN_BYTES
 from llmgen.presets import MAX_PRESET_BYTES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, monkeypatch, *argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:

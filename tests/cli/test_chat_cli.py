@@ -17,7 +17,7 @@ from llmgen.decoding.chat import ChatSession, Conversation, reference_reply
 from llmgen.decoding.config import DecodingConfig
 from llmgen.loading import models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def chat(capsys, monkeypatch, model: Path, script: str, *argv: str) -> tuple[int, str, str]:

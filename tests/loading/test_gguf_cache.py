@@ -24,7 +24,7 @@ import pytest
 from llmgen.cli import main
 from llmgen.loading import gguf_cache, models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_gguf(path: Path) -> Path:

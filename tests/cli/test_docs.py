@@ -13,7 +13,7 @@ import typer
 
 from llmgen.cli import _register, app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONTROL = {"|", "||", "&&", ";", "&", "(", ")"}  # what may come before a command
 
