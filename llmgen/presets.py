@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmgen.decoding.config import DecodingConfig, canonical_key, coerce
+from llmgen.decoding.config import DecodingConfig, parse_keys
 from llmgen.errors import ConfigError, PresetError, UsageError
 from llmgen.loading.models import config_dir
 
@@ -100,22 +100,10 @@ def load(name_or_path: str) -> Preset:
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise PresetError(f"{path}:{_line_of(text, 'description')}: description must be a string")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{path}:{_line_of(text, key) or '?'}"
-        if key == "greedy":
-            if not isinstance(value, bool):
-                raise PresetError(f"{where}: invalid value for greedy: {value!r} must be true or false")
-            if value:
-                values["temperature"] = 0.0
-            continue
-        name = canonical_key(key)
-        if name is None:
-            raise PresetError(f"{where}: unknown key {key!r}")
-        try:
-            values[name] = coerce(name, value)
-        except ConfigError as err:
-            raise PresetError(f"{where}: {err}") from None
+    try:
+        values = parse_keys(data)
+    except ConfigError as err:
+        raise PresetError(f"{path}:{_line_of(text, err.key) or '?'}: {err}") from None  # type: ignore[attr-defined]
     try:
         DecodingConfig(**values)  # range checks, with the file named
     except ConfigError as err:

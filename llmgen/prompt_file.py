@@ -23,7 +23,7 @@ from typing import Any
 
 from llmgen.decoding import constraints
 from llmgen.decoding.batch import Row, row_generator
-from llmgen.decoding.config import DecodingConfig, canonical_key, coerce
+from llmgen.decoding.config import DecodingConfig, parse_keys
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import encode_prompt
@@ -90,18 +90,7 @@ def parse_json_line(index: int, line: str, base: DecodingConfig) -> Job:
 
 def row_config(base: DecodingConfig, keys: dict[str, Any]) -> DecodingConfig:
     """The command line's settings with one row's decoding keys on top."""
-    changes: dict[str, Any] = {}
-    for key, value in keys.items():
-        if key == "greedy":
-            if not isinstance(value, bool):
-                raise LlmgenError(f"invalid value for greedy: {value!r} must be true or false")
-            if value:
-                changes["temperature"] = 0.0
-            continue
-        name = canonical_key(key)
-        if name is None:
-            raise LlmgenError(f"unknown key {key!r}")
-        changes[name] = coerce(name, value)
+    changes = parse_keys(keys)
     config = base.replace(**changes) if changes else base
     if config.n > 1 or config.num_beams > 1:
         raise LlmgenError("a row of --input cannot ask for n > 1 or beam search")

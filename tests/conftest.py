@@ -120,3 +120,19 @@ def long_char_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_char_tokenizer(path)
     build_llama(path, VOCAB, seed=1, context=16384)
     return path
+
+
+@pytest.fixture(scope="session")
+def char_lm(char_model: Path):
+    """The character-level tiny Llama, loaded (float32, the torch engine)."""
+    from llmgen.loading import models
+
+    return models.load(str(char_model))
+
+
+@pytest.fixture(scope="session")
+def wide_lm(wide_model: Path):
+    """The tiny Llama with the embedded model's tokenizer, loaded."""
+    from llmgen.loading import models
+
+    return models.load(str(wide_model))

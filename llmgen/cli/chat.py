@@ -73,7 +73,7 @@ class Settings:
         else:
             name = canonical_key(key)
             if name is None:
-                raise ConfigError(f"unknown option {key!r} (see /show for the names)")
+                raise ConfigError(f"unknown key {key!r} (see /show for the names)")
             flags = {k: v for k, v in self.flags.items() if not (name == "temperature" and k == "greedy")}
             value = parse_value(name, text, type(getattr(DEFAULTS, name)))
             if value is CLEAR:

@@ -123,6 +123,33 @@ def canonical_key(key: str) -> str | None:
     return name if name in FIELDS else None
 
 
+def parse_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """Decoding keys, as presets, `--input` rows, chat's `/set` and the flags spell them -> field values.
+
+    The one parser of them all: dashes stand for underscores, `ALIASES` are accepted, `greedy = true` is
+    `temperature = 0` (false sets nothing), and each value is checked against its field's type
+    (`coerce`). Raises ConfigError naming the key; the key is also its `key` attribute, so that a
+    preset can say on which line it stands. Range checks are `DecodingConfig`'s own.
+    """
+    values: dict[str, Any] = {}
+    for key, value in keys.items():
+        try:
+            if key.replace("-", "_") == "greedy":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"invalid value for greedy: {value!r} must be true or false")
+                if value:
+                    values["temperature"] = 0.0
+                continue
+            name = canonical_key(key)
+            if name is None:
+                raise ConfigError(f"unknown key {key!r}")
+            values[name] = coerce(name, value)
+        except ConfigError as err:
+            err.key = key  # type: ignore[attr-defined]
+            raise
+    return values
+
+
 def coerce(name: str, value: Any) -> Any:
     """Check a raw value's type against the field's declared type; return the value to store.
 
@@ -187,16 +214,7 @@ def resolve(preset: Mapping[str, Any] | None, preset_name: str | None,
     values: dict[str, Any] = {}
     sources: dict[str, str] = {name: "default" for name in FIELDS}
     for layer, label in ((preset or {}, f"preset {preset_name}"), (flags, "flag")):
-        for key, value in layer.items():
-            if key == "greedy":  # shorthand for temperature = 0
-                if not isinstance(value, bool):
-                    raise ConfigError(f"invalid value for greedy: {value!r} must be true or false")
-                if value:
-                    values["temperature"], sources["temperature"] = 0.0, label
-                continue
-            name = canonical_key(key)
-            if name is None:
-                raise ConfigError(f"unknown option {key!r}")
-            values[name] = coerce(name, value)
+        for name, value in parse_keys(layer).items():
+            values[name] = value
             sources[name] = label
     return Resolved(DecodingConfig(**values), sources)

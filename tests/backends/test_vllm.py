@@ -7,18 +7,11 @@ from pathlib import Path
 
 import fake_vllm
 import pytest
+from helpers import run
 
 from llmgen.backends import vllm as vb
-from llmgen.cli import main
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 # --- the translator --------------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ import sys
 import types
 from pathlib import Path
 
+import helpers
 import pytest
 
 from llmgen.bench import contenders
-from llmgen.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,7 @@ def bench(model: str, prompt_file: Path, *args: str) -> list[str]:
 
 
 def run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return helpers.run(capsys, *argv)
 
 
 def test_int4_strategy_is_measured_against_plain(char_model: Path, prompt_file: Path, capsys) -> None:

@@ -10,7 +10,6 @@ Rows already covered elsewhere (and listed with these in the README): tests/test
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -18,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
+from helpers import one_line_error
 
-from llmgen.cli import main
 from llmgen.cli.common import MAX_STDIN_BYTES
 from llmgen.presets import MAX_PRESET_BYTES
 
@@ -28,20 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, monkeypatch, *argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("llmgen: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+    return helpers.run(capsys, *argv, stdin=stdin, monkeypatch=monkeypatch)
 
 
 # --- presets -------------------------------------------------------------------------------------

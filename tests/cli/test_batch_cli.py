@@ -3,7 +3,6 @@ lose nothing, text records, --resume, and signals that leave every finished row 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -12,18 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from llmgen.cli import main
+from helpers import run
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(capsys, *argv: str, stdin: bytes | None = None, monkeypatch=None) -> tuple[int, str, str]:
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def rows(out: str) -> list[dict]:

@@ -7,28 +7,15 @@ import json
 
 import pytest
 import torch
+from helpers import run
 from rich.console import Console
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
-from llmgen.cli import main
 from llmgen.decoding import beam
 from llmgen.decoding.beam import FinishedSet, Hypothesis, block_repeated_ngrams, can_improve
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.counts import penalty_counts
 from llmgen.errors import UsageError
-from llmgen.loading import models
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def char_lm(char_model):
-    return models.load(str(char_model))
-
 
 # ---------------------------------------------------------------------------------------------
 # Bad combinations: one line on stderr, exit code 2.

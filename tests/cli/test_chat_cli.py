@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_and_the_chat_goes_on(capsys, monkeypatch, char_mo
     assert code == 0
     errors = error_lines(err)
     assert len(errors) == 8, err
-    for needle in ("unknown command '/frobnicate'", "must be a number", "unknown option 'colour'", "top-p",
+    for needle in ("unknown command '/frobnicate'", "must be a number", "unknown key 'colour'", "top-p",
                    "cannot read", "not valid JSON", "no reply", "context is 256"):
         assert any(needle in line for line in errors), (needle, errors)
     assert "Traceback" not in err

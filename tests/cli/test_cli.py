@@ -3,7 +3,6 @@ pipes and signals. Bad input must give one line on stderr, no traceback, and a n
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -13,18 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from llmgen.cli import main
+from helpers import run
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(capsys, *argv: str, stdin: bytes | None = None, monkeypatch=None) -> tuple[int, str, str]:
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(err: str, *needles: str) -> None:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import run
 from transformers.generation.logits_process import (
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
@@ -15,7 +16,6 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llmgen.cli import main
 from llmgen.decoding import processors
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.inspection import view_stages
@@ -75,12 +75,6 @@ def test_stages_that_are_off_change_nothing_and_greedy_turns_the_warpers_off() -
     p = views[0].probs
     assert views[0].entropy == pytest.approx(float(-(p * p.log2()).sum()), abs=1e-5)
     assert views[0].kept == VOCAB
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_json_schema_steps_and_continue(capsys, char_model) -> None:

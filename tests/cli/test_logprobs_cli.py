@@ -8,18 +8,12 @@ import math
 import re
 
 import pytest
+from helpers import run
 from rich.console import Console
 
-from llmgen.cli import main
 from llmgen.cli.probs_view import ProbsRenderer, band_style
 from llmgen.decoding.logprobs import TokenLogprob
 from llmgen.decoding.sequence import SequenceResult
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def rows(out: str) -> list[dict]:

@@ -6,14 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from llmgen.cli import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import run
 
 
 def assert_one_line_error(err: str, *needles: str) -> None:

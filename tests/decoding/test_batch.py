@@ -12,22 +12,11 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence
-from llmgen.loading import models
 from llmgen.loading.engines.torch import CachedLM, RowCache, SerialRows
 from llmgen.loading.loaded import ModelInfo
 
 CHAR_PROMPTS = ["abc", "hello.", "a bad cafe", "h", "dead beef cafe", "ab", "fade.", "cab bag"]
 TEXT_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Three primary colors are red,"]
-
-
-@pytest.fixture(scope="module")
-def char_lm(char_model):
-    return models.load(str(char_model))
-
-
-@pytest.fixture(scope="module")
-def wide_lm(wide_model):
-    return models.load(str(wide_model))
 
 
 def limits(loaded) -> ModelInfo:

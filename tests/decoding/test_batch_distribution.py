@@ -15,7 +15,6 @@ from stats_helpers import chi_square_pvalue
 from llmgen.decoding.batch import Row, decode_rows, row_generator, sample_rows
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.processors import distribution, penalty_context, token_counts
-from llmgen.loading import models
 from llmgen.loading.engines.torch import RowCache
 from llmgen.loading.loaded import ModelInfo
 
@@ -23,11 +22,6 @@ LENGTH = 3
 SAMPLES = 10_000
 VOCAB = 13
 P_MIN = 1e-4  # one test in 10^4 fails by chance
-
-
-@pytest.fixture(scope="module")
-def char_lm(char_model):
-    return models.load(str(char_model))
 
 
 def exact_joint(loaded, prompt: list[int], config: DecodingConfig) -> dict[tuple[int, ...], float]:

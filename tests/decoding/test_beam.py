@@ -16,7 +16,6 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from llmgen.decoding.beam import beam_search
 from llmgen.decoding.config import DecodingConfig
-from llmgen.loading import models
 
 DOT = 12  # "." in the char tokenizer
 HF_EARLY = {"false": False, "true": True, "never": "never"}
@@ -71,16 +70,6 @@ class OwnTokensPenalty(LogitsProcessor):
                 value = value / c.repetition_penalty if value > 0 else value * c.repetition_penalty
                 scores[row, token] = value - count * c.frequency_penalty - c.presence_penalty
         return scores
-
-
-@pytest.fixture(scope="module")
-def char_lm(char_model):
-    return models.load(str(char_model))
-
-
-@pytest.fixture(scope="module")
-def wide_lm(wide_model):
-    return models.load(str(wide_model))
 
 
 # (prompt, B, K, length penalty, early stopping, no-repeat n-gram size), EOS = {"</s>", "."}

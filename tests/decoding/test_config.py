@@ -46,5 +46,5 @@ def test_greedy_shorthand_and_type_checks() -> None:
         resolve({"temperature": "hot"}, "p", {})
     with pytest.raises(ConfigError, match="must be an integer"):
         resolve({"top_k": 2.5}, "p", {})
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown key"):
         resolve({"top_q": 1}, "p", {})

@@ -12,7 +12,6 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence
-from llmgen.loading import models
 from llmgen.loading.engines.torch import CachedLM
 
 
@@ -39,16 +38,6 @@ def chat_ids(loaded, text: str) -> list[int]:
     ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
-@pytest.fixture(scope="module")
-def char_lm(char_model):
-    return models.load(str(char_model))
-
-
-@pytest.fixture(scope="module")
-def wide_lm(wide_model):
-    return models.load(str(wide_model))
 
 
 @pytest.mark.parametrize("prompt", ["abc", "hello.", "a bad cafe", "h"])

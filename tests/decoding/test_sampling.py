@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
 import torch
 from stats_helpers import chi_square_pvalue, total_variation
 from transformers.generation.logits_process import (
@@ -21,7 +20,6 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.processors import process
 from llmgen.decoding.sampling import make_generator, pick, random_pick
-from llmgen.loading import models
 from llmgen.loading.engines.torch import CachedLM
 
 SAMPLES = 20_000
@@ -66,11 +64,6 @@ def test_pick_with_every_option_on_matches_the_processed_distribution() -> None:
     assert (expected > 0).sum() >= 3, "the options should leave a real choice"
     assert chi_square_pvalue(draws, dict(enumerate(expected.tolist()))) > 1e-3
     assert total_variation(draws, dict(enumerate(expected.tolist()))) < 0.02
-
-
-@pytest.fixture(scope="module")
-def char_lm(char_model):
-    return models.load(str(char_model))
 
 
 def test_two_token_sequences_follow_the_exact_joint_distribution(char_lm) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line_error, run
 
-from llmgen.cli import main
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
@@ -21,18 +21,6 @@ from llmgen.loading.engines.torch import CachedLM
 from llmgen.loading.quant import cache as qcache
 from llmgen.loading.quant import pack
 from llmgen.loading.quant.llama import LeanLlama, Shape
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("llmgen: error: "), err
-    return lines[0]
 
 
 def test_a_checkpoint_is_packed_once_then_read_from_the_cache(tmp_path, monkeypatch, char_model: Path) -> None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 
 from llmgen.cli import main
 
@@ -33,13 +34,6 @@ from transformers import LlamaForCausalLM
 class MarkerForCausalLM(LlamaForCausalLM):
     pass
 '''
-
-
-def one_line_error(err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("llmgen: error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
