@@ -2,11 +2,12 @@
 
 - `verify.py`     the pure verifier (p, q, residual, bonus)
 - `proposers.py`  the draft model and the n-gram (prompt lookup) draft
-- `counts.py`     penalty counts at draft positions
 - `gamma.py`      fixed γ and `auto`
 - `loop.py`       propose -> verify -> rollback, as a token iterator
 - `stats.py`      acceptance counts and the expected tokens per forward
 - `runner.py`     wiring from loaded models; `speculate()` for one whole sequence
+
+The penalty counts at draft positions are `decoding/counts.py`'s, shared with every other path.
 """
 
 from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, expected_tokens
