@@ -148,7 +148,7 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
 
 RAY = [
     option("ray", Annotated[str | None, typer.Option(
-        "--ray", metavar="[ADDRESS]", rich_help_panel=PANEL, show_default="off",
+        "--ray", metavar="ADDRESS", rich_help_panel=PANEL, show_default="off",
         help="With --input: shard the prompts over Ray actors, each running llmgen's own batched decoding. ADDRESS: "
              "local (the default when --ray has no value: start a Ray instance here), auto (join a running cluster) "
              "or ray://HOST:PORT (extra llmgen\\[ray]).")], None),

@@ -51,7 +51,7 @@ SCRIPTS = [
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_replay_counts_the_forwards_of_the_real_loop(script: list[int], gamma: int) -> None:
     stats = SpeculativeStats()
-    out = [t for t, _ in speculative_tokens(ScriptedLM(PROMPT, script), NgramProposer(4, 2), PROMPT,
+    out = [t.id for t in speculative_tokens(ScriptedLM(PROMPT, script), NgramProposer(4, 2), PROMPT,
                                             DecodingConfig(temperature=0.0), torch.Generator(), FixedGamma(gamma),
                                             len(script), stats)]
     assert out == script

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import assert_one_line_error, run
+from helpers import one_line_error as assert_one_line_error
+from helpers import run
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.processors import stages

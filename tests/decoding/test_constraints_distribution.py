@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_speculative_distribution import LENGTH, SAMPLES, VOCAB, TableLM, chi_square_p_value, logits_table
+from tables import LENGTH, SAMPLES, VOCAB, TableLM, chi_square_p_value, logits_table
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.processors import distribution, penalty_context, token_counts

@@ -151,7 +151,7 @@ def test_the_small_draft_keeps_embedded_greedy_exact(embedded) -> None:
 def test_speculative_sampling_with_an_int4_draft_follows_the_target(char_model: Path, draft_model: Path) -> None:
     """The chi-square test of test_speculative_distribution with the real int4 draft model (its own cache,
     its bfloat16 numerics) in the loop, every sampling option on."""
-    from test_speculative_distribution import (
+    from tables import (
         CONFIGS,
         LENGTH,
         SAMPLES,
