@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 PROMPT ?= Plan a three-day trip to Lisbon.
 # The optional extras that CI can have, installed by `make test` so that their tests run rather than skip.
 # llamacpp builds llama.cpp from source (about 5 minutes, once); a failed build leaves its tests skipped.
-TEST_EXTRAS ?= plot,llamacpp,constrained,ray
+TEST_EXTRAS ?= lint,plot,llamacpp,constrained,ray
 
-.PHONY: demo test bench install
+.PHONY: demo test lint bench install
 
 $(BIN)/.installed: pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ $(BIN)/.extras: $(BIN)/.installed
 demo: install
 	$(BIN)/llmgen generate --preset balanced --seed 1 --max-new-tokens 128 "$(PROMPT)"
 
-test: install $(BIN)/.extras
+# The floors of docs/design.md (import-linter) and the style checks (ruff) first: they take seconds.
+lint: install $(BIN)/.extras
+	$(BIN)/lint-imports
+	$(BIN)/ruff check llmgen tests scripts
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: install
