@@ -25,7 +25,7 @@ from llmgen.loading.engines.base import SequenceCache
 class ContextLogits:
     """Next-token logits [vocab] after a context, from one engine cache."""
 
-    def __init__(self, lm: SequenceCache, remember: int = 4096) -> None:
+    def __init__(self, lm: SequenceCache, remember: int = 256) -> None:
         self.lm = lm
         self.held: list[int] = []  # the tokens the cache holds
         self.memo: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
