@@ -23,7 +23,10 @@ from llmgen.errors import LlmgenError, UsageError
 
 
 class ServerError(LlmgenError):
-    """The server cannot be reached, or does not answer as an OpenAI-compatible one does."""
+    """The server cannot be reached, or does not answer as an OpenAI-compatible one does. Exit 2, like a
+    usage error: the audit's exit 1 means only "rejected"."""
+
+    exit_code = 2
 
 
 FIELDS = {  # DecodingConfig field -> the request fields that carry it
