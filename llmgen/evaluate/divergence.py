@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -93,6 +94,16 @@ def divergence(reference: NewCache, candidate: NewCache, ids: Sequence[int], win
             cand_scores.append(TokenScore(t, lc))
             tokens.append(TokenDivergence(k, a, math.exp(lr), math.exp(lc)))
     return Divergence(Score(ids, ref_scores), Score(ids, cand_scores), tokens)
+
+
+def corpus_kl(reference: Any, candidate: Any, tokens: int = 512) -> float:
+    """Mean KL(reference || candidate) over the first `tokens` tokens of the default corpus (`corpus.py`), in one
+    window: the quality column of `llmgen bench` for int4 rows. Both are `LoadedModel`s with one tokenizer."""
+    from llmgen.evaluate import corpus
+
+    ids = [int(i) for i in reference.tokenizer(corpus.load())["input_ids"]][:tokens]
+    window = min(len(ids), reference.context_length, candidate.context_length)
+    return divergence(reference.engine.sequence, candidate.engine.sequence, ids[:window], window).mean_kl
 
 
 @dataclass(frozen=True)
