@@ -210,3 +210,24 @@ def test_bad_input_is_one_line(capsys, char_model: Path, argv: list[str], messag
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert torch.get_num_threads() >= 1
+
+
+def test_a_character_split_across_byte_tokens_is_mapped_back(wide_model: Path) -> None:
+    """A server prints a completion that ends inside a character as U+FFFD; it does not re-tokenize, and the
+    audit finds the token sequence among the claim's likeliest tokens instead."""
+    from llmgen.evaluate.client import Completion
+    from llmgen.evaluate.remote import map_completion
+
+    tokenizer = models.load(str(wide_model)).tokenizer
+    prompt = "My favourite colour is"
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    emoji = tokenizer(" 🟦", add_special_tokens=False)["input_ids"]
+    assert len(emoji) >= 2 and "\ufffd" in tokenizer.decode(emoji[:1])
+    truth = emoji[:2]
+    text = tokenizer.decode(truth)
+    keys = list(range(len(tokenizer)))
+    others = [260, 253, 2382]
+    candidates = lambda prefix: [*others, truth[len(prefix)]] if len(prefix) < 2 else others  # noqa: E731
+    mapped = map_completion(Completion(text, "length", None, len(prompt_ids), 2), tokenizer, prompt, prompt_ids, 2,
+                            keys, None, frozenset(), "wide", candidates)
+    assert list(mapped) == truth

@@ -4,7 +4,9 @@ Mapping back. With k = 1 the cells are *texts*: each token's text after the prom
 prompt's last token, special tokens dropped), end-of-sequence tokens as one cell "<eos>", so that
 tokens that print the same are one cell (a coarsening keeps the test exact). An answer whose text is
 no token's text is a vocabulary mismatch. With k > 1 the cells are token ids: the server's own
-`token_ids` when it gives them, else prompt + text re-tokenized, which must extend the prompt's ids.
+`token_ids` when it gives them, else prompt + text re-tokenized, which must extend the prompt's ids by
+as many tokens as the server counted; else (a character split across byte tokens prints as U+FFFD)
+the likeliest sequence of at most k of the claim's likeliest tokens that decodes to the text.
 When the server reports `usage`, its prompt length and completion length must agree with the audit's
 tokenizer; if they do not, the vocabularies differ and the audit refuses.
 """
@@ -78,9 +80,47 @@ def check_enough(n: int, expected: dict[Hashable, float]) -> None:
                          f"{needed} samples (an expected count of 5 in the most likely cell and in the rest)")
 
 
+SEARCH_WIDTH = 64  # tokens tried per position when a completion does not re-tokenize as the server counted it
+
+
+def _retokenized(completion: client.Completion, tokenizer: Any, prompt: str, prompt_ids: list[int],
+                 stopped: bool) -> list[int] | None:
+    """prompt + completion re-tokenized, if that extends the prompt's ids by as many tokens as the server counted."""
+    full = [int(i) for i in tokenizer(prompt + completion.text)["input_ids"]]
+    if full[:len(prompt_ids)] != prompt_ids or "\ufffd" in completion.text:
+        return None
+    ids = full[len(prompt_ids):]
+    counted = completion.completion_tokens
+    if counted is not None and counted != len(ids) and not (stopped and counted == len(ids) + 1):
+        return None
+    return ids
+
+
+def _searched(text: str, tokenizer: Any, k: int, candidates: Callable[[tuple], list[int]],
+              length: int | None) -> list[int] | None:
+    """The most likely token sequence (depth first, the claim's SEARCH_WIDTH likeliest tokens at each
+    position) of at most k tokens that decodes to `text`, as a server decodes its completion. For texts
+    that do not re-tokenize back (a character split across byte tokens prints as U+FFFD). With the server's
+    count of completion tokens (`length`), only sequences of that length match."""
+
+    def walk(prefix: tuple) -> list[int] | None:
+        decoded = tokenizer.decode(list(prefix)) if prefix else ""
+        if prefix and decoded == text and length in (None, len(prefix)):
+            return list(prefix)
+        if len(prefix) >= k or not text.startswith(decoded.rstrip("\ufffd")):
+            return None
+        for token in candidates(prefix)[:SEARCH_WIDTH]:
+            found = walk((*prefix, token))
+            if found is not None:
+                return found
+        return None
+
+    return walk(())
+
+
 def map_completion(completion: client.Completion, tokenizer: Any, prompt: str, prompt_ids: list[int], k: int,
                    keys: list[Hashable], text_keys: set[Hashable] | None, eos_ids: frozenset[int],
-                   model: str) -> tuple:
+                   model: str, candidates: Callable[[tuple], list[int]] | None = None) -> tuple:
     if completion.prompt_tokens is not None and completion.prompt_tokens != len(prompt_ids):
         raise VocabularyMismatch(f"the server read the prompt as {completion.prompt_tokens} tokens and {model!r} as "
                                  f"{len(prompt_ids)}: a different vocabulary or tokenizer (give the server's model "
@@ -97,15 +137,13 @@ def map_completion(completion: client.Completion, tokenizer: Any, prompt: str, p
         return (completion.text,)
     ids = completion.token_ids
     if ids is None:
-        full = [int(i) for i in tokenizer(prompt + completion.text)["input_ids"]]
-        if full[:len(prompt_ids)] != prompt_ids:
-            raise VocabularyMismatch(f"the prompt and the completion {completion.text!r} do not re-tokenize to the "
-                                     f"prompt's tokens and more with {model!r}: a different vocabulary?")
-        ids = full[len(prompt_ids):]
-        counted = completion.completion_tokens
-        if counted is not None and counted != len(ids) and not (stopped and counted == len(ids) + 1):
-            raise VocabularyMismatch(f"the server counted {counted} tokens in {completion.text!r} and {model!r} "
-                                     f"{len(ids)}: a different vocabulary (or a tokenization llmgen cannot recover)")
+        ids = _retokenized(completion, tokenizer, prompt, prompt_ids, stopped)
+        if ids is None and candidates is not None:
+            ids = _searched(completion.text, tokenizer, k, candidates, completion.completion_tokens)
+        if ids is None:
+            raise VocabularyMismatch(f"the completion {completion.text!r} maps to no {k} tokens or fewer of {model!r} "
+                                     "after this prompt: a different vocabulary (or a tokenization llmgen cannot "
+                                     "recover)")
     cells = []
     for token in ids[:k]:
         cells.append(keys[token] if token < len(keys) else token)
@@ -128,11 +166,17 @@ def audit_server(url: str, server_model: str | None, prompt: str, prompt_ids: li
     fields = client.request_fields(claimed, claim)
     endpoint = client.completions_url(url)
     text_keys = set(keys) if by_text else None
+
+    def candidates(prefix: tuple) -> list[int]:  # the claim's likeliest tokens after prompt + prefix
+        probs = exact_distribution(logits_of, prompt_ids, list(prefix), claim)
+        return [int(t) for t in probs.topk(min(SEARCH_WIDTH, int((probs > 0).sum()))).indices]
+
     samples = []
     for i in range(n):
         request = {**fields, **({"seed": seed + i} if seed is not None else {})}
         completion = client.complete(endpoint, server_model, prompt, k, request)
-        samples.append(map_completion(completion, tokenizer, prompt, prompt_ids, k, keys, text_keys, eos_ids, model))
+        samples.append(map_completion(completion, tokenizer, prompt, prompt_ids, k, keys, text_keys, eos_ids, model,
+                                      candidates))
         if on_sample:
             on_sample(i + 1)
     return test_and_explain(samples, logits_of, prompt_ids, claim, keys, alpha, fields)
