@@ -147,7 +147,7 @@ def score(text: TextArg = None, *, own: dict[str, Any], length: dict[str, Any], 
             console.print(summary_table(index if len(texts) > 1 else None, scored,
                                         result if isinstance(result, Divergence) else None))
     if own["greedy_diff"] is not None and reference is not None:
-        prompt = common.prompt_ids(loaded, own["greedy_diff"], output)
+        prompt = _encode(loaded, own["greedy_diff"], output, None)
         steps = length["max_new_tokens"] or DecodingConfig().max_new_tokens
         diff = greedy_diff(reference.engine.sequence, loaded.engine.sequence, prompt, steps,
                            loaded.eos_token_ids)
@@ -246,20 +246,22 @@ def greedy_json(diff: GreedyDiff, tokenizer: Any) -> dict[str, Any]:
 
 
 def summary_table(index: int | None, scored: Score, result: Divergence | None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    columns = ["tokens", "NLL", "mean NLL", "perplexity"]
-    if result is not None:
-        columns += ["ref. perplexity", "mean KL", "max KL", "top-1 agree", "largest drop"]
-    if index is not None:
-        table.add_column("#", justify="right")
-    for column in columns:
-        table.add_column(column, justify="right")
-    cells = [str(len(scored.tokens)), f"{scored.nll:.3f}", f"{scored.mean_nll:.4f}", f"{scored.perplexity:.4f}"]
+    """One input's numbers, one per line (narrow enough for any terminal)."""
+    table = Table(title=None if index is None else f"text {index}", title_justify="left", box=None,
+                  show_header=False, padding=(0, 1), pad_edge=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.add_row("tokens scored", str(len(scored.tokens)))
+    table.add_row("NLL (nats)", f"{scored.nll:.3f}")
+    table.add_row("mean NLL", f"{scored.mean_nll:.4f}")
+    table.add_row("perplexity", f"{scored.perplexity:.4f}")
     if result is not None:
         position, p_ref, p_cand = result.largest_drop
-        cells += [f"{result.reference.perplexity:.4f}", f"{result.mean_kl:.3g}", f"{result.max_kl:.3g}",
-                  f"{result.top1_agreement:.2%}", f"{p_ref:.3f} → {p_cand:.3f} at {position}"]
-    table.add_row(*([str(index)] if index is not None else []), *cells)
+        table.add_row("reference perplexity", f"{result.reference.perplexity:.4f}")
+        table.add_row("mean KL(reference || model)", f"{result.mean_kl:.4g}")
+        table.add_row("max KL", f"{result.max_kl:.4g}")
+        table.add_row("top-1 agreement", f"{result.top1_agreement:.2%}")
+        table.add_row("largest drop of p(token)", f"{p_ref:.4f} → {p_cand:.4f} at token {position}")
     return table
 
 
