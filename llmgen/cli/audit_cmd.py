@@ -87,7 +87,7 @@ def audit(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str, 
     options you give, nothing else), compute with --model's weights the exact distribution those settings
     define, and test the samples with a chi-square test. -n is the number of samples.
 
-    Exit 0: consistent; 1: rejected at --alpha; 2: usage. A rejection names the hidden setting (top-k 40, min-p 0.05, another temperature, ...) that best explains it.
+    Exit 0: consistent; 1: rejected at --alpha; 2: usage, or a server that cannot be audited (unreachable, not OpenAI-compatible, another vocabulary). A rejection names the hidden setting (top-k 40, min-p 0.05, another temperature, ...) that best explains it.
 
     Examples:
 
