@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def llmgen_server(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     process = subprocess.Popen([sys.executable, "-m", "llmgen", "serve", "--model", "smollm2-135m", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+                               stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -63,7 +65,7 @@ def llmgen_server(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     ["--temperature", "1", "--top-k", "20", "-k", "2", "--presence-penalty", "1.5", "--frequency-penalty", "0.5"],
 ])
 def test_audit_accepts_llmgen_serve(capsys, llmgen_server: str, claim: list[str]) -> None:
-    code = main(["audit", "--url", llmgen_server, "--served-model", "smollm2-135m", "-n", "300", "--seed", "1",
+    code = main(["audit", "--url", llmgen_server, "--served-model", "smollm2-135m", "-n", "200", "--seed", "1",
                  "--json", *claim, PROMPT])
     out, err = capsys.readouterr()
     assert code == 0, err + out
