@@ -38,6 +38,7 @@ class TableRow:
     same_as_twin: str | None  # "k/n" runs whose tokens equal the twin's (greedy rows)
     quality: dict[str, Summary | None]
     vs_llamacpp: float | None = None  # speed over the llama.cpp row that names this row as its twin
+    kl: float | None = None  # mean KL(float || this row) on the corpus, for int4 rows (`evaluate.divergence.corpus_kl`)
 
 
 def twin_key(row: Row) -> str:
@@ -75,7 +76,8 @@ def table_rows(result: Result) -> list[TableRow]:
                 _ratio(tps, twin.summary("decode_tps")) if twin else None, acceptance,
                 row.extra_summary("tokens_per_target_forward"), _predicted(result, row, acceptance),
                 _same(row, twin) if twin and result.config.greedy else None, row.quality(),
-                _ratio(tps, llamacpp.summary("decode_tps")) if llamacpp else None))
+                _ratio(tps, llamacpp.summary("decode_tps")) if llamacpp else None,
+                result.kl.get(row.contender.label) if row.contender.engine == "llmgen" else None))
     return out
 
 
@@ -136,7 +138,7 @@ def _span(s: Summary | None, pattern: str = "{:.1f}") -> str:
 
 
 HEADERS = ("prompts", "strategy", "decode tok/s (min–max)", "× plain", "× HF", "× llama.cpp", "TTFT ms", "prefill tok/s",
-           "peak MB", "α", "tok/fwd", "speedup pred", "distinct-2", "distinct-3", "rep. 3-grams")
+           "peak MB", "α", "tok/fwd", "speedup pred", "distinct-2", "distinct-3", "rep. 3-grams", "KL vs float")
 
 
 def cells(t: TableRow) -> list[str]:
@@ -148,6 +150,7 @@ def cells(t: TableRow) -> list[str]:
         _f(t.peak.max / MB if t.peak else None, "{:.0f}"), _f(t.acceptance.median if t.acceptance else None, "{:.2f}"),
         _f(t.per_forward.median if t.per_forward else None, "{:.2f}"), _f(t.predicted, "{:.2f}×"),
         *(_f(q[k].median if q[k] else None, "{:.2f}") for k in ("distinct_2", "distinct_3", "repeated_3gram_rate")),
+        _f(t.kl, "{:.2g}"),
     ]
 
 
@@ -226,6 +229,7 @@ def as_json(result: Result, roofline: Roofline | None = None) -> dict[str, Any]:
             "measured_speedup": None if t.vs_plain is None or c.strategy not in ("ngram", "draft") else round(t.vs_plain, 4),
             "same_tokens_as_twin": t.same_as_twin,
             "quality": {k: s(v) for k, v in t.quality.items()},
+            "kl_vs_float": t.kl,
             "note": t.row.note,
             "runs": [{"prompt_tokens": r.prompt_tokens, "generated_tokens": r.generated_tokens,
                       "ttft_seconds": r.ttft_s, "decode_tokens_per_second": r.decode_tps,

@@ -96,6 +96,7 @@ class Result:
     rows: list[Row]
     calibration: dict[str, Any] = field(default_factory=dict)  # forward costs behind predicted speedups
     peak_rss_bytes: int = 0  # of the process, when the runs were done (before any roofline measurement)
+    kl: dict[str, float] = field(default_factory=dict)  # row label -> mean KL(float || row) on the corpus (int4 rows)
 
 
 def encode(loaded: LoadedModel, text: str, chat: bool | None, system: str | None = None) -> list[int]:
@@ -184,7 +185,13 @@ def run(loaded: LoadedModel, config: DecodingConfig, plan: Plan,
     if on_progress:
         on_progress(len(slots), len(slots), "done")
     calibration = calibrate(loaded, plan, encoded[0][0]) if "draft" in plan.strategies and plan.drafts else {}
-    return Result(loaded, config, plan, rows, calibration, peak_rss_bytes())
+    peak = peak_rss_bytes()
+    kl = {}
+    if plan.int4 is not None and any(r.contender.strategy == "int4" and r.contender.engine == "llmgen" for r in rows):
+        from llmgen.evaluate.divergence import corpus_kl  # the quality column: docs/evaluate.md
+
+        kl["plain int4"] = corpus_kl(loaded, plan.int4)
+    return Result(loaded, config, plan, rows, calibration, peak, kl)
 
 
 def calibrate(loaded: LoadedModel, plan: Plan, prompt_ids: list[int], repeats: int = 7) -> dict[str, Any]:

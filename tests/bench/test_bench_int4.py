@@ -39,6 +39,7 @@ def test_int4_strategy_is_measured_against_plain(char_model: Path, prompt_file: 
     int4 = rows["plain int4"]
     assert int4["strategy"] == "int4" and int4["engine"] == "llmgen" and int4["ratio_to_plain"] is not None
     assert int4["ratio_to_hf"] is None  # HF generate() has no twin for llmgen's int4 path
+    assert 0 < int4["kl_vs_float"] < 1 and rows["plain"]["kl_vs_float"] is None  # KL on the corpus (evaluate/)
 
 
 def test_an_int4_target_skips_what_it_cannot_run(char_model: Path, prompt_file: Path, capsys) -> None:
