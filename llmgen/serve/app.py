@@ -40,6 +40,7 @@ from llmgen.serve.scheduler import Job, Scheduler, next_key
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DISCONNECT_POLL_SECONDS = 0.25
+SHUTDOWN = "cancelled: the server is shutting down"
 
 
 @dataclass
@@ -246,6 +247,8 @@ class _Answer:
         if event[0] == "error":
             raise APIError(event[1], status=503 if "shutting down" in event[1] else 500, type="server_error")
         if event[0] == "done":
+            if event[2].finish_reason == "cancelled":
+                raise APIError(SHUTDOWN, status=503, type="server_error")
             self.results[event[1]] = event[2]
 
     async def stream(self) -> AsyncIterator[bytes]:
@@ -280,6 +283,9 @@ class _Answer:
                     yield chunk(event[1], event[2], event[3])
                 elif event[0] == "done":
                     result = event[2]
+                    if result.finish_reason == "cancelled":  # by the server: its grace period ran out
+                        yield responses.sse(APIError(SHUTDOWN, status=503, type="server_error").body())
+                        return
                     self.results[event[1]] = result
                     if event[3]:  # logprobs of tokens that added no text (an end-of-sequence token)
                         yield chunk(event[1], "", event[3])

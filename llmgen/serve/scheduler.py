@@ -118,6 +118,11 @@ class Scheduler:
             self._owners[row.key] = (job, choice)
             self._inbox.put(row)
 
+    def cancel_all(self) -> None:
+        """Cancel every row, running or waiting (the end of a shutdown's grace period)."""
+        for job, _ in list(self._owners.values()):
+            job.cancel()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what is left (running and waiting rows) and end the worker thread."""
         self._stop.set()

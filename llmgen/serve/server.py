@@ -1,13 +1,15 @@
 """Running the app under uvicorn: binding, signals and the graceful shutdown.
 
 SIGTERM or SIGINT (Ctrl-C): uvicorn stops accepting connections and waits for the requests in
-flight; after `grace` seconds it cancels those still running (their rows are cancelled and leave the
-batch at the next step); then the lifespan stops the scheduler. `serve` then returns normally, so
+flight; after `grace` seconds the rows still decoding are cancelled (they leave the batch at the next
+step, and their answers end with an error: "the server is shutting down"); then the lifespan stops
+the scheduler. `serve` then returns normally, so
 the command exits 0. A second Ctrl-C skips the wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -22,11 +24,25 @@ from llmgen.serve.app import Service, create_app
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_GRACE_SECONDS = 10.0
+BACKSTOP_SECONDS = 5.0  # after the grace period, how long cancelled answers have to end before uvicorn cancels them
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, but a handled SIGTERM or SIGINT is not raised again after the shutdown
-    (uvicorn re-raises it, which the CLI would turn into exit 143 or 130)."""
+    """uvicorn's server, with two changes: at the end of the grace period the scheduler cancels the rows
+    still decoding, so that their answers end cleanly (an error event, a 503) before uvicorn's own
+    timeout (a few seconds later) would cancel their tasks; and a handled SIGTERM or SIGINT is not
+    raised again after the shutdown (uvicorn re-raises it, which the CLI would turn into exit 143 or 130)."""
+
+    def __init__(self, config: uvicorn.Config, service: Service, grace: float) -> None:
+        super().__init__(config)
+        self.service, self.grace = service, grace
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self.grace, self.service.scheduler.cancel_all)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -44,8 +60,8 @@ class _Server(uvicorn.Server):
 def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                 grace: float = DEFAULT_GRACE_SECONDS, log_level: str = "warning") -> _Server:
     config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=grace, lifespan="on", access_log=False)
-    return _Server(config)
+                            timeout_graceful_shutdown=grace + BACKSTOP_SECONDS, lifespan="on", access_log=False)
+    return _Server(config, service, grace)
 
 
 def serve(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
