@@ -298,6 +298,7 @@ class Scheduler:
                     break
                 # NOTE: only between rounds: the matcher and the caches have taken the whole round already.
                 if left_in_round <= 0 and (not self._inbox.empty() or self._stop.is_set()):
+                    self._count(stats)
                     self.counters.joined += 1
                     return row
             piece = "" if row.state.reason == "cancelled" else row.state.finish()
@@ -305,11 +306,13 @@ class Scheduler:
                 self._on_text(row, piece)
             result = row.state.result()
             result.stats.update(stats.as_dict())
+            self._count(stats)
             self._on_done(row, result)
             return None
         except Exception as err:
             self._fail(row.key, f"decoding failed: {type(err).__name__}: {err}")
             return None
-        finally:
-            self.counters.draft_proposed += stats.draft_tokens
-            self.counters.draft_accepted += stats.accepted_tokens
+
+    def _count(self, stats: SpeculativeStats) -> None:
+        self.counters.draft_proposed += stats.draft_tokens
+        self.counters.draft_accepted += stats.accepted_tokens
