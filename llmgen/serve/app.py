@@ -110,7 +110,8 @@ async def _health(service: Service, request: Request) -> Response:
     return JSONResponse({"status": "ok" if scheduler.alive else "stopped", "model": service.model_id,
                          "rows": scheduler.rows, "waiting": scheduler.waiting, "cache_rows": scheduler.cache_rows,
                          "admitted": counters.admitted, "finished": counters.finished,
-                         "cancelled": counters.cancelled, "failed": counters.failed,
+                         "cancelled": counters.cancelled, "cancelled_waiting": counters.cancelled_waiting,
+                         "failed": counters.failed,
                          "speculative": counters.speculative, "joined": counters.joined,
                          "max_rows": counters.max_rows})
 

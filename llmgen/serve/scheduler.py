@@ -76,7 +76,8 @@ class Counters:
 
     admitted: int = 0
     finished: int = 0
-    cancelled: int = 0
+    cancelled: int = 0  # admitted, then cancelled (their clients went away)
+    cancelled_waiting: int = 0  # cancelled before they were admitted
     failed: int = 0
     speculative: int = 0  # rows that began speculatively
     joined: int = 0  # of those, rows that joined the batch when another request arrived
@@ -247,7 +248,7 @@ class Scheduler:
     def _drop_waiting(self, row: Row) -> None:
         """A row cancelled before it was admitted: it never decoded."""
         owner = self._owners.pop(row.key, None)
-        self.counters.cancelled += 1
+        self.counters.cancelled_waiting += 1
         if owner is not None:
             row.state = SequenceState(self.limits.tokenizer, row.prompt_ids, row.config, self.limits.eos_token_ids,
                                       self.limits.context_length)
