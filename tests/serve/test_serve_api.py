@@ -191,3 +191,17 @@ def test_a_dropped_stream_frees_its_row_and_the_other_streams_go_on(char_lm) -> 
         counters = service.scheduler.counters
         assert counters.cancelled == 1 and counters.failed == 0
         assert counters.max_rows >= 2
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--max-batch", "0"], "--max-batch"),
+    (["--port", "0"], "--port"),
+    (["--grace", "-1"], "--grace"),
+    (["--preset", "no-such-preset"], "no-such-preset"),
+    (["--gamma", "0", "--draft", "ngram"], "--gamma"),
+])
+def test_bad_serve_options_are_one_line_and_exit_2(capsys, argv, needle) -> None:
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("llmgen: error: ") and needle in lines[0], err
