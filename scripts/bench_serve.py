@@ -58,11 +58,12 @@ def wait_ready(proc: subprocess.Popen, url: str, path: str, seconds: float = 900
     raise SystemExit(f"bench_serve: {url} did not come up")
 
 
-def start_llmgen(gguf: str, threads: int, max_batch: int, log: Path) -> tuple[subprocess.Popen, str, str]:
+def start_llmgen(gguf: str, threads: int, max_batch: int, log: Path,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "llmgen", "serve", "-m", gguf, "--model-name", "bench",
-                             "--port", str(port), "--max-batch", str(max_batch)], cwd=ROOT, env=env,
+                             "--port", str(port), "--max-batch", str(max_batch), *extra], cwd=ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url, "/health")
@@ -158,7 +159,10 @@ def main() -> None:
     parser.add_argument("--requests", default="4,8,16", help="requests per concurrency (same order as --clients)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--servers", default="llmgen,llamacpp", help="which servers to run")
+    parser.add_argument("--servers", default="llmgen,llamacpp",
+                        help="which servers to run: llmgen, llmgen-draft (llmgen serve with --draft-args), llamacpp")
+    parser.add_argument("--draft-args", default="--draft small --gamma auto", help="llmgen-draft's extra options")
+    parser.add_argument("--skip-targets", action="store_true", help="skip the 8 sequential / 8 concurrent runs")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.gguf is None:
@@ -171,8 +175,11 @@ def main() -> None:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     servers: dict[str, tuple[subprocess.Popen, str, str]] = {}
     try:
-        if "llmgen" in args.servers:
+        if "llmgen" in args.servers.split(","):
             servers["llmgen"] = start_llmgen(args.gguf, args.threads, max(16, max(clients)), logs / "bench_serve_llmgen.log")
+        if "llmgen-draft" in args.servers.split(","):
+            servers["llmgen --draft"] = start_llmgen(args.gguf, args.threads, max(16, max(clients)),
+                                                     logs / "bench_serve_llmgen_draft.log", tuple(args.draft_args.split()))
         if "llamacpp" in args.servers:
             servers["llama_cpp.server"] = start_llamacpp(args.gguf, args.threads, logs / "bench_serve_llamacpp.log")
         for _, url, model in servers.values():  # warm-up: first requests load and compile
@@ -185,7 +192,7 @@ def main() -> None:
                     result = run_load(url, model, c, n, args.max_tokens)
                     runs[name][c].append(result)
                     print(json.dumps({"server": name, **result}), file=sys.stderr, flush=True)
-            if "llmgen" in servers:
+            if "llmgen" in servers and not args.skip_targets:
                 _, url, model = servers["llmgen"]
                 sequential = run_load(url, model, 1, 8, args.max_tokens)
                 concurrent = run_load(url, model, 8, 8, args.max_tokens)
@@ -205,6 +212,8 @@ def main() -> None:
             other = {r["clients"]: r for r in report["results"].get("llama_cpp.server", [])}
             if 16 in mine and 16 in other:
                 report["targets"]["throughput_16_over_llamacpp"] = mine[16]["tokens_per_s"] / other[16]["tokens_per_s"]
+        report["health"] = {name: httpx.get(url + "/health", timeout=10).json()  # llmgen's counters
+                            for name, (_, url, _) in servers.items() if name.startswith("llmgen")}
         text = json.dumps(report, indent=2)
         print(text)
         if args.out:
