@@ -4,7 +4,7 @@ Nothing here decodes. A request is checked (`protocol.py`), its prompt encoded a
 compiled (in a worker thread of the event loop, so a slow grammar does not hold other requests), its
 rows submitted to the `Scheduler`, and its events turned into one response or a stream of
 server-sent events (`responses.py`). A client that goes away cancels its rows: streamed, when
-Starlette sees the disconnect and cancels the stream; not streamed, when the wait notices it.
+Starlette sees the disconnect and cancels the stream; not streamed, when the watcher of `whole` sees it.
 
 Routes: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions,
 POST /v1/completions. With an API key, every /v1 route needs `Authorization: Bearer <key>`.
@@ -39,7 +39,6 @@ from llmgen.serve.protocol import APIError
 from llmgen.serve.scheduler import Job, Scheduler, next_key
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-DISCONNECT_POLL_SECONDS = 0.25
 SHUTDOWN = "cancelled: the server is shutting down"
 
 
@@ -227,17 +226,17 @@ class _Answer:
         return all(r is not None for r in self.results)
 
     async def whole(self, request: Request) -> dict[str, Any]:
+        async def watch() -> None:  # as Starlette's streaming responses do: the next message is the disconnect
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            self.job.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
             while not self.finished:
-                try:
-                    event = await asyncio.wait_for(self.events.get(), DISCONNECT_POLL_SECONDS)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        self.job.cancel()
-                        raise APIError("the client went away", status=499) from None
-                    continue
-                self._take(event)
+                self._take(await self.events.get())
         finally:
+            watcher.cancel()
             if not self.finished:
                 self.job.cancel()
         build = responses.chat_response if self.req.kind == "chat" else responses.completion_response

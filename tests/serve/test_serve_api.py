@@ -205,3 +205,33 @@ def test_bad_serve_options_are_one_line_and_exit_2(capsys, argv, needle) -> None
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("llmgen: error: ") and needle in lines[0], err
+
+
+def test_n_choices_stream_interleaved_and_match_the_whole_answer(char_server) -> None:
+    _, url = char_server
+    fields = {"model": MODEL_ID, "prompt": ["abc", "fade"], "n": 2, "seed": 4, "max_tokens": 12, "temperature": 1.0}
+    whole = complete(url, **{k: v for k, v in fields.items() if k != "model"}).json()
+    assert [c["index"] for c in whole["choices"]] == [0, 1, 2, 3]
+    with httpx.stream("POST", url + "/v1/completions", json={**fields, "stream": True}, timeout=60) as r:
+        events = sse_events(r)
+    texts = ["", "", "", ""]
+    finished = {}
+    for event in events[:-1]:
+        choice = event["choices"][0]
+        texts[choice["index"]] += choice["text"]
+        if choice["finish_reason"]:
+            finished[choice["index"]] = choice["finish_reason"]
+    assert texts == [c["text"] for c in whole["choices"]]
+    assert finished == {c["index"]: c["finish_reason"] for c in whole["choices"]}
+
+
+def test_a_client_that_stops_waiting_for_a_whole_answer_cancels_its_row(long_char_model) -> None:
+    from llmgen.loading import models
+
+    service, context = start(models.load(str(long_char_model)))
+    with context as url:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(url + "/v1/completions", json={"model": MODEL_ID, "prompt": "abc", "max_tokens": 8000,
+                                                      "ignore_eos": True}, timeout=httpx.Timeout(60, read=0.5))
+        wait_idle(service)
+        assert service.scheduler.counters.cancelled == 1 and service.scheduler.counters.finished == 0

@@ -57,3 +57,20 @@ def test_seeded_sampled_requests_alone_are_reproducible_with_a_fixed_gamma(char_
         fields = {"temperature": 0.8, "seed": 5, "max_tokens": 40, "ignore_eos": False}
         assert text_of(url, "abcabc", **fields) == text_of(url, "abcabc", **fields)
         assert service.scheduler.counters.speculative == 2
+
+
+def test_a_constrained_request_decodes_speculatively_to_the_plain_greedy_output(wide_lm) -> None:
+    pytest.importorskip("llguidance")
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    request = {"model": MODEL_ID, "messages": [{"role": "user", "content": "JSON"}], "temperature": 0, "max_tokens": 30,
+               "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    texts = []
+    for drafting in (None, Drafting(None, gamma=3)):
+        service, context = start(wide_lm, drafting=drafting)
+        with context as url:
+            reply = httpx.post(url + "/v1/chat/completions", json=request, timeout=60).json()
+            texts.append(reply["choices"][0]["message"]["content"])
+        assert service.scheduler.counters.speculative == (0 if drafting is None else 1)
+    assert texts[0] == texts[1]
+    assert set(json.loads(texts[0])) == {"ok", "n"}
