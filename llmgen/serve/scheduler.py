@@ -162,11 +162,15 @@ class Scheduler:
             if row.cancelled:
                 self._drop_waiting(row)
                 continue
-            first: Row | None = row
-            if self.drafting is not None and self._inbox.empty() and len(self._owners[row.key][0].rows) == 1:
-                first = self._speculate(row)
-            if first is not None or not self._inbox.empty():
-                self._batch([] if first is None else [first])
+            try:
+                first: Row | None = row
+                if self.drafting is not None and self._inbox.empty() and len(self._owners[row.key][0].rows) == 1:
+                    first = self._speculate(row)
+                if first is not None or not self._inbox.empty():
+                    self._batch([] if first is None else [first])
+            except Exception as err:  # NOTE: the worker must outlive any one request's failure
+                for key in [row.key, *self._running]:
+                    self._fail(key, f"decoding failed: {type(err).__name__}: {err}")
 
     def _batch(self, first: list[Row]) -> None:
         self._cache = self.loaded.engine.rows()
@@ -241,8 +245,8 @@ class Scheduler:
         self._running.pop(key, None)
         self._sent.pop(key, None)
         owner = self._owners.pop(key, None)
-        self.counters.failed += 1
         if owner is not None:
+            self.counters.failed += 1
             owner[0].emit(("error", message))
 
     def _drop_waiting(self, row: Row) -> None:

@@ -235,3 +235,44 @@ def test_a_client_that_stops_waiting_for_a_whole_answer_cancels_its_row(long_cha
                                                       "ignore_eos": True}, timeout=httpx.Timeout(60, read=0.5))
         wait_idle(service)
         assert service.scheduler.counters.cancelled == 1 and service.scheduler.counters.finished == 0
+
+
+class _Broken:
+    """A matcher that fails on its third token: a row that raises in the middle of the batch."""
+
+    def __init__(self, vocab: int) -> None:
+        import torch
+
+        self.mask, self.taken = torch.ones(vocab, dtype=torch.bool), 0
+
+    def allowed(self):
+        return self.mask
+
+    def advance(self, token: int) -> None:
+        self.taken += 1
+        if self.taken == 3:
+            raise RuntimeError("broken matcher")
+
+    def rollback(self, count: int) -> None:
+        pass
+
+
+def test_a_row_that_fails_mid_batch_fails_its_request_and_the_server_goes_on(char_lm) -> None:
+    import queue
+
+    from llmgen.decoding.batch import Row, row_generator
+    from llmgen.decoding.config import DecodingConfig
+    from llmgen.serve.scheduler import Job, next_key
+
+    service, context = start(char_lm)
+    with context as url:
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        row = Row(next_key(), [3, 4, 5], DecodingConfig(max_new_tokens=20), row_generator(1, 0),
+                  matcher=_Broken(char_lm.vocab_size))
+        service.scheduler.submit(Job([row], events.put))
+        event = events.get(timeout=30)
+        while event[0] == "text":
+            event = events.get(timeout=30)
+        assert event[0] == "error" and "broken matcher" in event[1]
+        assert complete(url, prompt="ab", max_tokens=3).status_code == 200
+        assert service.scheduler.counters.failed == 1 and service.scheduler.alive
