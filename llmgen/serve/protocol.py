@@ -10,7 +10,8 @@ The fields, in three groups (the table in docs/serve.md):
   stream, stream_options, user (ignored), echo (false only), best_of (null or n);
 - vLLM's extras (`entrypoints/openai/protocol.py`): top_k (-1 = off), min_p, repetition_penalty,
   min_tokens, ignore_eos, stop_token_ids;
-- llmgen's own: penalty_scope, penalty_window, regex, choice.
+- llmgen's own: penalty_scope, penalty_window, regex, choice, logprobs_mode ("raw", the default, or
+  "processed": the distribution each token was drawn from, after penalties, temperature and truncation).
 A field that is none of these is refused with a 400 naming it; so are the ones not mapped yet
 (`NOT_YET`). Errors are `APIError`s, which the app turns into OpenAI's error object.
 """
@@ -44,8 +45,8 @@ SAMPLING_FIELDS = ("max_tokens", "max_completion_tokens", "temperature", "top_p"
                    "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
                    "penalty_scope", "penalty_window", "regex", "choice")
 COMMON_FIELDS = ("model", "stream", "stream_options", "user") + SAMPLING_FIELDS
-CHAT_FIELDS = frozenset(COMMON_FIELDS + ("messages", "logprobs", "top_logprobs"))
-COMPLETION_FIELDS = frozenset(COMMON_FIELDS + ("prompt", "logprobs", "echo", "best_of"))
+CHAT_FIELDS = frozenset(COMMON_FIELDS + ("messages", "logprobs", "top_logprobs", "logprobs_mode"))
+COMPLETION_FIELDS = frozenset(COMMON_FIELDS + ("prompt", "logprobs", "echo", "best_of", "logprobs_mode"))
 
 # Request field -> DecodingConfig field, where the value maps one to one (checked by `config.coerce`).
 DIRECT = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "frequency_penalty": "frequency_penalty",
@@ -91,9 +92,9 @@ def chat_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> R
     messages = _messages(body.get("messages"))
     spec = None
     if _get(body, "logprobs", bool, False):
-        spec = LogprobSpec(_int_in(body, "top_logprobs", 0, MAX_TOP, 0))
-    elif body.get("top_logprobs") is not None:
-        raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
+        spec = LogprobSpec(_int_in(body, "top_logprobs", 0, MAX_TOP, 0), _mode(body))
+    elif body.get("top_logprobs") is not None or body.get("logprobs_mode") is not None:
+        raise APIError("top_logprobs and logprobs_mode need logprobs: true", param="logprobs")
     return Request("chat", _model(body), to_config(body, base, max_n), messages=messages, logprobs=spec,
                    stream=_get(body, "stream", bool, False), include_usage=_include_usage(body))
 
@@ -111,7 +112,9 @@ def completion_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int
         raise APIError(f"{len(prompts)} prompts x n={config.n} rows is above this server's limit of {max_n} "
                        "(--max-batch)", param="n")
     top = body.get("logprobs")
-    spec = None if top is None else LogprobSpec(_int_in(body, "logprobs", 0, MAX_TOP, 0))
+    if top is None and body.get("logprobs_mode") is not None:
+        raise APIError("logprobs_mode needs logprobs: N", param="logprobs_mode")
+    spec = None if top is None else LogprobSpec(_int_in(body, "logprobs", 0, MAX_TOP, 0), _mode(body))
     return Request("completion", _model(body), config, prompts=prompts, logprobs=spec,
                    stream=_get(body, "stream", bool, False), include_usage=_include_usage(body))
 
@@ -259,6 +262,13 @@ def _prompts(value: Any) -> list[str | list[int]]:
         return [v if isinstance(v, str) else list(v) for v in value]
     raise APIError("prompt must be a string, a list of strings, or token ids (a list of integers, or of lists)",
                    param="prompt")
+
+
+def _mode(body: Mapping[str, Any]) -> str:
+    mode = body.get("logprobs_mode", "raw")
+    if mode not in ("raw", "processed"):
+        raise APIError(f"logprobs_mode must be \"raw\" or \"processed\", not {mode!r}", param="logprobs_mode")
+    return mode
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:

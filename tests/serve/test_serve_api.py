@@ -4,6 +4,7 @@ against `llmgen generate`, errors in OpenAI's error object, the API key, and cli
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -276,3 +277,15 @@ def test_a_row_that_fails_mid_batch_fails_its_request_and_the_server_goes_on(cha
         assert event[0] == "error" and "broken matcher" in event[1]
         assert complete(url, prompt="ab", max_tokens=3).status_code == 200
         assert service.scheduler.counters.failed == 1 and service.scheduler.alive
+
+
+def test_processed_logprobs_are_the_distribution_the_token_was_drawn_from(char_server) -> None:
+    _, url = char_server
+    fields = {"prompt": "abc", "max_tokens": 6, "seed": 2, "temperature": 0.7, "top_k": 3, "logprobs": 5}
+    raw = complete(url, **fields).json()["choices"][0]["logprobs"]
+    processed = complete(url, **fields, logprobs_mode="processed").json()["choices"][0]["logprobs"]
+    assert raw["tokens"] == processed["tokens"]  # the same draws
+    for top in processed["top_logprobs"]:  # top-k 3: at most 3 tokens can be drawn, and they sum to 1
+        assert len(top) <= 3
+        assert abs(sum(math.exp(v) for v in top.values()) - 1) < 1e-4
+    assert any(len(top) == 5 for top in raw["top_logprobs"])

@@ -99,7 +99,10 @@ def test_chat_request_messages_logprobs_and_stream_options() -> None:
     parts = {**CHAT, "messages": [{"role": "developer", "content": [{"type": "text", "text": "be "},
                                                                      {"type": "text", "text": "brief"}]}]}
     assert chat_request(parts, BASE, 8).messages == [{"role": "system", "content": "be brief"}]
-    refused(chat_request, {**CHAT, "top_logprobs": 2}, BASE, 8, param="top_logprobs")
+    processed = chat_request({**CHAT, "logprobs": True, "logprobs_mode": "processed"}, BASE, 8)
+    assert processed.logprobs == LogprobSpec(0, "processed")
+    refused(chat_request, {**CHAT, "logprobs": True, "logprobs_mode": "cooked"}, BASE, 8, param="logprobs_mode")
+    refused(chat_request, {**CHAT, "top_logprobs": 2}, BASE, 8, param="logprobs")
     refused(chat_request, {**CHAT, "logprobs": True, "top_logprobs": 21}, BASE, 8, param="top_logprobs")
     refused(chat_request, {**CHAT, "stream_options": {"include_usage": True}}, BASE, 8, param="stream_options")
     refused(chat_request, {**CHAT, "messages": []}, BASE, 8, param="messages")
