@@ -32,6 +32,7 @@ from starlette.routing import Route
 from llmgen.decoding import constraints
 from llmgen.decoding.batch import Row, row_generator
 from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.logprobs import to_json, token_logprobs
 from llmgen.decoding.sequence import SequenceResult, check_prompt
 from llmgen.errors import LlmgenError
 from llmgen.serve import protocol, responses
@@ -147,6 +148,12 @@ async def _generate(service: Service, request: Request, *, kind: str) -> Respons
     req = parse(body, service.base, service.max_batch)
     _check_model(service, req.model)
     prompts = await run_in_threadpool(_encode, service, req)
+    echoed = None
+    if req.echo:  # the prompts' own logprobs, from one forward each on the worker thread
+        echoed = [await asyncio.wrap_future(service.scheduler.call(partial(_prompt_logprobs, service, ids, req)))
+                  for ids in prompts]
+    if req.score_only:
+        return JSONResponse(_Answer.scored(service, req, echoed, [len(ids) for ids in prompts]))
     constraint = await run_in_threadpool(_constraint, service, req.config)
     rows = [Row(next_key(), list(ids), req.config, row_generator(req.config.seed, j, service.loaded.device),
                 logprobs=req.logprobs, matcher=None if constraint is None else constraint.matcher())
@@ -161,7 +168,7 @@ async def _generate(service: Service, request: Request, *, kind: str) -> Respons
             pass
 
     job = Job(rows, emit)
-    answer = _Answer(service, req, job, events, [len(ids) for ids in prompts])
+    answer = _Answer(service, req, job, events, [len(ids) for ids in prompts], echoed)
     service.scheduler.submit(job)
     if req.stream:
         return StreamingResponse(answer.stream(), media_type="text/event-stream",
@@ -202,6 +209,23 @@ def _encode(service: Service, req: protocol.Request) -> list[list[int]]:
     return encoded
 
 
+def _prompt_logprobs(service: Service, ids: list[int], req: protocol.Request) -> dict[str, Any]:
+    """echo: the prompt's text and, with logprobs, each prompt token's logprob given the tokens before it
+    (the first has none), in the completions shape. Runs on the worker thread."""
+    tokenizer = service.loaded.tokenizer
+    text = tokenizer.decode(ids)
+    if req.logprobs is None:
+        return {"text": text, "logprobs": None}
+    entries: list[dict[str, Any]] = []
+    if len(ids) > 1:
+        logits = service.loaded.engine.sequence().forward(ids, all_logits=True)[:-1]  # [len - 1, vocab]
+        entries = to_json(token_logprobs(logits, None, ids[1:], req.logprobs), tokenizer)
+    lp = responses.completion_logprobs(entries, len(tokenizer.decode(ids[:1])))
+    first = tokenizer.decode(ids[:1])
+    return {"text": text, "logprobs": {"tokens": [first, *lp["tokens"]], "token_logprobs": [None, *lp["token_logprobs"]],
+                                       "top_logprobs": [None, *lp["top_logprobs"]], "text_offset": [0, *lp["text_offset"]]}}
+
+
 def _constraint(service: Service, config: DecodingConfig) -> Any:
     try:
         return constraints.for_model(config, service.loaded)
@@ -210,16 +234,26 @@ def _constraint(service: Service, config: DecodingConfig) -> Any:
                        .replace("--schema", "response_format json_schema"), param="response_format") from None
 
 
+def _echo(choice: dict[str, Any], echoed: dict[str, Any]) -> None:
+    """Put the prompt's text and logprobs before a choice's own."""
+    shift = len(echoed["text"])
+    choice["text"] = echoed["text"] + choice["text"]
+    own, mine = choice["logprobs"], echoed["logprobs"]
+    if own is not None and mine is not None:
+        choice["logprobs"] = {key: mine[key] + (own[key] if key != "text_offset" else [o + shift for o in own[key]])
+                              for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+
+
 class _Answer:
     """One request's events turned into OpenAI's answer: one object, or a stream of chunks."""
 
-    def __init__(self, service: Service, req: protocol.Request, job: Job, events: asyncio.Queue,
-                 prompt_lengths: list[int]) -> None:
+    def __init__(self, service: Service, req: protocol.Request, job: Job | None, events: asyncio.Queue | None,
+                 prompt_lengths: list[int], echoed: list[dict[str, Any]] | None = None) -> None:
         self.service, self.req, self.job, self.events = service, req, job, events
-        self.prompt_lengths = prompt_lengths
+        self.prompt_lengths, self.echoed = prompt_lengths, echoed
         self.ident = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
-        self.results: list[SequenceResult | None] = [None] * len(job.rows)
+        self.results: list[SequenceResult | None] = [None] * (len(job.rows) if job else 0)
 
     @property
     def finished(self) -> bool:
@@ -240,8 +274,24 @@ class _Answer:
             if not self.finished:
                 self.job.cancel()
         build = responses.chat_response if self.req.kind == "chat" else responses.completion_response
-        return build(self.ident, self.created, self.service.model_id, self.service.fingerprint, self.results,
-                     self.prompt_lengths, self.req.logprobs is not None)
+        answer = build(self.ident, self.created, self.service.model_id, self.service.fingerprint, self.results,
+                       self.prompt_lengths, self.req.logprobs is not None)
+        if self.echoed is not None:
+            for choice in answer["choices"]:
+                _echo(choice, self.echoed[choice["index"] // self.req.config.n])
+        return answer
+
+    @classmethod
+    def scored(cls, service: Service, req: protocol.Request, echoed: list[dict[str, Any]],
+               prompt_lengths: list[int]) -> dict[str, Any]:
+        """echo with max_tokens 0: one choice per prompt, its text and logprobs, nothing generated."""
+        answer = cls(service, req, None, None, prompt_lengths)
+        choices = [{"index": i, "text": e["text"], "logprobs": e["logprobs"], "finish_reason": "length"}
+                   for i, e in enumerate(echoed)]
+        return {"id": answer.ident, "object": "text_completion", "created": answer.created, "model": service.model_id,
+                "system_fingerprint": service.fingerprint, "choices": choices,
+                "usage": {"prompt_tokens": sum(prompt_lengths), "completion_tokens": 0,
+                          "total_tokens": sum(prompt_lengths)}}
 
     def _take(self, event: tuple[Any, ...]) -> None:
         if event[0] == "error":

@@ -7,7 +7,7 @@ settings, on top of the server's base settings (llmgen's defaults < `--preset` <
 The fields, in three groups (the table in docs/serve.md):
 - OpenAI's: model, messages | prompt, max_tokens | max_completion_tokens, temperature, top_p, n, seed,
   stop, frequency_penalty, presence_penalty, logit_bias, logprobs, top_logprobs, response_format,
-  stream, stream_options, user (ignored), echo (false only), best_of (null or n);
+  stream, stream_options, user (ignored), echo (not streamed), best_of (null or n);
 - vLLM's extras (`entrypoints/openai/protocol.py`): top_k (-1 = off), min_p, repetition_penalty,
   min_tokens, ignore_eos, stop_token_ids;
 - llmgen's own: penalty_scope, penalty_window, regex, choice, logprobs_mode ("raw", the default, or
@@ -74,6 +74,8 @@ class Request:
     logprobs: LogprobSpec | None = None
     stream: bool = False
     include_usage: bool = False
+    echo: bool = False  # completions: the prompt (and its logprobs) before the output
+    score_only: bool = False  # echo with max_tokens 0: the prompt's logprobs, nothing generated
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -101,10 +103,12 @@ def chat_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> R
 
 def completion_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> Request:
     _check_known(body, COMPLETION_FIELDS)
-    if _get(body, "echo", bool, False):
-        raise APIError("echo: true (the prompt's own logprobs) is not supported", param="echo")
+    echo = _get(body, "echo", bool, False)
+    if echo and body.get("stream"):
+        raise APIError("echo is supported without stream only", param="echo")
     prompts = _prompts(body.get("prompt"))
-    config = to_config(body, base, max_n)
+    score_only = echo and body.get("max_tokens") == 0  # NOTE: scoring a text (lm-eval's loglikelihood)
+    config = to_config({k: v for k, v in body.items() if k != "max_tokens"} if score_only else body, base, max_n)
     best_of = body.get("best_of")
     if best_of is not None and best_of != config.n:
         raise APIError("best_of is supported only equal to n (no ranking of samples)", param="best_of")
@@ -116,7 +120,8 @@ def completion_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int
         raise APIError("logprobs_mode needs logprobs: N", param="logprobs_mode")
     spec = None if top is None else LogprobSpec(_int_in(body, "logprobs", 0, MAX_TOP, 0), _mode(body))
     return Request("completion", _model(body), config, prompts=prompts, logprobs=spec,
-                   stream=_get(body, "stream", bool, False), include_usage=_include_usage(body))
+                   stream=_get(body, "stream", bool, False), include_usage=_include_usage(body), echo=echo,
+                   score_only=score_only)
 
 
 def to_config(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> DecodingConfig:

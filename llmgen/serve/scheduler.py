@@ -27,6 +27,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,7 @@ class Scheduler:
         self.drafting = drafting
         self.counters = Counters()
         self._inbox: queue.SimpleQueue[Row] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._owners: dict[int, tuple[Job, int]] = {}  # row key -> (job, choice)
         self._sent: dict[int, int] = {}  # row key -> logprob entries already sent
         self._running: dict[int, Row] = {}  # the rows in the batch now (or speculating)
@@ -119,6 +121,12 @@ class Scheduler:
             self._owners[row.key] = (job, choice)
             self._inbox.put(row)
 
+    def call(self, func: Callable[[], Any]) -> Future:
+        """Run `func` on the worker thread, between two steps of the batch (the model is used by one thread)."""
+        future: Future = Future()
+        self._tasks.put((func, future))
+        return future
+
     def cancel_all(self) -> None:
         """Cancel every row, running or waiting (the end of a shutdown's grace period)."""
         for job, _ in list(self._owners.values()):
@@ -131,6 +139,7 @@ class Scheduler:
             row.cancelled = True
         self._thread.join(timeout)
         self._drain_inbox("the server is shutting down")
+        self._run_tasks()
 
     @property
     def rows(self) -> int:
@@ -155,8 +164,9 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._run_tasks()
             try:
-                row = self._inbox.get(timeout=0.05)
+                row = self._inbox.get(timeout=0.02)
             except queue.Empty:
                 continue
             if row.cancelled:
@@ -192,6 +202,7 @@ class Scheduler:
             self._enter(row)
             yield row
         while True:
+            self._run_tasks()
             if self._stop.is_set():
                 for row in self._running.values():
                     row.cancelled = True
@@ -211,6 +222,18 @@ class Scheduler:
                 continue
             self._enter(row)
             yield row
+
+    def _run_tasks(self) -> None:
+        while True:
+            try:
+                func, future = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(func())
+                except Exception as err:
+                    future.set_exception(err)
 
     def _enter(self, row: Row) -> None:
         if row.key not in self._running:
@@ -302,6 +325,8 @@ class Scheduler:
                     row.state.reason = "cancelled"
                     break
                 # NOTE: only between rounds: the matcher and the caches have taken the whole round already.
+                if left_in_round <= 0:
+                    self._run_tasks()
                 if left_in_round <= 0 and (not self._inbox.empty() or self._stop.is_set()):
                     self._count(stats)
                     self.counters.joined += 1

@@ -289,3 +289,26 @@ def test_processed_logprobs_are_the_distribution_the_token_was_drawn_from(char_s
         assert len(top) <= 3
         assert abs(sum(math.exp(v) for v in top.values()) - 1) < 1e-4
     assert any(len(top) == 5 for top in raw["top_logprobs"])
+
+
+def test_echo_scores_the_prompt_as_the_model_does(char_lm, char_server) -> None:
+    """lm-eval's loglikelihood request: echo, logprobs, max_tokens 0 (or 1): each prompt token's logprob
+    given the tokens before it, against the model's own forward."""
+    import torch
+
+    _, url = char_server
+    prompt = "a bad cafe"
+    ids = char_lm.tokenizer(prompt)["input_ids"]
+    with torch.inference_mode():
+        want = char_lm.model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)  # [len - 1, vocab]
+    for max_tokens in (0, 1):
+        body = complete(url, prompt=prompt, echo=True, logprobs=1, max_tokens=max_tokens, temperature=0).json()
+        choice = body["choices"][0]
+        lp = choice["logprobs"]
+        assert choice["text"].startswith(prompt) and lp["token_logprobs"][0] is None
+        got = lp["token_logprobs"][1:len(ids)]
+        assert got == pytest.approx([float(want[i, t]) for i, t in enumerate(ids[1:])], abs=1e-4)
+        assert len(lp["tokens"]) == len(ids) + max_tokens
+        assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": max_tokens,
+                                 "total_tokens": len(ids) + max_tokens}
+        assert lp["text_offset"][:3] == [0, 1, 2]

@@ -117,7 +117,11 @@ def test_completion_request_prompts_and_limits() -> None:
     assert completion_request({"model": "m", "prompt": "a", "logprobs": 2}, BASE, 8).logprobs == LogprobSpec(2)
     refused(completion_request, {"model": "m", "prompt": ["a"] * 3, "n": 3}, BASE, 8, param="n")
     refused(completion_request, {"model": "m", "prompt": 5}, BASE, 8, param="prompt")
-    refused(completion_request, {"model": "m", "prompt": "a", "echo": True}, BASE, 8, param="echo")
+    assert completion_request({"model": "m", "prompt": "a", "echo": True}, BASE, 8).echo
+    scoring = completion_request({"model": "m", "prompt": "a", "echo": True, "max_tokens": 0, "logprobs": 1}, BASE, 8)
+    assert scoring.score_only and scoring.config == BASE
+    refused(completion_request, {"model": "m", "prompt": "a", "echo": True, "stream": True}, BASE, 8, param="echo")
+    refused(completion_request, {"model": "m", "prompt": "a", "max_tokens": 0}, BASE, 8, param="max_tokens")
     refused(completion_request, {"model": "m", "prompt": "a", "best_of": 2}, BASE, 8, param="best_of")
 
 
