@@ -1,10 +1,11 @@
 """The HTTP side: Starlette routes that translate OpenAI requests into rows and events into responses.
 
-Nothing here decodes. A request is checked (`protocol.py`), its prompt encoded and its constraint
-compiled (in a worker thread of the event loop, so a slow grammar does not hold other requests), its
-rows submitted to the `Scheduler`, and its events turned into one response or a stream of
-server-sent events (`responses.py`). A client that goes away cancels its rows: streamed, when
-Starlette sees the disconnect and cancels the stream; not streamed, when the watcher of `whole` sees it.
+Nothing here decodes (echo's prompt logprobs are one forward, run on the worker thread). A request
+is checked (`protocol.py`), its prompt encoded and its constraint compiled (in a worker thread of the
+event loop, so a slow grammar does not hold other requests), its rows submitted to the `Scheduler`,
+and its events turned into one response or a stream of server-sent events (`responses.py`). A client
+that goes away cancels its rows: streamed, when Starlette sees the disconnect and cancels the stream;
+not streamed, when the watcher of `whole` sees it.
 
 Routes: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions,
 POST /v1/completions. With an API key, every /v1 route needs `Authorization: Bearer <key>`.
@@ -150,8 +151,9 @@ async def _generate(service: Service, request: Request, *, kind: str) -> Respons
     prompts = await run_in_threadpool(_encode, service, req)
     echoed = None
     if req.echo:  # the prompts' own logprobs, from one forward each on the worker thread
-        echoed = [await asyncio.wrap_future(service.scheduler.call(partial(_prompt_logprobs, service, ids, req)))
-                  for ids in prompts]
+        texts = [p if isinstance(p, str) else None for p in req.prompts]
+        echoed = [await asyncio.wrap_future(service.scheduler.call(partial(_prompt_logprobs, service, ids, text, req)))
+                  for ids, text in zip(prompts, texts)]
     if req.score_only:
         return JSONResponse(_Answer.scored(service, req, echoed, [len(ids) for ids in prompts]))
     constraint = await run_in_threadpool(_constraint, service, req.config)
@@ -209,21 +211,24 @@ def _encode(service: Service, req: protocol.Request) -> list[list[int]]:
     return encoded
 
 
-def _prompt_logprobs(service: Service, ids: list[int], req: protocol.Request) -> dict[str, Any]:
-    """echo: the prompt's text and, with logprobs, each prompt token's logprob given the tokens before it
-    (the first has none), in the completions shape. Runs on the worker thread."""
+def _prompt_logprobs(service: Service, ids: list[int], text: str | None, req: protocol.Request) -> dict[str, Any]:
+    """echo: the prompt's text (as given, or decoded from its ids) and, with logprobs, each prompt token's
+    logprob given the tokens before it (the first has none), in the completions shape. Runs on the
+    worker thread: the one forward the HTTP side asks for."""
     tokenizer = service.loaded.tokenizer
-    text = tokenizer.decode(ids)
+    text = tokenizer.decode(ids) if text is None else text
     if req.logprobs is None:
         return {"text": text, "logprobs": None}
     entries: list[dict[str, Any]] = []
     if len(ids) > 1:
         logits = service.loaded.engine.sequence().forward(ids, all_logits=True)[:-1]  # [len - 1, vocab]
         entries = to_json(token_logprobs(logits, None, ids[1:], req.logprobs), tokenizer)
-    lp = responses.completion_logprobs(entries, len(tokenizer.decode(ids[:1])))
     first = tokenizer.decode(ids[:1])
-    return {"text": text, "logprobs": {"tokens": [first, *lp["tokens"]], "token_logprobs": [None, *lp["token_logprobs"]],
-                                       "top_logprobs": [None, *lp["top_logprobs"]], "text_offset": [0, *lp["text_offset"]]}}
+    rest = responses.completion_logprobs(entries, len(first))
+    return {"text": text, "logprobs": {"tokens": [first, *rest["tokens"]],
+                                       "token_logprobs": [None, *rest["token_logprobs"]],
+                                       "top_logprobs": [None, *rest["top_logprobs"]],
+                                       "text_offset": [0, *rest["text_offset"]]}}
 
 
 def _constraint(service: Service, config: DecodingConfig) -> Any:
