@@ -8,19 +8,23 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-
-from llmgen.decoding.config import DecodingConfig  # noqa: E402
-from llmgen.loading import models  # noqa: E402
-from llmgen.serve.server import build_service, running  # noqa: E402
+from llmgen.decoding.config import DecodingConfig
+from llmgen.loading import models
 
 MODEL_ID = "tiny"
+# NOTE: the server's extra (`llmgen[serve]`) may be absent: each test module that starts a server
+# importorskips it (`need_server()`); the pure ones (protocol, batch hooks) run without it.
+
+
+def need_server() -> None:
+    for name in ("starlette", "uvicorn", "httpx"):
+        pytest.importorskip(name)
 
 
 def start(loaded, base: DecodingConfig | None = None, max_batch: int = 8, api_key: str | None = None,
           drafting=None, grace: float = 5.0):
+    from llmgen.serve.server import build_service, running
+
     service = build_service(loaded, MODEL_ID, base or DecodingConfig(), max_batch, api_key, drafting)
     return service, running(service, grace=grace)
 

@@ -8,11 +8,13 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
-from conftest import MODEL_ID, sse_events, start
+from conftest import MODEL_ID, need_server, sse_events, start
 
 from llmgen.cli import main
+
+need_server()
+httpx = pytest.importorskip("httpx")
 
 MESSAGES = [{"role": "system", "content": "be"}, {"role": "user", "content": "abc"}]
 PROMPTS = ["abc", "hello.", "a bad cafe", "dead beef", "h"]

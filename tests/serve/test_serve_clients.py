@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_ID
+from conftest import MODEL_ID, need_server
 
 from llmgen.cli import main
+
+need_server()
+httpx = pytest.importorskip("httpx")
 
 openai = pytest.importorskip("openai")
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
-from conftest import MODEL_ID, start
+from conftest import MODEL_ID, need_server, start
 
 from llmgen.loading import models
 from llmgen.serve.scheduler import Drafting
+
+need_server()
+httpx = pytest.importorskip("httpx")
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,20 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
-from conftest import sse_events
+from conftest import need_server, sse_events
 
-from llmgen.serve.server import free_port
+need_server()
+httpx = pytest.importorskip("httpx")
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    from llmgen.serve.server import free_port
+
     port = free_port()
     # NOTE: one thread, as the tests use: two OpenMP threads on a shared 2-core machine stall each forward.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

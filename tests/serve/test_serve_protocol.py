@@ -129,3 +129,14 @@ def test_bodies_that_are_not_json_objects() -> None:
     assert parse_body(b'{"a": 1}') == {"a": 1}
     for raw in (b"{nope", b"[1]", b"\xff"):
         assert refused(parse_body, raw).code == "invalid_json"
+
+
+def test_serve_without_its_extra_is_one_line_naming_the_extra(capsys, monkeypatch) -> None:
+    import sys
+
+    from llmgen.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    monkeypatch.delitem(sys.modules, "llmgen.serve.server", raising=False)
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == "llmgen: error: llmgen serve needs its extra: pip install 'llmgen[serve]'"

@@ -15,10 +15,12 @@ import threading
 import time
 from collections import Counter
 
-import httpx
 import psutil
 import pytest
-from conftest import MODEL_ID, start
+from conftest import MODEL_ID, need_server, start
+
+need_server()
+httpx = pytest.importorskip("httpx")
 
 SECONDS = float(os.environ.get("LLMGEN_SOAK_SECONDS", "12"))
 CLIENTS = int(os.environ.get("LLMGEN_SOAK_CLIENTS", "8"))
