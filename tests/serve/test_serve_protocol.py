@@ -134,9 +134,11 @@ def test_bodies_that_are_not_json_objects() -> None:
 def test_serve_without_its_extra_is_one_line_naming_the_extra(capsys, monkeypatch) -> None:
     import sys
 
+    import llmgen.serve
     from llmgen.cli import main
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     monkeypatch.delitem(sys.modules, "llmgen.serve.server", raising=False)
+    monkeypatch.delattr(llmgen.serve, "server", raising=False)
     assert main(["serve"]) == 2
     assert capsys.readouterr().err.strip() == "llmgen: error: llmgen serve needs its extra: pip install 'llmgen[serve]'"
