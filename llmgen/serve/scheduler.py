@@ -16,6 +16,8 @@ When another row arrives, the speculative row finishes its current round and the
 an ordinary row: its cache row is prefilled with its prompt and the tokens it has so far, and it goes
 on with the same random stream, stop rules and matcher. It never goes back to speculating.
 
+Other model work (echo's prompt logprobs) is handed to the worker with `call` and runs between steps.
+
 Events go to the job through `Job.emit`, from the worker thread:
 ("text", choice, piece, logprobs JSON of the tokens since the last event),
 ("done", choice, SequenceResult, the remaining logprobs JSON), ("error", message).
@@ -122,7 +124,8 @@ class Scheduler:
             self._inbox.put(row)
 
     def call(self, func: Callable[[], Any]) -> Future:
-        """Run `func` on the worker thread, between two steps of the batch (the model is used by one thread)."""
+        """Run `func` on the worker thread (the model is used by one thread): when idle, between two steps
+        of the batch while it has a free slot, or between two speculative rounds."""
         future: Future = Future()
         self._tasks.put((func, future))
         return future
