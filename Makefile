@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROMPT ?= Plan a three-day trip to Lisbon.
 # The optional extras that CI can have, installed by `make test` so that their tests run rather than skip.
 # llamacpp builds llama.cpp from source (about 5 minutes, once); a failed build leaves its tests skipped.
-TEST_EXTRAS ?= lint,plot,llamacpp,llamacpp-server,constrained,ray
+TEST_EXTRAS ?= lint,plot,llamacpp,llamacpp-server,constrained,ray,serve,serve-clients
 
 .PHONY: demo test lint bench install
 

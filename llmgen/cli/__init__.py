@@ -64,7 +64,8 @@ def _register() -> None:
     app.add_typer(presets_cmd.app, name="presets", cls=Group)
     # Commands built in their own modules; each registers itself if present.
     for module_name, command in (("speculate", "speculate"), ("bench_cmd", "bench"), ("inspect_cmd", "inspect"),
-                                ("chat", "chat"), ("score_cmd", "score"), ("audit_cmd", "audit")):
+                                ("chat", "chat"), ("score_cmd", "score"), ("audit_cmd", "audit"),
+                                ("serve_cmd", "serve")):
         try:
             module = importlib.import_module(f"llmgen.cli.{module_name}")
         except ModuleNotFoundError as err:

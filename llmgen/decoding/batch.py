@@ -7,8 +7,14 @@ rules (`generation.SequenceState`). Each step of `decode_rows`:
    when the batch is empty (static batches). Rows admitted together with the same prompt share one
    prefill, and the cache row is repeated (this is how `-n N` works);
 2. pick: the processor chain and the pick, row by row (`pick_rows`);
-3. stop: each row's stop rules see its token; finished rows leave the cache at once;
+3. stop: each row's stop rules see its token; finished rows leave the cache at once, and so do rows
+   whose caller gave up on them (`Row.cancelled`, set from any thread: a server's client went away);
 4. step: one forward over the rows still running.
+
+A long-running caller (`llmgen serve`) admits rows as they arrive: `pending` may yield `None`, which
+means "nothing is waiting now": the running rows go on, and `pending` is asked again at the next step
+(with no row running, `decode_rows` returns). A row may arrive with a `state` holding tokens already
+decided (a request that began speculatively): its cache row is prefilled with its prompt and those tokens.
 
 Why each row's output does not depend on the batch:
 - logits: rows never attend to each other; padding is masked (`rowcache.py`). Only fp32 rounding of
@@ -64,6 +70,7 @@ class Row:
     state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
     logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
     matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
+    cancelled: bool = False  # set (from any thread) to drop the row at the next step; it ends "cancelled"
 
 
 OnText = Callable[[Row, str], None]
@@ -101,7 +108,7 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
     return tokens, entries
 
 
-def decode_rows(cache: Rows, pending: Iterable[Row], limits: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
+def decode_rows(cache: Rows, pending: Iterable[Row | None], limits: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
                 continuous: bool = True, on_text: OnText | None = None, on_done: OnDone | None = None) -> None:
     """Decode every row of `pending` (read lazily), at most `batch_size` at a time.
 
@@ -109,7 +116,7 @@ def decode_rows(cache: Rows, pending: Iterable[Row], limits: ModelInfo, *, batch
     each finished row. On an exception (Ctrl-C included) the rows still running are dropped; rows
     already passed to `on_done` are complete.
     """
-    queue: Iterator[Row] = iter(pending)
+    queue: Iterator[Row | None] = iter(pending)
     active: list[Row] = []
     try:
         _loop(cache, queue, limits, batch_size, continuous, on_text, on_done, active)
@@ -121,7 +128,7 @@ def decode_rows(cache: Rows, pending: Iterable[Row], limits: ModelInfo, *, batch
         raise
 
 
-def _loop(cache: Rows, queue: Iterator[Row], limits: ModelInfo, batch_size: int, continuous: bool,
+def _loop(cache: Rows, queue: Iterator[Row | None], limits: ModelInfo, batch_size: int, continuous: bool,
           on_text: OnText | None, on_done: OnDone | None, active: list[Row]) -> None:
     """The loop of `decode_rows`; `active` (the rows running) is kept up to date in place."""
     logits = torch.empty(0)
@@ -129,8 +136,7 @@ def _loop(cache: Rows, queue: Iterator[Row], limits: ModelInfo, batch_size: int,
     while True:
         # 1. admit
         if not exhausted and len(active) < batch_size and (continuous or not active):
-            admitted = _take(queue, batch_size - len(active))
-            exhausted = len(admitted) < batch_size - len(active)
+            admitted, exhausted = _take(queue, batch_size - len(active))
             if admitted:
                 fresh = _admit(cache, admitted, limits)
                 logits = fresh if not active else torch.cat([logits, fresh])
@@ -142,6 +148,11 @@ def _loop(cache: Rows, queue: Iterator[Row], limits: ModelInfo, batch_size: int,
         # 3. stop
         running = []
         for i, row in enumerate(active):
+            if row.cancelled:  # its token is not taken; the row leaves with the finished ones
+                row.state.reason = "cancelled"
+                if on_done:
+                    on_done(row, row.state.result())
+                continue
             if row.matcher is not None:
                 row.matcher.advance(int(tokens[i]))
             piece = row.state.push(int(tokens[i]), entries[i])
@@ -160,13 +171,16 @@ def _loop(cache: Rows, queue: Iterator[Row], limits: ModelInfo, batch_size: int,
             logits = cache.step(tokens)
 
 
-def _take(queue: Iterator[Row], count: int) -> list[Row]:
-    taken = []
+def _take(queue: Iterator[Row | None], count: int) -> tuple[list[Row], bool]:
+    """Up to `count` rows, and whether `queue` is exhausted. `None` from the queue: nothing waiting now."""
+    taken: list[Row] = []
     for row in queue:
+        if row is None:
+            return taken, False
         taken.append(row)
         if len(taken) == count:
-            break
-    return taken
+            return taken, False
+    return taken, True
 
 
 def _admit(cache: Rows, rows: list[Row], limits: ModelInfo) -> Tensor:
@@ -174,11 +188,12 @@ def _admit(cache: Rows, rows: list[Row], limits: ModelInfo) -> Tensor:
     before = cache.rows
     distinct: dict[tuple[int, ...], int] = {}
     for row in rows:
-        row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,
-                                  limits.context_length)
-        distinct.setdefault(tuple(row.prompt_ids), len(distinct))
+        if row.state is None:  # else the row holds tokens already (see the module docstring)
+            row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,
+                                      limits.context_length)
+        distinct.setdefault(tuple(row.prompt_ids + row.state.tokens), len(distinct))
     logits = cache.add(list(distinct))  # [distinct, vocab]
-    where = [distinct[tuple(row.prompt_ids)] for row in rows]
+    where = [distinct[tuple(row.prompt_ids + row.state.tokens)] for row in rows]
     if len(distinct) < len(rows):
         cache.select(list(range(before)) + [before + w for w in where])
     return logits[where]  # [len(rows), vocab]
