@@ -141,12 +141,13 @@ def bench(
         if plot.suffix.lower() != ".png":
             raise UsageError(f"--plot: {str(plot)!r} must end in .png")
         plotting.require()
-    resolved = common.resolve_settings(sampling)
+    resolved = common.resolve_settings(sampling, model_opts)
     if resolved.config.constrained:
         raise UsageError("bench does not take a constraint yet; scripts/bench_constrained.py measures its cost")
     config = bench_config(resolved)
     if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
+        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+                                      **common.model_settings(model_opts)})
         return
     if batch_sizes is not None:
         _batch_sweep(batch_sizes, runs, model_opts, output, plot)

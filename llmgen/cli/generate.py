@@ -49,14 +49,15 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
       llmgen generate --logprobs 5 --json -N 16 "The capital of France is"
     """
-    resolved = common.resolve_settings({**sampling, **beams})
+    resolved = common.resolve_settings({**sampling, **beams}, model_opts)
     notes = beam.check_combination(resolved)
     spec = common.logprob_spec(probs, output["json"] or batch["input"] is not None)
     if resolved.config.num_beams > 1 and (probs["show_probs"] or probs["show_alternatives"]):
         raise UsageError("--show-probs colours streamed tokens, and beam search does not stream; "
                          "use --logprobs N --json")
     if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
+        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+                                      **common.model_settings(model_opts)})
         return
     for note in notes:
         print(f"llmgen: note: {note}", file=sys.stderr)
@@ -87,6 +88,9 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     loaded = common.load_model(model_opts["model"], model_opts)
     ids = common.prompt_ids(loaded, text, output)
     if resolved.config.num_beams > 1:
+        if loaded.model is None:
+            raise UsageError(f"beam search runs on the torch engine only for now; use --engine torch "
+                             f"(this model runs on {loaded.engine.name})")
         if loaded.quant != "none":
             raise UsageError(f"beam search runs on the float path only; drop --quant {loaded.quant}")
         run_beam_search(loaded, ids, resolved, output, spec)
