@@ -12,6 +12,10 @@ tokenizer that llmgen calls:
   tokenized without adding special tokens (the template writes its own BOS);
 - `decode(ids, skip_special_tokens=True)`: `llama_detokenize` (control tokens are dropped unless asked);
 - `chat_template`, `eos_token_id`, `get_vocab()`, and `llguidance_tokenizer()` for constraints.
+
+A file without a template (the Gemma-3 GGUF has none) whose architecture has a llama.cpp built-in
+format (`BUILTIN_TEMPLATES`) is rendered by `llama_chat_apply_template` with that format instead, and
+tokenized with BOS added, as llama-server does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ class GGUFTokenizer:
         self.vocab_size = model.vocab_size
         template = lib.llama_model_chat_template(model.pointer, None)
         self.chat_template: str | None = template.decode("utf-8", errors="replace") if template else None
+        # A file without a template whose architecture has one of llama.cpp's built-in formats uses it
+        self.builtin_template = None if self.chat_template else BUILTIN_TEMPLATES.get(_architecture(model))
+        if self.builtin_template:
+            self.chat_template = f"llama.cpp built-in template: {self.builtin_template}"
         self.eos_token_id = int(lib.llama_vocab_eos(self.vocab))
         self.bos_token_id = int(lib.llama_vocab_bos(self.vocab))
         self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
@@ -105,8 +113,28 @@ class GGUFTokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
                             tokenize: bool = True) -> list[int] | str:
+        if self.builtin_template:  # llama.cpp's renderer writes no BOS: tokenizing adds it, as llama-server does
+            text = self.render_builtin(messages, add_generation_prompt)
+            return self.encode(text, add_special_tokens=True) if tokenize else text
         text = self.render_chat(messages, add_generation_prompt)
         return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    def render_builtin(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """`llama_chat_apply_template` with one of llama.cpp's named formats (no jinja)."""
+        lib = self.lib
+        chat = (lib.llama_chat_message * len(messages))(*[
+            lib.llama_chat_message(role=str(m["role"]).encode(), content=str(m["content"]).encode())
+            for m in messages])
+        name = str(self.builtin_template).encode()
+        room = 2 * sum(len(str(m["content"])) for m in messages) + 256
+        while True:
+            buffer = ctypes.create_string_buffer(room)
+            n = lib.llama_chat_apply_template(name, chat, len(messages), add_generation_prompt, buffer, room)
+            if n < 0:
+                raise ValueError(f"llama.cpp cannot apply the {self.builtin_template} chat template")
+            if n <= room:
+                return buffer.raw[:n].decode("utf-8", errors="replace")
+            room = n + 1
 
     # --- constraints -------------------------------------------------------------------------------
 
@@ -118,6 +146,16 @@ class GGUFTokenizer:
             self._llguidance = llguidance.llamacpp.lltokenizer_from_vocab(
                 self.vocab, n_vocab=self.vocab_size, eos_token=sorted(eos_token_ids))
         return self._llguidance
+
+
+# Architectures whose GGUF files often carry no template, and llama.cpp's built-in format for them.
+BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+
+
+def _architecture(model: Any) -> str:
+    buffer = ctypes.create_string_buffer(128)
+    n = model.lib.llama_model_meta_val_str(model.pointer, b"general.architecture", buffer, 128)
+    return buffer.value.decode("utf-8", errors="replace") if n > 0 else ""
 
 
 def _compile(source: str) -> Any:

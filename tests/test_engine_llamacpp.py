@@ -1,0 +1,115 @@
+"""The llama.cpp engine (`loading/engines/llamacpp.py`): the cache operations, exactly.
+
+On a tiny random Llama written as a GGUF file by the test (`tiny_gguf.py`), where a forward takes
+~0.1 ms: a verify forward's logits equal step-by-step logits; rollback forgets; a context that grows
+(its sequences' KV state copied) gives the same logits as one that was large from the start; rows
+that are repeated, reordered and dropped give each row the logits of the same tokens decoded alone;
+a logits tensor the caller holds is not overwritten by the next decode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")
+
+from tiny_gguf import VOCAB, write_tiny_llama  # noqa: E402
+
+from llmgen.loading import models  # noqa: E402
+from llmgen.loading.engines import llamacpp as engine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    path = write_tiny_llama(tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf", seed=1, context=2048)
+    return models.load(str(path), engine="llamacpp", threads=1)
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to llama.cpp's batch non-invariance: a batch of rows (or of positions) is not summed in the
+    same order as one token alone, and the f16 KV cache rounds the difference up to ~1e-3 of a logit."""
+    return bool(torch.allclose(a, b, atol=5e-3, rtol=1e-3)) and torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def stepwise(loaded, tokens: list[int]) -> torch.Tensor:
+    """Logits after each token, one forward per token, on a fresh sequence."""
+    lm = loaded.engine.sequence()
+    return torch.cat([lm.forward([t]) for t in tokens])  # [len, vocab]
+
+
+def test_the_loaded_model_reports_the_engine_and_the_file_vocabulary(tiny) -> None:
+    assert tiny.engine.name == "llamacpp" and tiny.model is None
+    assert tiny.vocab_size == VOCAB and tiny.context_length == 2048
+    assert tiny.eos_token_ids == frozenset({2})
+
+
+def test_all_logits_equal_one_token_at_a_time_and_rollback_forgets(tiny) -> None:
+    tokens = [1, 5, 9, 3, 7, 7, 12, 4]
+    lm = tiny.engine.sequence()
+    together = lm.forward(tokens, all_logits=True)  # [8, vocab]
+    assert together.shape == (8, VOCAB) and together.dtype == torch.float32
+    assert close(together, stepwise(tiny, tokens))
+    lm.rollback(3)
+    assert lm.length == 3
+    again = lm.forward([9, 9])  # a different continuation after the rollback
+    assert close(again, stepwise(tiny, [1, 5, 9, 9, 9])[-1:])
+
+
+def test_the_logits_a_caller_holds_survive_the_next_decode(tiny) -> None:
+    lm = tiny.engine.sequence()
+    first = lm.forward([1, 5, 9], all_logits=True)
+    kept = first.clone()
+    lm.forward([3, 4, 5, 6], all_logits=True)
+    assert torch.equal(first, kept)
+
+
+def test_a_growing_context_gives_the_logits_of_a_large_one(tiny) -> None:
+    """600 tokens cross the first context (512 cells); its state moves to a larger one bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, VOCAB, (600,), generator=generator).tolist()
+    grown = tiny.engine.sequence()
+    logits = torch.cat([grown.forward(tokens[:500], all_logits=True), grown.forward(tokens[500:], all_logits=True)])
+    assert grown.context.n_ctx > 512
+    large = engine.LlamaSequence(tiny.engine.model)
+    large.context = engine._Context(tiny.engine.model, 1024, 1)
+    reference = torch.cat([large.forward(tokens[:500], all_logits=True), large.forward(tokens[500:], all_logits=True)])
+    assert torch.equal(logits, reference)
+
+
+def test_rows_can_be_repeated_reordered_and_dropped(tiny) -> None:
+    prompts = [[1, 4, 5, 6], [1, 9, 8], [1, 3]]
+    rows = tiny.engine.rows()
+    first = rows.add(prompts)  # [3, vocab]
+    for prompt, logits in zip(prompts, first):
+        assert close(logits, stepwise(tiny, prompt)[-1])
+    histories = [list(p) for p in prompts]
+    plan = [[2, 0, 0, 1], [3, 1, 2], [0, 0, 2, 1, 1], [4, 2]]  # a select before each step
+    for step, indices in enumerate(plan):
+        rows.select(indices)
+        histories = [list(histories[i]) for i in indices]
+        tokens = torch.tensor([3 + (step * 7 + r * 5) % (VOCAB - 3) for r in range(len(indices))])
+        logits = rows.step(tokens)  # [rows, vocab]
+        for r, token in enumerate(tokens.tolist()):
+            histories[r].append(token)
+            assert close(logits[r], stepwise(tiny, histories[r])[-1]), (step, r)
+    assert rows.rows == 2
+    rows.select([])
+    assert rows.rows == 0
+    more = rows.add([[1, 4]])  # rows can be added again after all were dropped
+    assert close(more[0], stepwise(tiny, [1, 4])[-1])
+
+
+def test_rows_grow_past_the_first_context(tiny) -> None:
+    """Eight rows of 100 tokens hold 800 cells: the rows context grows, each row keeps its own logits."""
+    generator = torch.Generator().manual_seed(1)
+    prompts = torch.randint(3, VOCAB, (8, 100), generator=generator).tolist()
+    rows = tiny.engine.rows()
+    logits = rows.add(prompts)
+    tokens = logits.argmax(-1)
+    after = rows.step(tokens)
+    assert rows.context.n_ctx >= 808
+    for r in range(8):
+        assert close(after[r], stepwise(tiny, [*prompts[r], int(tokens[r])])[-1])
