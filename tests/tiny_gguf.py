@@ -1,7 +1,8 @@
 """A tiny random Llama written as a GGUF file with gguf-py, for the llama.cpp engine's exact tests.
 
-31 tokens: 3 specials, the SentencePiece space "▁" and 27 characters, with a 'llama' (SentencePiece)
-tokenizer and a small chat template, so that llama.cpp loads it like any Llama GGUF. The weights are
+36 tokens: 3 specials, the SentencePiece space "▁" and 32 characters (enough for small JSON), with a
+'llama' (SentencePiece) tokenizer and a small chat template, so that llama.cpp loads it like any Llama
+GGUF. The weights are
 float32 and wide, so that next-token distributions are peaked (no greedy near-ties) yet sampling has
 several likely outcomes. Small enough that every context of a few tokens can be enumerated.
 """
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
-CHARS = ["▁", *"abcdefghijklmnopqrstuvwxyz", "."]
-TOKENS = SPECIALS + CHARS  # 31
+CHARS = ["▁", *"abcdefghijklmnopqrstuvwxyz", ".", '"', "{", "}", ":", ","]
+TOKENS = SPECIALS + CHARS  # 36
 VOCAB = len(TOKENS)
 BOS, EOS = 1, 2
 CHAT_TEMPLATE = (
@@ -24,15 +25,20 @@ CHAT_TEMPLATE = (
 
 
 def write_tiny_llama(path: Path, seed: int, *, hidden: int = 32, layers: int = 2, heads: int = 4,
-                     kv_heads: int = 2, context: int = 256, scale: float = 0.35) -> Path:
+                     kv_heads: int = 2, context: int = 256, scale: float = 0.35, noise: float = 0.0,
+                     noise_seed: int = 0) -> Path:
+    """The model of `seed`; with `noise`, each weight moved by noise * N(0, 1) (a draft that resembles
+    its target, so that speculative decoding both accepts and rejects)."""
     import gguf
 
     rng = np.random.default_rng(seed)
+    jitter = np.random.default_rng(noise_seed)
     ffn = 2 * hidden
     head_dim = hidden // heads
 
     def weight(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
+        values = rng.standard_normal(shape) * scale + jitter.standard_normal(shape) * noise
+        return values.astype(np.float32)
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-llama")
@@ -55,6 +61,7 @@ def write_tiny_llama(path: Path, seed: int, *, hidden: int = 32, layers: int = 2
     writer.add_bos_token_id(BOS)
     writer.add_eos_token_id(EOS)
     writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(False)  # (llguidance looks for a token that tokenizes as itself)
     writer.add_chat_template(CHAT_TEMPLATE)
     # numpy shapes are [out, in]; gguf stores them reversed, as llama.cpp reads them
     writer.add_tensor("token_embd.weight", weight(VOCAB, hidden))

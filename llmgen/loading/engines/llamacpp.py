@@ -26,9 +26,16 @@ NOTE: logits are copied out of llama.cpp's output buffer (one memcpy of [k, voca
 that buffer, and may reallocate it, while decoding code can still hold the tensor of the step before.
 The view itself is made without a copy (`torch.frombuffer` over the pointer); only the clone copies.
 
-NOTE: the contexts use llama.cpp's own defaults where they touch numerics, as `llama_cpp.Llama` sets
-them (flash attention off, n_batch = n_ubatch = 512, f16 KV cache, `swa_full` on so that a rollback
-inside a sliding window stays exact), so that greedy decoding here gives llama.cpp's own tokens.
+NOTE: the KV cache is float32, not llama.cpp's default f16. With an f16 cache llama.cpp's logits depend
+on the shape of the batch: on the SmolLM2 Q4_1 file, a 3-token verify batch moved logits by up to 1.0
+(out of ~27) against the same tokens decoded one at a time, and a 16-token prefill by 1.7, enough to
+flip greedy picks and to move logprobs by ~1e-2. With a float32 cache the same comparisons are equal
+bit for bit, so that speculative decoding, batched rows and the chat's reused prefix give exactly the
+logits of plain decoding. It costs twice the KV memory (contexts start at 512 cells and grow) and no
+measurable speed at these sizes (SmolLM2, 1 thread, 64 tokens: 33.9-44.6 tok/s f32, 34.7-45.2 f16).
+The other settings that touch numerics are `llama_cpp.Llama`'s defaults (flash attention off,
+n_batch = n_ubatch = 512, `swa_full` on so that a rollback inside a sliding window stays exact), so that
+greedy decoding here gives llama.cpp's own tokens for the same cache type.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from llmgen.errors import ModelError, PromptError
 N_BATCH = 512  # tokens per llama_decode call (llama_cpp.Llama's default)
 MAX_ROWS = 256  # seq_ids per rows context (llama.h: LLAMA_MAX_SEQ)
 MAX_ROWS_CELLS = 65536  # tokens over all rows of one rows context
+GGML_TYPE_F32 = 0
 
 
 def _lib() -> Any:
@@ -90,6 +98,7 @@ class _Context:
         params.kv_unified = True  # rows share one cache, so seq_cp shares cells instead of copying them
         params.n_threads = params.n_threads_batch = model.threads
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama's default
+        params.type_k = params.type_v = GGML_TYPE_F32  # batch-invariant logits (the module's second NOTE)
         params.no_perf = True
         self.pointer = lib.llama_init_from_model(model.pointer, params)
         if self.pointer is None:
