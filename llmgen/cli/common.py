@@ -21,8 +21,8 @@ from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import SequenceResult, TokenSource, encode_prompt, run_sequence
 from llmgen.errors import ModelError, PromptError, UsageError
 from llmgen.loading import models
-from llmgen.loading.threads import check_threads
 from llmgen.loading.models import LoadedModel
+from llmgen.loading.threads import check_threads
 
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 
