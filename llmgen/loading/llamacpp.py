@@ -56,7 +56,7 @@ def _init() -> Any:
         message = text.decode("utf-8", errors="replace")
         if verbose:
             sys.stderr.write(message)
-        elif level == 3 and message.strip():  # GGML_LOG_LEVEL_ERROR
+        elif level == 4 and message.strip():  # GGML_LOG_LEVEL_ERROR (ggml.h: none, debug, info, warn, error, cont)
             _errors.append(message.strip())
 
     _callback = log
@@ -75,8 +75,8 @@ def load_model(path: Path, threads: int) -> LlamaCppModel:
     _errors.clear()
     pointer = lib.llama_model_load_from_file(str(path).encode("utf-8"), params)
     if pointer is None:
-        why = _errors[-1] if _errors else "llama.cpp could not load it"
-        why = why.removeprefix("llama_model_load: error loading model: ")
+        reasons = [line.split("error loading model: ", 1)[1] for line in _errors if "error loading model: " in line]
+        why = reasons[0] if reasons else (_errors[0] if _errors else "llama.cpp could not load it")
         raise ModelError(f"cannot load {path} with llama.cpp: {why}")
     trained = int(lib.llama_model_n_ctx_train(pointer))
     context = min(trained, MAX_CONTEXT) if trained > 0 else MAX_CONTEXT
