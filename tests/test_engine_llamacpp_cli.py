@@ -158,3 +158,15 @@ def test_bad_input_gets_one_line_and_no_llama_cpp_output(capfd, monkeypatch, tin
     one_line_error(*run(capfd, "generate", "-m", str(tiny), *ON, "--raw", "ab" * 200)[::2], "context", "256")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else object())
     one_line_error(*run(capfd, "generate", "-m", str(tiny), *ON, "hi")[::2], "llmgen[llamacpp]")
+
+
+def test_inspect_and_logprobs_on_llama_cpp(capfd, tiny: Path) -> None:
+    code, out, err = run(capfd, "inspect", "-m", str(tiny), *ON, "--raw", "--top-k", "5", "hello")
+    assert code == 0 and out.strip(), err
+    code, out, err = run(capfd, "generate", "-m", str(tiny), *ON, "--raw", "--greedy", "-N", "4", "--logprobs", "3",
+                         "--json", "hello")
+    assert code == 0, err
+    [row] = rows(out)
+    assert len(row["logprobs"]) == 4 and all(len(t["top_logprobs"]) == 3 for t in row["logprobs"])
+    code, _, err = run(capfd, "generate", "-m", str(tiny), *ON, "--num-beams", "2", "--raw", "hello")
+    one_line_error(code, err, "beam search", "--engine torch")
