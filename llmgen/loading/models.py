@@ -71,11 +71,15 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool =
     alias's own setting, else "none").
     `engine`: "torch" (transformers' forward, or the int4 Llama), "llamacpp" (a GGUF file run by llama.cpp, as it
     is: `loading/llamacpp.py`), or "auto" (`choose_engine`). The library's default is torch; the CLI's is auto.
-    `threads`: a forward's threads (torch's intra-op threads; llama.cpp's n_threads); None: torch's setting as it
-    is, and the physical cores for llama.cpp.
+    `threads`: a forward's threads (torch's intra-op threads, which also run the processors on the llama.cpp
+    engine; llama.cpp's n_threads); None: torch's setting as it is, and the physical cores for llama.cpp.
     """
     started = time.perf_counter()
     check_threads(threads)
+    if threads is not None:  # torch runs the processors on either engine, and the forward on its own
+        import torch
+
+        torch.set_num_threads(threads)
     resolved = resolve(ref)
     if choose_engine(engine, resolved, quant) == "llamacpp":
         from llmgen.loading.llamacpp import load_llamacpp
@@ -83,10 +87,6 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool =
         if device not in ("auto", "cpu"):
             raise UsageError(f"--engine llamacpp runs on the CPU here; drop --device {device}")
         return load_llamacpp(resolved, threads=threads or physical_cores(), started=started, quant=quant)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     quant = (resolved.quant or "none") if quant == "auto" else quant
     if quant not in QUANTS:
         raise UsageError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")
