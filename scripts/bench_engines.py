@@ -5,7 +5,7 @@
         as 8 rows of one batch (the rows cache's step, as `-n 8` runs it), interleaved, 3 times each;
         decode throughput in tokens/s over all rows (the prefill excluded).
     python scripts/bench_engines.py invariance FILE.gguf [--threads 1] [--new 64]
-        Batch invariance: the 8 grounded prompts decoded greedily as 8 rows of one batch (continuous
+        Batch invariance: the 10 grounded prompts decoded greedily as 10 rows of one batch (continuous
         batching, `--input`), against each prompt alone; how many rows differ, and where they first do.
 """
 
