@@ -92,13 +92,15 @@ def test_generate_n_and_input_run_on_llama_cpp_rows(capfd, tiny: Path, tmp_path:
                          "-n", "3", "--json", "hello")
     assert code == 0, err
     assert [r["token_ids"] for r in rows(out)] == [single["token_ids"]] * 3
+    assert {r["stats"]["engine"] for r in rows(out)} == {"llamacpp"}
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello\nabc\nhello there\nxyz\n")
     code, out, err = run(capfd, "generate", "-m", str(tiny), *ON, "--raw", "--greedy", "-N", "8", "--ignore-eos",
                          "--input", str(prompts), "--batch-size", "2", "--json")
     assert code == 0, err
     got = rows(out)
-    assert len(got) == 4 and got[0]["token_ids"] == single["token_ids"] == got[0]["token_ids"]
+    assert len(got) == 4 and got[0]["token_ids"] == single["token_ids"]  # row 0 is the same prompt
+    assert {r["stats"]["engine"] for r in got} == {"llamacpp"}
 
 
 def test_chat_reuses_the_llama_cpp_cache_between_turns(capfd, monkeypatch, tiny: Path) -> None:

@@ -77,7 +77,11 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
     """The `n` samples as one batch, rendered in sample order."""
     config = resolved.config
     shown = InOrder(renderer, config.n)
-    return sample_rows(loaded.engine.rows(), ids, config, Limits.of(loaded), on_text=shown.text, on_done=shown.done,
+    def done(row: Row, result: SequenceResult) -> None:
+        result.stats["engine"] = loaded.engine.name
+        shown.done(row, result)
+
+    return sample_rows(loaded.engine.rows(), ids, config, Limits.of(loaded), on_text=shown.text, on_done=done,
                        logprobs=logprobs, constraint=constraints.for_model(config, loaded))
 
 
@@ -287,8 +291,12 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
             if decoder is not None:
                 decoder(rows(), done, lambda row, why: fail(row.key, why))
             else:
+                def local_done(row: Row, result: SequenceResult) -> None:
+                    result.stats["engine"] = loaded.engine.name
+                    done(row, result)
+
                 decode_rows(loaded.engine.rows(), rows(), Limits.of(loaded), batch_size=batch["batch_size"],
-                            on_done=done)
+                            on_done=local_done)
         finally:
             writer.drain()
     if not quiet:
