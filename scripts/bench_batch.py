@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from llmgen.bench.batch import interleaved, plot_sweep, prompts_of, summary, sweep  # noqa: E402
-from llmgen.decoding.batch import Limits, Row, decode_rows, row_generator, sample_rows  # noqa: E402
+from llmgen.decoding.batch import Row, decode_rows, row_generator, sample_rows  # noqa: E402
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
 from llmgen.decoding.plain import CachedLM, plain_tokens  # noqa: E402
 from llmgen.decoding.sequence import run_sequence  # noqa: E402
@@ -71,7 +71,7 @@ def warm_up(loaded: models.LoadedModel, with_hf: bool = True) -> None:
     prompts = prompts_of(loaded, 2)
     config = DecodingConfig(top_p=0.9, max_new_tokens=4, seed=SEED)
     decode_rows(row_cache(loaded.model), [Row(i, p, config, row_generator(SEED, i)) for i, p in enumerate(prompts)],
-                Limits.of(loaded))
+                loaded.info)
     list(zip(range(4), (t.id for t in plain_tokens(CachedLM(loaded.model), prompts[0], config, row_generator(SEED, 0)))))
     if not with_hf:
         return
@@ -90,7 +90,7 @@ def bench_n8(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
         config = DecodingConfig(top_p=0.9, n=8, max_new_tokens=new, ignore_eos=True, seed=SEED)
 
         def ours(run: int) -> int:
-            results = sample_rows(row_cache(loaded.model), prompts[run % 10], config, Limits.of(loaded))
+            results = sample_rows(row_cache(loaded.model), prompts[run % 10], config, loaded.info)
             return sum(len(r.token_ids) for r in results)
 
         @torch.inference_mode()
@@ -113,7 +113,7 @@ def bench_input(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
     def batched(run: int) -> int:
         rows = [Row(i, p, config, row_generator(SEED, i)) for i, p in enumerate(prompts)]
         done: list[int] = []
-        decode_rows(row_cache(loaded.model), rows, Limits.of(loaded), batch_size=8,
+        decode_rows(row_cache(loaded.model), rows, loaded.info, batch_size=8,
                     on_done=lambda row, result: done.append(len(result.token_ids)))
         return sum(done)
 
@@ -143,7 +143,7 @@ def bench_continuous(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
         def run(_: int) -> int:
             rows = [Row(i, p, DecodingConfig(temperature=0, max_new_tokens=n, ignore_eos=True), row_generator(0, i))
                     for i, (p, n) in enumerate(zip(prompts, lengths))]
-            decode_rows(row_cache(loaded.model), rows, Limits.of(loaded), batch_size=8, continuous=continuous)
+            decode_rows(row_cache(loaded.model), rows, loaded.info, batch_size=8, continuous=continuous)
             return sum(lengths)
         return run
 
@@ -158,7 +158,7 @@ def rss_child(batch_size: int, model: str) -> None:
     prompts = prompts_of(loaded, 8)
     config = DecodingConfig(temperature=0, max_new_tokens=128, ignore_eos=True)
     rows = [Row(i, p, config, row_generator(0, i)) for i, p in enumerate(prompts)]
-    decode_rows(row_cache(loaded.model), rows, Limits.of(loaded), batch_size=batch_size)
+    decode_rows(row_cache(loaded.model), rows, loaded.info, batch_size=batch_size)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 

@@ -24,6 +24,10 @@ CACHE = ROOT / ".cache"
 os.environ.setdefault("LLMGEN_CACHE_DIR", str(CACHE / "llmgen"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# NOTE: the CLI's --engine auto runs a .gguf (the embedded model included) on llama.cpp when it is installed;
+# the tests that compare with HF or exercise the torch paths expect torch. The llama.cpp engine's own tests
+# pass --engine explicitly (tests/test_engine_llamacpp*.py).
+os.environ.setdefault("LLMGEN_ENGINE", "torch")
 
 CHARS = list("abcdefgh .")  # 10 characters
 SPECIALS = ["<s>", "</s>", "<unk>"]

@@ -315,14 +315,22 @@ def llamacpp_unavailable(loaded: LoadedModel, config: DecodingConfig, gguf: str 
     return None
 
 
-def llamacpp(loaded: LoadedModel, config: DecodingConfig, gguf: str, label: str, twin: str) -> Contender:
+def llamacpp(loaded: LoadedModel, config: DecodingConfig, gguf: str, label: str, twin: str,
+             lookup: int | None = None) -> Contender:
     """llama.cpp (llama-cpp-python) on the same GGUF file: greedy, the same prompt ids, as many threads
-    as torch uses, its own KV cache reset before every run."""
+    as the row it pairs with (the llama.cpp engine's n_threads, else torch's), its own KV cache reset before
+    every run, its defaults otherwise (an f16 KV cache). With `lookup`, its own prompt-lookup speculative
+    decoding (`LlamaPromptLookupDecoding(num_pred_tokens=lookup)`), the twin of an n-gram row."""
     import llama_cpp
 
-    threads = torch.get_num_threads()
+    threads = getattr(getattr(loaded.engine, "model", None), "threads", None) or torch.get_num_threads()
+    draft = None
+    if lookup is not None:
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=lookup)
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=min(loaded.context_length, 4096), n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+                          n_threads_batch=threads, draft_model=draft, verbose=False)
 
     def run_once(ids: list[int]) -> RunRecord:
         budget = token_budget(len(ids), config, loaded.context_length)
@@ -342,5 +350,5 @@ def llamacpp(loaded: LoadedModel, config: DecodingConfig, gguf: str, label: str,
 
         return measure(loaded.device, body, len(ids))
 
-    return Contender(label, "llamacpp", "llamacpp", run_once, twin=twin,
+    return Contender(label, "ngram" if lookup else "llamacpp", "llamacpp", run_once, twin=twin, gamma=lookup,
                      settings={**_settings(config), "threads": threads, "llama_cpp": llama_cpp.__version__})

@@ -44,10 +44,11 @@ class TableRow:
 def twin_key(row: Row) -> str:
     """The key an HF row's `twin` names for this llmgen row."""
     c = row.contender
+    tag = f" · {c.label.rsplit(' · ', 1)[1]}" if " · " in c.label else ""  # the engine, with several
     if c.strategy == "ngram":
-        return "ngram"
+        return "ngram" + tag
     if c.strategy == "draft":
-        return f"draft {c.draft}"
+        return f"draft {c.draft}{tag}"
     return c.label
 
 
@@ -68,7 +69,7 @@ def table_rows(result: Result) -> list[TableRow]:
         for row in rows:
             tps = row.summary("decode_tps")
             twin = hf_rows.get(twin_key(row)) if row.contender.engine == "llmgen" else None
-            llamacpp = llamacpp_rows.get(row.contender.label) if row.contender.engine == "llmgen" else None
+            llamacpp = llamacpp_rows.get(twin_key(row)) if row.contender.engine == "llmgen" else None
             acceptance = row.extra_summary("acceptance_rate")
             out.append(TableRow(
                 row, tps, row.summary("ttft_s"), row.summary("prefill_tps"), row.summary("peak_bytes"),

@@ -16,6 +16,7 @@ Runs are interleaved (`stats.schedule`): warm-up, then A B C A B C ..., run i re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ class Plan:
     system: str | None = None
     int4: LoadedModel | None = None  # the target in 4 bits, for the `int4` strategy
     llamacpp_gguf: str | None = None  # a GGUF file: add llama.cpp on it as a baseline (greedy)
+    engines: Sequence[LoadedModel] = ()  # the target on further engines (--engine torch,llamacpp): plain, ngram
 
     def __post_init__(self) -> None:
         if self.runs < 1:
@@ -109,7 +111,31 @@ def gamma_label(gamma: int | str) -> str:
 
 
 def build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.Contender]:
-    """The contenders of one prompt set, llmgen rows each followed by its HF twin."""
+    """The contenders of one prompt set, llmgen rows each followed by its HF twin; with further engines
+    (`plan.engines`), every label names its engine ("plain · llamacpp") and each engine has its own rows."""
+    if not plan.engines:
+        return _build(loaded, config, plan)
+    # llama.cpp's own rows pair with the llama.cpp engine's rows when it is one of the engines
+    on_llamacpp = "llamacpp" in {m.engine.name for m in (loaded, *plan.engines)}
+
+    def gguf_for(model: LoadedModel) -> str | None:
+        return plan.llamacpp_gguf if model.engine.name == "llamacpp" or not on_llamacpp else None
+
+    main = dataclasses.replace(plan, engines=(), llamacpp_gguf=gguf_for(loaded))
+    out = _tagged(_build(loaded, config, main), loaded.engine.name)
+    for other in plan.engines:
+        strategies = [s for s in plan.strategies if s in ("plain", "ngram")]
+        sub = dataclasses.replace(main, strategies=strategies, drafts=(), int4=None, llamacpp_gguf=gguf_for(other))
+        out += _tagged(_build(other, config, sub), other.engine.name)
+    return out
+
+
+def _tagged(contenders: list[cs.Contender], engine: str) -> list[cs.Contender]:
+    return [dataclasses.replace(c, label=f"{c.label} · {engine}", twin=f"{c.twin} · {engine}" if c.twin else None)
+            for c in contenders]
+
+
+def _build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.Contender]:
     out: list[cs.Contender] = []
 
     def with_twin(row: cs.Contender, twin: Callable[[], cs.Contender] | None) -> None:
@@ -144,6 +170,10 @@ def build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.Co
                 out.append(cs.hf(loaded, config, f"HF prompt lookup {cs.HF_PROMPT_LOOKUP}", "ngram",
                                  strategy="ngram", extra={"prompt_lookup_num_tokens": cs.HF_PROMPT_LOOKUP},
                                  gamma=cs.HF_PROMPT_LOOKUP))
+            if plan.llamacpp_gguf:
+                out.append(cs.llamacpp(loaded, config, plan.llamacpp_gguf,
+                                       f"llama.cpp prompt lookup {cs.HF_PROMPT_LOOKUP}", "ngram",
+                                       lookup=cs.HF_PROMPT_LOOKUP))
         elif strategy == "draft":
             for draft in plan.drafts:
                 for gamma in plan.gammas:

@@ -167,5 +167,5 @@ RAY = [
 def load_options(model_opts: dict[str, Any]) -> dict[str, Any]:
     """What an actor needs to load the model as this process did."""
     return {key: model_opts[key] for key in ("device", "dtype", "quant", "offline", "allow_pickle",
-                                             "trust_remote_code")}
+                                             "trust_remote_code", "engine", "threads")}
 

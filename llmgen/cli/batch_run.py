@@ -73,7 +73,11 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
     """The `n` samples as one batch, rendered in sample order."""
     config = resolved.config
     shown = InOrder(renderer, config.n)
-    return sample_rows(loaded.engine.rows(), ids, config, loaded.info, on_text=shown.text, on_done=shown.done,
+    def done(row: Row, result: SequenceResult) -> None:
+        result.stats["engine"] = loaded.engine.name
+        shown.done(row, result)
+
+    return sample_rows(loaded.engine.rows(), ids, config, loaded.info, on_text=shown.text, on_done=done,
                        logprobs=logprobs, constraint=constraints.for_model(config, loaded))
 
 
@@ -258,7 +262,11 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
             if decoder is not None:
                 decoder(rows, run.done, lambda row, why: run.fail(row.key, why))
             else:
-                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch["batch_size"], on_done=run.done)
+                def local_done(row: Row, result: SequenceResult) -> None:
+                    result.stats["engine"] = loaded.engine.name
+                    run.done(row, result)
+
+                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch["batch_size"], on_done=local_done)
         finally:
             writer.drain()
     if not output["quiet"]:

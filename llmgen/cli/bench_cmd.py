@@ -126,6 +126,10 @@ def bench(
       llmgen bench -s ngram,draft --gamma 1,2,3,4,5,6,7,8,auto --plot sweep.png
 
       llmgen bench -s plain,penalties --prompts open --json > quality.json
+
+      llmgen bench --engine torch,llamacpp -s plain,ngram --baseline llamacpp --threads 1
+
+    --engine takes a list here: the plain and n-gram rows run on each engine, interleaved, labelled by engine.
     """
     from llmgen.bench import plot as plotting
     from llmgen.bench import prompts as prompt_sets
@@ -141,12 +145,14 @@ def bench(
         if plot.suffix.lower() != ".png":
             raise UsageError(f"--plot: {str(plot)!r} must end in .png")
         plotting.require()
-    resolved = common.resolve_settings(sampling)
+    resolved = common.resolve_settings(sampling, model_opts)
     if resolved.config.constrained:
         raise UsageError("bench does not take a constraint yet; scripts/bench_constrained.py measures its cost")
     config = bench_config(resolved)
+    engines = list(dict.fromkeys(_split([model_opts["engine"]]))) or ["auto"]
     if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
+        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+                                      **common.model_settings(model_opts, engine=engines[0])})
         return
     if batch_sizes is not None:
         _batch_sweep(batch_sizes, runs, model_opts, output, plot)
@@ -166,21 +172,23 @@ def bench(
         if not output["quiet"]:
             console.print(f"llmgen bench: {note}", highlight=False)
 
-    loaded = common.load_model(model_opts["model"], model_opts)
+    loaded = common.load_model(model_opts["model"], model_opts, engines[0])
+    others = [common.load_model(model_opts["model"], model_opts, engine) for engine in engines[1:]]
     late_notes: list[str] = []  # what only the loaded models tell
     if roofline and loaded.quant != "none":
         raise UsageError(f"--roofline measures the float path; drop --quant {loaded.quant}")
     if loaded.quant != "none":  # the target itself runs in 4 bits
         if "int4" in chosen:
             chosen.remove("int4")
-            why = "the target is already int4"
+            why = ("the llama.cpp engine runs the file's own quantization" if loaded.engine.name == "llamacpp"
+                   else "the target is already int4")
             if explicit:
                 raise UsageError(f"--strategies int4: {why}")
             late_notes.append(f"skipping int4: {why}")
     int4 = None
     if "int4" in chosen:
         try:
-            int4 = common.load_model(model_opts["model"], {**model_opts, "quant": "int4"})
+            int4 = common.load_model(model_opts["model"], {**model_opts, "quant": "int4"}, "torch")
         except ModelError as err:
             if explicit:
                 raise
@@ -204,15 +212,15 @@ def bench(
     if "draft" in chosen:
         for ref in drafts or ["small"]:
             if ref == "self":
-                model = common.load_model(model_opts["model"], {**model_opts, "dtype": "auto", "quant": "int4"})
+                model = common.load_model(model_opts["model"], {**model_opts, "dtype": "auto", "quant": "int4"}, "torch")
             else:
-                model = common.load_model(ref, {**model_opts, "dtype": "auto", "quant": "auto"})
+                model = common.load_model(ref, {**model_opts, "dtype": "auto", "quant": "auto"}, engines[0])
             if model.vocab_size != loaded.vocab_size:
                 raise IncompatibleDraftError(f"draft {ref!r} has a vocabulary of {model.vocab_size} tokens; "
                                              f"the target {loaded.ref!r} has {loaded.vocab_size}")
             draft_models.append(model)
     plan = runner.Plan(sets, chosen, gammas, draft_models, runs, warmup, "hf" in baselines, num_beams,
-                       output["chat"], output["system"], int4, llamacpp_gguf)
+                       output["chat"], output["system"], int4, llamacpp_gguf, others)
     result = _run_with_progress(loaded, config, plan, quiet=output["quiet"])
     roofline_result = None
     if roofline:

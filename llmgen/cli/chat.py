@@ -25,7 +25,7 @@ from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_g
 from llmgen.errors import ConfigError, UsageError
 
 CLEAR = object()  # `/set KEY none`: forget the flag
-DRAFT_OPTIONS = ("draft", "gamma", "ngram_max", "ngram_min", "draft_dtype", "draft_quant")
+DRAFT_OPTIONS = ("draft", "gamma", "ngram_max", "ngram_min", "draft_dtype", "draft_quant", "draft_engine")
 
 
 def _plain_by_default(param: inspect.Parameter) -> inspect.Parameter:
@@ -154,6 +154,8 @@ def chat(*, chat_opts: dict[str, Any], spec: dict[str, Any], sampling: dict[str,
         raise UsageError("chat always applies the chat template; --raw is for 'llmgen generate'")
     preset = presets.load(sampling["preset"]) if sampling.get("preset") else None
     settings = Settings(preset, decoding_flags(sampling))
+    if model_opts["threads"] is None and preset is not None and preset.threads is not None:
+        model_opts["threads"], model_opts["threads_source"] = preset.threads, f"preset {preset.name}"
     draft_ref = spec["draft"]
     gamma = parse_gamma(spec["gamma"]) if draft_ref else "auto"
     NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
@@ -163,12 +165,13 @@ def chat(*, chat_opts: dict[str, Any], spec: dict[str, Any], sampling: dict[str,
         conversation.system = output["system"] or None
     if sampling["dump_config"]:
         common.dump_config(settings.resolved, {"model": (model_opts["model"], "flag or default"),
+                                               **common.model_settings(model_opts),
                                                "draft": (draft_ref, "flag or default")})
         return 0
     target = common.load_model(model_opts["model"], model_opts)
     speculative = None
     if draft_ref:
-        draft = _load_draft(draft_ref, spec["draft_dtype"], spec["draft_quant"], model_opts)
+        draft = _load_draft(draft_ref, spec["draft_dtype"], spec["draft_quant"], model_opts, spec["draft_engine"])
         if draft is not None:
             check_compatible(target, draft)
         speculative = Speculative(draft, gamma, spec["ngram_max"], spec["ngram_min"])

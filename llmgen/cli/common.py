@@ -18,9 +18,10 @@ from llmgen.decoding.batch import row_generator
 from llmgen.decoding.config import FIELDS, Resolved, resolve
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.sequence import SequenceResult, TokenSource, encode_prompt, run_sequence
-from llmgen.errors import PromptError, UsageError
+from llmgen.errors import ModelError, PromptError, UsageError
 from llmgen.loading import models
 from llmgen.loading.models import LoadedModel
+from llmgen.loading.threads import check_threads
 
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 
@@ -59,13 +60,35 @@ def read_prompt(prompt: str | None) -> str:
     return text
 
 
-def resolve_settings(sampling: dict[str, Any]) -> Resolved:
+def resolve_settings(sampling: dict[str, Any], model_opts: dict[str, Any] | None = None) -> Resolved:
+    """The decoding settings: flags > preset > defaults. A preset's `threads` fills `model_opts["threads"]`
+    when --threads is not given."""
     preset_ref = sampling.get("preset")
     preset = presets.load(preset_ref) if preset_ref else None
+    if model_opts is not None:
+        check_threads(model_opts.get("threads"))
+        model_opts["threads_source"] = "flag" if model_opts.get("threads") is not None else "default"
+        if model_opts.get("threads") is None and preset is not None and preset.threads is not None:
+            model_opts["threads"], model_opts["threads_source"] = preset.threads, f"preset {preset.name}"
     resolved = resolve(preset.values if preset else None, preset.name if preset else None,
                        decoding_flags(sampling))
     constraints.check_options(resolved.config)  # one at a time, a schema file that exists, llguidance installed
     return resolved
+
+
+def model_settings(model_opts: dict[str, Any], prefix: str = "", ref: str | None = None,
+                   engine: str | None = None) -> dict[str, tuple[Any, str]]:
+    """What --dump-config shows of a model: its reference, the engine that will run it, the threads."""
+    ref = ref or model_opts["model"]
+    requested = engine or model_opts.get("engine", "auto")
+    try:
+        chosen = models.choose_engine(requested, models.resolve(ref), model_opts.get("quant", "auto"))
+    except ModelError:
+        chosen = requested  # a model that cannot be resolved fails when it is loaded, not here
+    threads = model_opts.get("threads")
+    source = model_opts.get("threads_source", "flag" if threads is not None else "default")
+    return {f"{prefix}engine": (chosen, "flag" if requested != "auto" else "auto"),
+            f"{prefix}threads": (threads if threads is not None else models.physical_cores(), source)}
 
 
 def dump_config(resolved: Resolved, extra: dict[str, tuple[Any, str]] | None = None) -> None:
@@ -97,10 +120,12 @@ def spinner(description: str) -> Iterator[None]:
         yield
 
 
-def load_model(ref: str, model_opts: dict[str, Any]) -> LoadedModel:
+def load_model(ref: str, model_opts: dict[str, Any], engine: str | None = None) -> LoadedModel:
+    """Load `ref` with the --model options; `engine` overrides --engine (the draft's --draft-engine)."""
     return models.load(ref, device=model_opts["device"], dtype=model_opts["dtype"], quant=model_opts["quant"],
                        offline=model_opts["offline"], allow_pickle=model_opts["allow_pickle"],
-                       trust_remote_code=model_opts["trust_remote_code"], progress=spinner)
+                       trust_remote_code=model_opts["trust_remote_code"], progress=spinner,
+                       engine=engine or model_opts.get("engine", "auto"), threads=model_opts.get("threads"))
 
 
 def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any]) -> list[int]:
@@ -160,6 +185,7 @@ def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: R
         result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids,
                               loaded.context_length, renderer.text)
         result.stats.update(extra_stats())
+        result.stats["engine"] = loaded.engine.name
         renderer.end(result)
         constraints.warn_incomplete(config, result.finish_reason)
         results.append(result)

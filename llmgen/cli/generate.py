@@ -49,7 +49,7 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
       llmgen generate --logprobs 5 --json -N 16 "The capital of France is"
     """
-    resolved = common.resolve_settings({**sampling, **beams})
+    resolved = common.resolve_settings({**sampling, **beams}, model_opts)
     notes = beam.check_combination(resolved)
     spec = common.logprob_spec(probs, output["json"] or batch["input"] is not None)
     backend_name, engine_options = backend_run.choose(sampling, backend)
@@ -57,7 +57,8 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
                          backend=backend_name, ray=ray["ray"], logprobs=spec is not None,
                          show_probs=probs["show_probs"] or probs["show_alternatives"])
     if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
+        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+                                      **common.model_settings(model_opts)})
         return
     for note in notes:
         print(f"llmgen: note: {note}", file=sys.stderr)

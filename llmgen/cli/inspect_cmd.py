@@ -54,7 +54,7 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
 
       llmgen inspect --greedy --steps 3 --continue " Paris" --json "The capital of France is"
     """
-    resolved = common.resolve_settings({**sampling, **beams})
+    resolved = common.resolve_settings({**sampling, **beams}, model_opts)
     config = resolved.config
     if config.num_beams > 1:
         raise UsageError("inspect shows the sampling chain, and beam search is not part of it: drop --num-beams")
@@ -71,7 +71,8 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
         except ModuleNotFoundError:
             raise UsageError("--plot needs matplotlib: pip install 'llmgen[plot]' (or pip install matplotlib)") from None
     if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default")})
+        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+                                      **common.model_settings(model_opts)})
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)

@@ -102,6 +102,16 @@ MODEL = [
         help="Weights: none (the model's float weights through transformers) or int4 (4-bit weights on the "
              "CPU through llmgen's lean Llama forward; a GGUF file's own Q4_0/Q4_1 codes, else quantized at "
              "group 32). Default: the alias's own setting, else none.")], "auto"),
+    option("engine", Annotated[str, typer.Option(
+        "--engine", metavar="auto|torch|llamacpp", envvar="LLMGEN_ENGINE", rich_help_panel="Model",
+        help="What runs the model: torch (transformers' forward, or the int4 path), or llamacpp (a GGUF file run "
+             "by llama.cpp as it is, memory-mapped, with the file's own tokenizer; extra llmgen\\[llamacpp]). "
+             "auto: llamacpp for a .gguf file (the embedded model included) when llama.cpp is installed and "
+             "no --quant is given, else torch. llmgen's own decoding runs on either.")], "auto"),
+    option("threads", Annotated[int | None, typer.Option(
+        "--threads", metavar="N", envvar="LLMGEN_THREADS", rich_help_panel="Model",
+        show_default="the physical cores; a preset's threads",
+        help="Threads per forward: torch's intra-op threads, llama.cpp's n_threads and n_threads_batch.")]),
     option("offline", Annotated[bool, typer.Option(
         "--offline", help="Never download from the hub; use the local cache only.", rich_help_panel="Model")],
         False),

@@ -56,6 +56,7 @@ def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
         "speedup": ("speedup over plain decoding", "{:.2f}x"),
         "num_beams": ("beams", "{}"),
         "beam_steps": ("beam steps", "{}"),
+        "engine": ("engine", "{}"),
     }
     for key, (label, pattern) in fmt.items():
         if stats.get(key) is not None:

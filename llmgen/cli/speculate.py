@@ -58,6 +58,11 @@ SPECULATIVE = [
             help="The draft's weights, as --quant: auto is the alias's own setting ('small' is int4), int4 for "
                  "--draft self, else none. The target's output does not depend on it, only the speed.")],
             "auto"),
+        ("draft_engine", Annotated[str, typer.Option(
+            "--draft-engine", rich_help_panel=PANEL, metavar="auto|torch|llamacpp",
+            help="The draft's engine, as --engine: auto runs a GGUF draft ('small' included) on llama.cpp when it "
+                 "is installed. Target and draft may run on different engines.")],
+            "auto"),
         ("compare", Annotated[bool, typer.Option(
             "--compare", rich_help_panel=PANEL,
             help="Also run plain decoding with the same settings and report the measured speedup.")], False),
@@ -88,7 +93,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
 
       llmgen speculate -d small -g 4 --compare --trace rounds.jsonl --temperature 0.7 "Tell me a story."
     """
-    resolved = common.resolve_settings(sampling)
+    resolved = common.resolve_settings(sampling, model_opts)
     config = resolved.config
     if config.num_beams > 1:
         raise UsageError("speculative decoding does not do beam search: num_beams must be 1 "
@@ -102,8 +107,12 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
     logprobs = common.logprob_spec(probs, output["json"])
     NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
     if sampling["dump_config"]:
+        draft_settings = {} if spec["draft"] == NGRAM else common.model_settings(
+            model_opts, "draft_", model_opts["model"] if spec["draft"] == SELF else spec["draft"], spec["draft_engine"])
         common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
-                                      "draft": (spec["draft"], "flag"), "gamma": (gamma, "flag or default")})
+                                      **common.model_settings(model_opts),
+                                      "draft": (spec["draft"], "flag"), **draft_settings,
+                                      "gamma": (gamma, "flag or default")})
         return
     backend_name, engine_options = backend_run.choose(sampling, backend)
     if backend_name == "vllm":
@@ -111,7 +120,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
         return
     text = common.read_prompt(prompt)
     target = common.load_model(model_opts["model"], model_opts)
-    draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts)
+    draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts, spec["draft_engine"])
     if draft is not None:
         check_compatible(target, draft)
     ids = common.prompt_ids(target, text, output)
@@ -145,13 +154,14 @@ def _speculate_on_vllm(prompt: str | None, resolved: Any, spec: dict[str, Any], 
     backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options, draft)
 
 
-def _load_draft(ref: str, dtype: str, quant: str, model_opts: dict[str, Any]) -> LoadedModel | None:
+def _load_draft(ref: str, dtype: str, quant: str, model_opts: dict[str, Any],
+                engine: str = "auto") -> LoadedModel | None:
     if ref == NGRAM:
         return None
     if ref == SELF:  # the target's own weights, in 4 bits unless asked otherwise
-        ref, quant = model_opts["model"], "int4" if quant == "auto" else quant
+        ref, quant = model_opts["model"], "int4" if quant == "auto" and engine != "llamacpp" else quant
     try:
-        return common.load_model(ref, {**model_opts, "dtype": dtype, "quant": quant})
+        return common.load_model(ref, {**model_opts, "dtype": dtype, "quant": quant}, engine)
     except ModelError as err:
         raise ModelError(f"--draft: {err}") from None
 

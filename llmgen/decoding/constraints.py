@@ -176,9 +176,12 @@ def compile_constraint(config: DecodingConfig, tokenizer: Any, eos_token_ids: fr
     llg = _llguidance()
     key = (id(tokenizer), tuple(sorted(eos_token_ids)))
     if key not in _TOKENIZERS:  # NOTE: building the token trie takes ~0.3 s for 49k tokens; once per tokenizer
-        import llguidance.hf
+        if hasattr(tokenizer, "llguidance_tokenizer"):  # a GGUF file's own vocabulary (the llama.cpp engine)
+            _TOKENIZERS[key] = tokenizer.llguidance_tokenizer(sorted(eos_token_ids))
+        else:
+            import llguidance.hf
 
-        _TOKENIZERS[key] = llguidance.hf.from_tokenizer(tokenizer, eos_token=sorted(eos_token_ids))
+            _TOKENIZERS[key] = llguidance.hf.from_tokenizer(tokenizer, eos_token=sorted(eos_token_ids))
     lltok = _TOKENIZERS[key]
     flag = requested(config)[0]
     message = llg.LLMatcher.validate_grammar(text, lltok)

@@ -30,7 +30,7 @@ class ModelInfo:
 @dataclass
 class LoadedModel:
     ref: str
-    model: Any  # a transformers PreTrainedModel
+    model: Any  # a transformers PreTrainedModel (torch engine); None on the llama.cpp engine
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
@@ -38,7 +38,7 @@ class LoadedModel:
     eos_token_ids: frozenset[int]
     load_seconds: float
     path: Path
-    quant: str = "none"
+    quant: str = "none"  # "none", "int4" (torch engine), or "gguf" (llama.cpp runs the file's own quantization)
     engine: Engine | None = None  # None: the torch engine over `model`
 
     def __post_init__(self) -> None:
@@ -51,6 +51,8 @@ class LoadedModel:
 
     @property
     def vocab_size(self) -> int:
+        if self.model is None:  # the llama.cpp engine
+            return int(self.engine.model.vocab_size)
         if self.quant != "none":
             return int(self.model.vocab_size)
         return int(self.model.get_output_embeddings().weight.shape[0])

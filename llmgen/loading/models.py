@@ -40,23 +40,55 @@ from llmgen.loading.registry import (
     registry,
     resolve,
 )
+from llmgen.loading.threads import check_threads, physical_cores
 from llmgen.userdirs import cache_dir, config_dir
+
+ENGINES = ("auto", "torch", "llamacpp")
 
 __all__ = ["DEFAULT_MODEL", "DTYPES", "LoadedModel", "ProgressHook", "Resolved", "RegistryEntry", "cache_dir",
            "config_dir", "convert_gguf", "gguf_cache_path", "is_cached", "load", "pick_device", "pick_dtype",
            "registry", "resolve", "QUANTS", "load_tokenizer", "model_path", "context_length", "eos_ids",
-           "check_directory", "BUILTIN", "model_info", "ModelInfo"]
+           "check_directory", "BUILTIN", "model_info", "ModelInfo", "ENGINES", "choose_engine",
+           "physical_cores"]
+
+def choose_engine(engine: str, resolved: Resolved, quant: str = "auto") -> str:
+    """The engine that runs `resolved`: "auto" is llama.cpp for a GGUF file (an alias of one included) when
+    llama-cpp-python is installed and no --quant asks for a torch path; torch otherwise."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine != "auto":
+        return engine
+    from llmgen.loading import llamacpp
+
+    return "llamacpp" if resolved.kind == "gguf" and quant == "auto" and llamacpp.available() else "torch"
+
 
 def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool = False,
          allow_pickle: bool = False, trust_remote_code: bool = False,
-         progress: ProgressHook | None = None, quant: str = "auto") -> LoadedModel:
+         progress: ProgressHook | None = None, quant: str = "auto", engine: str = "torch",
+         threads: int | None = None) -> LoadedModel:
     """Resolve `ref` and load its tokenizer and model, ready for inference.
 
     `quant`: "none" (the float path through transformers), "int4" (`llmgen.loading.quant`), or "auto" (the
     alias's own setting, else "none").
+    `engine`: "torch" (transformers' forward, or the int4 Llama), "llamacpp" (a GGUF file run by llama.cpp, as it
+    is: `loading/llamacpp.py`), or "auto" (`choose_engine`). The library's default is torch; the CLI's is auto.
+    `threads`: a forward's threads (torch's intra-op threads, which also run the processors on the llama.cpp
+    engine; llama.cpp's n_threads); None: torch's setting as it is, and the physical cores for llama.cpp.
     """
     started = time.perf_counter()
+    check_threads(threads)
+    if threads is not None:  # torch runs the processors on either engine, and the forward on its own
+        import torch
+
+        torch.set_num_threads(threads)
     resolved = resolve(ref)
+    if choose_engine(engine, resolved, quant) == "llamacpp":
+        from llmgen.loading.llamacpp import load_llamacpp
+
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"--engine llamacpp runs on the CPU here; drop --device {device}")
+        return load_llamacpp(resolved, threads=threads or physical_cores(), started=started, quant=quant)
     quant = (resolved.quant or "none") if quant == "auto" else quant
     if quant not in QUANTS:
         raise UsageError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")

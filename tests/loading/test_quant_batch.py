@@ -73,13 +73,13 @@ def test_int4_beams_equal_the_rows_decoded_one_by_one(int4) -> None:
     single-sequence cache, one forward per row (`SerialRows`): same hypotheses, same scores."""
     from llmgen.decoding.beam import beam_search
     from llmgen.decoding.config import DecodingConfig
-    from llmgen.loading.engines.torch import SerialRows
+    from llmgen.loading.engines.base import SerialRows
 
     class OneByOne:
         name, device = "torch", int4.engine.device
 
         def rows(self):
-            return SerialRows(int4.model)
+            return SerialRows(int4.engine.sequence, int4.device)
 
     config = DecodingConfig(num_beams=3, n=3, max_new_tokens=8, repetition_penalty=1.3, stop=("zz",))
     prompt = [0, 5, 6, 7, 5]

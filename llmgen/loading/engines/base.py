@@ -17,7 +17,7 @@ Implementations: `engines/torch.py` (transformers' forward, and the lean int4 Ll
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -72,3 +72,49 @@ class Engine(Protocol):
     def rows(self) -> RowsCache:
         """An empty cache for batched rows."""
         ...
+
+
+class SerialRows:
+    """The `RowsCache` operations over one `SequenceCache` per row, for any engine: rows are correct and
+    independent, but each step runs one forward per row. The torch engine uses it for a model with its own
+    single-sequence cache and no batched one; the tests use it as the one-by-one reference of batched rows
+    (int4 and llama.cpp beams equal beams over it)."""
+
+    def __init__(self, new_sequence: Callable[[], SequenceCache], device: torch.device) -> None:
+        self.new_sequence = new_sequence
+        self.device = device
+        self.lms: list[SequenceCache] = []
+        self.tokens: list[list[int]] = []  # each row's tokens, to rebuild a repeated row's cache
+
+    @property
+    def rows(self) -> int:
+        return len(self.lms)
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
+        logits = []
+        for prompt in prompts:
+            lm = self.new_sequence()
+            logits.append(lm.forward(prompt))  # [1, vocab]
+            self.lms.append(lm)
+            self.tokens.append(list(prompt))
+        return torch.cat(logits)  # [k, vocab]
+
+    def step(self, tokens: Tensor) -> Tensor:
+        for row, token in zip(self.tokens, tokens.tolist()):
+            row.append(token)
+        return torch.cat([lm.forward([row[-1]]) for lm, row in zip(self.lms, self.tokens)])  # [rows, vocab]
+
+    def select(self, indices: Sequence[int]) -> None:
+        lms: list[SequenceCache] = []
+        tokens: list[list[int]] = []
+        used: set[int] = set()
+        for i in indices:
+            if i in used:  # a repeated row gets its own cache, rebuilt from its tokens
+                lm = self.new_sequence()
+                lm.forward(self.tokens[i])
+            else:
+                lm = self.lms[i]
+            used.add(i)
+            lms.append(lm)
+            tokens.append(list(self.tokens[i]))
+        self.lms, self.tokens = lms, tokens

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from llmgen.errors import ModelError
+from llmgen.loading.engines.base import SerialRows
 
 
 class CachedLM:
@@ -173,57 +174,14 @@ def _pad_left(states: Tensor, width: int) -> Tensor:
     return torch.nn.functional.pad(states, (0, 0, missing, 0))
 
 
-class SerialRows:
-    """The `RowCache` operations over one `CachedLM` per row, for a model that brings its own
-    single-sequence cache (`model.new_cache()`, the lean int4 Llama): rows are correct and independent,
-    but each step runs one forward per row. A batched cache for such a model replaces this class."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.device = model.device
-        self.lms: list[Any] = []
-        self.tokens: list[list[int]] = []  # each row's tokens, to rebuild a repeated row's cache
-
-    @property
-    def rows(self) -> int:
-        return len(self.lms)
-
-    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
-        logits = []
-        for prompt in prompts:
-            lm = CachedLM(self.model)
-            logits.append(lm.forward(prompt))  # [1, vocab]
-            self.lms.append(lm)
-            self.tokens.append(list(prompt))
-        return torch.cat(logits)  # [k, vocab]
-
-    def step(self, tokens: Tensor) -> Tensor:
-        for row, token in zip(self.tokens, tokens.tolist()):
-            row.append(token)
-        return torch.cat([lm.forward([row[-1]]) for lm, row in zip(self.lms, self.tokens)])  # [rows, vocab]
-
-    def select(self, indices: Sequence[int]) -> None:
-        lms, tokens, used = [], [], set()
-        for i in indices:
-            if i in used:  # a repeated row gets its own cache, rebuilt from its tokens
-                lm = CachedLM(self.model)
-                lm.forward(self.tokens[i])
-            else:
-                lm = self.lms[i]
-            used.add(i)
-            lms.append(lm)
-            tokens.append(list(self.tokens[i]))
-        self.lms, self.tokens = lms, tokens
-
-
-Rows = RowCache | SerialRows  # what `batch.py` decodes with
+Rows = RowCache | SerialRows  # what `batch.py` decodes with on this engine
 
 
 def row_cache(model: Any) -> Rows:
     """The row cache for `model`: one left-padded batch for a transformers model and for the lean int4
     Llama (whose cache shows the same layers); one cache per row for any other model with its own cache."""
     batched = not hasattr(model, "new_cache") or getattr(model, "batched_rows", False)
-    return RowCache(model) if batched else SerialRows(model)
+    return RowCache(model) if batched else SerialRows(lambda: CachedLM(model), model.device)
 
 
 class TorchEngine:
