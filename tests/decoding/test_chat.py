@@ -122,7 +122,7 @@ def test_a_seeded_reply_is_reproducible_and_turn_one_is_generate(char_model: Pat
 
 @pytest.fixture(scope="module")
 def short_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import VOCAB, build_char_tokenizer, build_llama
+    from tiny_models import VOCAB, build_char_tokenizer, build_llama
 
     path = tmp_path_factory.mktemp("char-short")
     build_char_tokenizer(path)

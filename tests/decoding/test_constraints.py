@@ -266,7 +266,7 @@ def test_a_preset_carries_a_constraint(capsys, wide_model: Path, tmp_path: Path)
 @pytest.fixture(scope="module")
 def wide_draft(tmp_path_factory: pytest.TempPathFactory, wide_model: Path) -> Path:
     """Another tiny llama over the SmolLM2 tokenizer, with other weights: a draft that is often wrong."""
-    from conftest import build_llama
+    from tiny_models import build_llama
     from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("wide-draft")

@@ -167,7 +167,7 @@ def test_an_interrupted_conversion_leaves_no_cache_behind(fake_gguf) -> None:
 
 @pytest.fixture
 def tied_model(tmp_path: Path) -> Path:
-    from conftest import VOCAB, build_char_tokenizer, build_llama
+    from tiny_models import VOCAB, build_char_tokenizer, build_llama
 
     path = tmp_path / "tied"
     build_char_tokenizer(path)

@@ -27,7 +27,7 @@ def _hf(path: Path):
 @pytest.fixture(scope="module")
 def gqa_model(tmp_path_factory) -> Path:
     """A tiny llama with grouped-query attention (8 heads over 2) and tied embeddings."""
-    from conftest import build_char_tokenizer, build_llama
+    from tiny_models import build_char_tokenizer, build_llama
 
     path = tmp_path_factory.mktemp("gqa")
     build_char_tokenizer(path)

@@ -95,7 +95,7 @@ def test_unknown_quant_is_a_usage_error(capsys, char_model: Path) -> None:
 
 
 def test_an_architecture_without_an_int4_path_is_one_line(capsys, tmp_path) -> None:
-    from conftest import build_char_tokenizer
+    from tiny_models import build_char_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)

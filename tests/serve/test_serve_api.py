@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import MODEL_ID, need_server, sse_events, start
+from serving import MODEL_ID, need_server, sse_events, start
 
 from llmgen.cli import main
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_ID, need_server
+from serving import MODEL_ID, need_server
 
 from llmgen.cli import main
 

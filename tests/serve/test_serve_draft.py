@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import MODEL_ID, need_server, start
+from serving import MODEL_ID, need_server, start
 
 from llmgen.loading import models
 from llmgen.serve.scheduler import Drafting

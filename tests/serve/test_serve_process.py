@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import need_server, sse_events
+from serving import need_server, sse_events
 
 need_server()
 httpx = pytest.importorskip("httpx")

@@ -17,7 +17,7 @@ from collections import Counter
 
 import psutil
 import pytest
-from conftest import MODEL_ID, need_server, start
+from serving import MODEL_ID, need_server, start
 
 need_server()
 httpx = pytest.importorskip("httpx")
