@@ -269,7 +269,7 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
                     fail(job.index, job.error)
                     continue
                 try:
-                    ids = encode_prompt(loaded, job.prompt, chat, job.system or system)
+                    ids = encode_prompt(loaded, job.prompt, chat, job.system or system, job.config.template_kwargs())
                 except Exception as err:  # noqa: BLE001 - a tokenizer's failure on one row must not stop the others
                     fail(job.index, first_line(err))
                     continue

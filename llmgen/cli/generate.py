@@ -15,6 +15,7 @@ from llmgen.decoding import beam, constraints
 from llmgen.decoding.config import Resolved
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.plain import plain_source
+from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sequence import token_budget
 from llmgen.errors import UsageError
 from llmgen.loading.models import LoadedModel
@@ -85,7 +86,7 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
-    ids = common.prompt_ids(loaded, text, output)
+    ids = common.prompt_ids(loaded, text, output, resolved.config.template_kwargs())
     if resolved.config.num_beams > 1:
         if loaded.quant != "none":
             raise UsageError(f"beam search runs on the float path only; drop --quant {loaded.quant}")
@@ -98,7 +99,10 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
     def plain(prompt_ids: list[int], generator: Any) -> Any:
         matcher = constraints.new_matcher(resolved.config, loaded)
-        return plain_source(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher), dict
+        return plain_source(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher,
+                            tables), dict
+
+    tables = tables_for(resolved.config, loaded.tokenizer, loaded.eos_token_ids)
 
     common.run_all(loaded, ids, resolved, renderer, plain)
 

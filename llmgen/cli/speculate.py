@@ -118,7 +118,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
     draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts)
     if draft is not None:
         check_compatible(target, draft)
-    ids = common.prompt_ids(target, text, output)
+    ids = common.prompt_ids(target, text, output, resolved.config.template_kwargs())
     renderer = common.make_renderer(output, probs, logprobs, target.tokenizer, legend=True)
     if spec["compare"]:
         renderer = WithBaseline(renderer, target, config)

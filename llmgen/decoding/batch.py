@@ -32,7 +32,8 @@ from torch import Tensor
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Constraint, Matcher
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
-from llmgen.decoding.processors import penalty_context, process, token_counts
+from llmgen.decoding.processors import Context, TokenTables, penalty_context, process, surprise, token_counts
+from llmgen.decoding.processors.tables import needs_tables, tables_for
 from llmgen.decoding.sampling import greedy_pick, make_generator, random_pick
 from llmgen.decoding.sequence import SequenceResult, SequenceState
 from llmgen.loading.engines.torch import Rows
@@ -63,6 +64,8 @@ class Row:
     state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
     logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
     matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
+    tables: TokenTables | None = None  # the tokenizer's tables for the token controls and DRY (`processors.tables`)
+    surprises: list[float] = field(default_factory=list)  # Mirostat: -log2 q(t) of each token so far
 
 
 @dataclass(frozen=True)
@@ -105,13 +108,19 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
         allowed = None
         if rows[members[0]].matcher is not None:  # NOTE: rows of one config are all constrained or none
             allowed = torch.stack([rows[i].matcher.allowed() for i in members])  # [g, vocab]
-        processed = process(logits[members], counts, config, allowed)  # [g, vocab]
+        contexts = None
+        if config.needs_context:  # each row's own tokens (and Mirostat's surprises)
+            contexts = [Context(rows[i].prompt_ids, rows[i].state.tokens, rows[i].surprises, rows[i].tables)
+                        for i in members]
+        processed = process(logits[members], counts, config, allowed, contexts)  # [g, vocab]
         if config.greedy:
             tokens[members] = greedy_pick(processed).cpu()
         else:
             probs = processed.softmax(dim=-1)
             for j, i in enumerate(members):
                 tokens[i] = int(random_pick(probs[j:j + 1], rows[i].generator)[0])
+                if config.mirostat:
+                    rows[i].surprises.append(surprise(processed[j], int(tokens[i])))
         if spec is not None:
             for i, entry in zip(members, token_logprobs(logits[members], processed, tokens[members], spec)):
                 entries[i] = entry
@@ -193,6 +202,8 @@ def _admit(cache: Rows, rows: list[Row], limits: Limits) -> Tensor:
     for row in rows:
         row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,
                                   limits.context_length)
+        if row.tables is None and needs_tables(row.config):  # shared by the rows with the same settings
+            row.tables = tables_for(row.config, limits.tokenizer, limits.eos_token_ids)
         distinct.setdefault(tuple(row.prompt_ids), len(distinct))
     logits = cache.add(list(distinct))  # [distinct, vocab]
     where = [distinct[tuple(row.prompt_ids)] for row in rows]
@@ -211,11 +222,12 @@ def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
 
 def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: Limits, *,
                 on_text: OnText | None = None, on_done: OnDone | None = None,
-                logprobs: LogprobSpec | None = None, constraint: Constraint | None = None) -> list[SequenceResult]:
+                logprobs: LogprobSpec | None = None, constraint: Constraint | None = None,
+                tables: TokenTables | None = None) -> list[SequenceResult]:
     """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order.
     With `constraint`, each sample gets its own matcher."""
     rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device), logprobs=logprobs,
-                matcher=None if constraint is None else constraint.matcher())
+                matcher=None if constraint is None else constraint.matcher(), tables=tables)
             for i in range(config.n)]
     results: dict[int, SequenceResult] = {}
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
-from llmgen.decoding.processors import penalty_context, process, token_counts
+from llmgen.decoding.processors import Context, TokenTables, penalty_context, process, surprise, token_counts
 from llmgen.decoding.sampling import greedy_pick, random_pick
 from llmgen.loading.engines.base import SequenceCache
 
@@ -34,27 +34,30 @@ def pick_processed(processed: Tensor, config: DecodingConfig, generator: torch.G
 
 
 def sample_tokens(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig,
-                  generator: torch.Generator) -> Iterator[int]:
+                  generator: torch.Generator, tables: TokenTables | None = None) -> Iterator[int]:
     """Plain decoding: yields generated tokens one at a time, forever; the caller decides when to stop."""
-    for token, _ in decode_steps(lm, prompt_ids, config, generator):
+    for token, _ in decode_steps(lm, prompt_ids, config, generator, tables=tables):
         yield token
 
 
 def plain_source(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
-                 logprobs: LogprobSpec | None = None,
-                 matcher: Matcher | None = None) -> Iterator[tuple[int, str, TokenLogprob | None]]:
+                 logprobs: LogprobSpec | None = None, matcher: Matcher | None = None,
+                 tables: TokenTables | None = None) -> Iterator[tuple[int, str, TokenLogprob | None]]:
     """Plain decoding as a token source (`generation.TokenSource`): (token, "target", its logprobs or None)."""
     return ((token, "target", entry)
-            for token, entry in decode_steps(lm, prompt_ids, config, generator, logprobs, matcher))
+            for token, entry in decode_steps(lm, prompt_ids, config, generator, logprobs, matcher, tables))
 
 
 def decode_steps(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingConfig, generator: torch.Generator,
-                 logprobs: LogprobSpec | None = None,
-                 matcher: Matcher | None = None) -> Iterator[tuple[int, TokenLogprob | None]]:
+                 logprobs: LogprobSpec | None = None, matcher: Matcher | None = None,
+                 tables: TokenTables | None = None) -> Iterator[tuple[int, TokenLogprob | None]]:
     """The loop: each step yields the picked token and, when asked, its logprobs (else None).
 
-    With a constraint, `matcher` (owned by this sequence) gives each step's mask and takes each token."""
+    With a constraint, `matcher` (owned by this sequence) gives each step's mask and takes each token.
+    `tables` (`processors.tables.build_tables`) serve the token controls and DRY; each step's
+    `Context` is the sequence as it stands, with Mirostat's surprises of the tokens so far."""
     generated: list[int] = []
+    surprises: list[float] = []
     # Prefill what the cache does not hold yet (all of the prompt, unless `chat.py` kept a prefix): [1, vocab]
     logits = lm.forward(list(prompt_ids)[lm.length:])
     vocab = logits.shape[-1]
@@ -63,8 +66,11 @@ def decode_steps(lm: SequenceCache, prompt_ids: Sequence[int], config: DecodingC
         if config.uses_penalties:  # derived from the context on every step; no state to roll back
             counts = token_counts(penalty_context(prompt_ids, generated, config), vocab, logits.device)[None]
         allowed = None if matcher is None else matcher.allowed()[None]  # [1, vocab] bool
-        processed = process(logits, counts, config, allowed)  # [1, vocab]
+        contexts = [Context(prompt_ids, generated, surprises, tables)] if config.needs_context else None
+        processed = process(logits, counts, config, allowed, contexts)  # [1, vocab]
         token = int(pick_processed(processed, config, generator)[0])
+        if config.mirostat and not config.greedy:
+            surprises.append(surprise(processed[0], token))
         entry = token_logprobs(logits, processed, [token], logprobs)[0] if logprobs is not None else None
         if matcher is not None:
             matcher.advance(token)

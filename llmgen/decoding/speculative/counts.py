@@ -8,6 +8,9 @@ tokens*, so its counts must include them (as vLLM does). Row i is therefore
 
 which also keeps the scope ('generated' or 'all') and the window (the last N tokens) exact. The draft
 and the target use the same rows, so p and q come from the same processor chain.
+
+The stages that read the tokens themselves (token controls, DRY, Mirostat) get the same rows as
+`Context`s (`draft_contexts`): row i's generated tokens are generated + draft[:i].
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.processors import penalty_context, token_counts
+from llmgen.decoding.processors import Context, TokenTables, penalty_context, token_counts
 
 
 def position_counts(prompt_ids: Sequence[int], generated: Sequence[int], draft_prefix: Sequence[int],
@@ -38,3 +41,14 @@ def draft_counts(prompt_ids: Sequence[int], generated: Sequence[int], draft: Seq
     rows = [position_counts(prompt_ids, generated, draft[:i], config, vocab_size, device)
             for i in range(len(draft) + 1)]
     return torch.cat(rows)  # type: ignore[arg-type]
+
+
+def draft_contexts(prompt_ids: Sequence[int], generated: Sequence[int], draft: Sequence[int],
+                   surprises: Sequence[float], config: DecodingConfig,
+                   tables: TokenTables | None) -> list[Context] | None:
+    """Contexts for the γ draft positions and the bonus position; None when no stage reads them.
+    `surprises` are those of `generated` (Mirostat); the draft tokens' come from the rows themselves
+    (`processors.process_chained`)."""
+    if not config.needs_context:
+        return None
+    return [Context(prompt_ids, (*generated, *draft[:i]), tuple(surprises), tables) for i in range(len(draft) + 1)]

@@ -6,7 +6,8 @@ its last token:
 1. The proposer drafts γ tokens x_1..x_γ (γ capped by the policy, by what remains of the token budget
    minus one, and by the draft's context), with q [γ, vocab] or None for a one-hot draft.
 2. The target reads the last token of S and x_1..x_γ in one forward: logits [γ+1, vocab].
-3. p = the processor chain on those logits, where row i's penalty counts include x_1..x_i.
+3. p = the processor chain on those logits, where row i's penalty counts (and the context of the
+   token controls, DRY and Mirostat) include x_1..x_i.
    With logprobs asked for, the tokens the round emits get theirs from these same rows: the target's
    raw and processed logits at their positions, exactly what plain decoding computes there.
 4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ).
@@ -36,8 +37,8 @@ from torch import Tensor
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
-from llmgen.decoding.processors import distribution_of, process
-from llmgen.decoding.speculative.counts import draft_counts
+from llmgen.decoding.processors import TokenTables, distribution_of, process_chained
+from llmgen.decoding.speculative.counts import draft_contexts, draft_counts
 from llmgen.decoding.speculative.gamma import GammaPolicy
 from llmgen.decoding.speculative.proposers import Proposer
 from llmgen.decoding.speculative.stats import SpeculativeStats
@@ -84,13 +85,16 @@ OnRound = Callable[[Round], None]
 def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequence[int], config: DecodingConfig,
                        generator: torch.Generator, policy: GammaPolicy, max_tokens: int,
                        stats: SpeculativeStats | None = None, on_round: OnRound | None = None,
-                       logprobs: LogprobSpec | None = None, matcher: Matcher | None = None
+                       logprobs: LogprobSpec | None = None, matcher: Matcher | None = None,
+                       tables: TokenTables | None = None
                        ) -> Iterator[tuple[int, str]] | Iterator[tuple[int, str, TokenLogprob]]:
     """Yield up to `max_tokens` tokens with their origin: 'accepted', 'resampled', 'bonus' or 'target';
-    with `logprobs`, (token, origin, the target's logprobs of the token)."""
+    with `logprobs`, (token, origin, the target's logprobs of the token). `tables`: the tokenizer's
+    tables for the token controls and DRY (`processors.tables`)."""
     stats = stats if stats is not None else SpeculativeStats()
     prompt = list(prompt_ids)
     generated: list[int] = []
+    surprises: list[float] = []  # Mirostat: -log2 p(t) of each generated token under the target's p
     if target.length < len(prompt) - 1:  # the cache may hold a prefix already (a chat's earlier turns)
         target.forward(prompt[target.length:-1])  # prefill all but the last prompt token; every round reads one pending token
     proposer.prefill(prompt)
@@ -111,7 +115,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         logits = target.forward([*tail, *draft], all_logits=True)[len(tail) - 1:]  # [γ+1, vocab]
         # 3. p from the same chain as q; row i counts the first i draft tokens.
         counts = draft_counts(prompt, generated, draft, config, logits.shape[-1], logits.device)
-        processed = process(logits, counts, config, allowed)  # [γ+1, vocab]
+        contexts = draft_contexts(prompt, generated, draft, surprises, config, tables)
+        processed = process_chained(logits, counts, config, allowed, contexts, draft)  # [γ+1, vocab]
         p = distribution_of(processed, config)  # [γ+1, vocab]
         # 4. Accept a prefix, then one more token.
         verdict = verify(draft, q, p, generator)
@@ -134,6 +139,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         entries = (None if logprobs is None
                    else token_logprobs(logits[:emitted], processed[:emitted], verdict.tokens, logprobs))
         for i, (token, origin) in enumerate(zip(verdict.tokens, origins)):
+            if config.mirostat and not config.greedy:  # NOTE: the token's surprise under p, as plain decoding
+                surprises.append(-float(p[i, token].double().log2()))  # would have drawn it from p at this row
             generated.append(token)
             stats.tokens += 1
             yield (token, origin) if entries is None else (token, origin, entries[i])
