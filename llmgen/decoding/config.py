@@ -11,6 +11,7 @@ else: the sampler never divides by a tiny temperature.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -177,12 +178,13 @@ class DecodingConfig:
                f"names an unknown stage {unknown[0] if unknown else ''!r} (stages: {', '.join(STAGE_NAMES)})")
         twice = [s for i, s in enumerate(self.samplers) if s in self.samplers[:i]]
         _check(not twice, "samplers", ";".join(self.samplers), f"names {twice[0] if twice else ''!r} twice")
-        for stage, on in self.stages_on().items():
+        for stage, on in self.stages_on.items():
             _check(not on or stage in self.samplers, "samplers", ";".join(self.samplers),
                    f"leaves out {stage!r}, which the settings turn on")
 
+    @functools.cached_property
     def stages_on(self) -> dict[str, bool]:
-        """Which stages of STAGE_NAMES the values turn on (before the greedy rule)."""
+        """Which stages of STAGE_NAMES the values turn on (before the greedy rule). Computed once."""
         return {"penalties": self.uses_penalties, "dry": self.dry_multiplier > 0,
                 "top_n_sigma": self.top_n_sigma > 0, "temperature": self.temperature != 1.0 or self.dynatemp_range > 0,
                 "top_k": self.top_k > 0, "typical_p": self.typical_p < 1.0, "top_p": self.top_p < 1.0,

@@ -122,7 +122,7 @@ def _active(name: str, config: DecodingConfig, counts: Tensor | None, vocab: int
         return counts is not None and config.uses_penalties
     if name == "top_k":
         return 0 < config.top_k < vocab
-    return config.stages_on()[name]
+    return config.stages_on[name]
 
 
 def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed: Tensor | None = None,
@@ -138,11 +138,21 @@ def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowe
     with `on = False` and its input unchanged. After XTC (0 < P < 1) the chain runs on two branches,
     and each stage shows their mixture (`xtc.py`).
     """
+    out: list[Stage] = []
+    _run(logits, counts, config, allowed, contexts, out)
+    return out
+
+
+def _run(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed: Tensor | None,
+         contexts: Sequence[Context] | None, record: list[Stage] | None) -> Tensor:
+    """The chain; each stage is appended to `record` when given (`stages`), else only the end is mixed."""
     logits = logits.to(torch.float32)
-    out = [Stage("raw", logits, True)]
+    if record is not None:
+        record.append(Stage("raw", logits, True))
     if allowed is not None or config.uses_token_controls:
         logits = apply_token_controls(apply_mask(logits, allowed), contexts, config)
-        out.append(Stage("mask", logits, True))
+        if record is not None:
+            record.append(Stage("mask", logits, True))
     vocab = logits.shape[-1]
     branches: list[tuple[float, Tensor]] = [(1.0, logits)]
     for name in config.samplers:
@@ -153,14 +163,15 @@ def stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowe
                         for b, branch in ((1 - p, branch), (p, xtc_cut(branch, config.xtc_threshold))) if w * b > 0]
         elif on:
             branches = [(w, _apply(name, branch, counts, config, contexts)) for w, branch in branches]
-        out.append(Stage(name, mixture(branches), on))
-    return out
+        if record is not None:
+            record.append(Stage(name, mixture(branches), on))
+    return mixture(branches)
 
 
 def process(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed: Tensor | None = None,
             contexts: Sequence[Context] | None = None) -> Tensor:
     """The whole chain (the last of `stages`): [rows, vocab] -> [rows, vocab]."""
-    return stages(logits, counts, config, allowed, contexts)[-1].logits
+    return _run(logits, counts, config, allowed, contexts, None)
 
 
 def process_chained(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed: Tensor | None,

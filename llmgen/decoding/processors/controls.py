@@ -102,9 +102,9 @@ def apply_token_controls(logits: Tensor, contexts: Sequence[Context] | None, con
         logits = logits.masked_fill(ban, NEG_INF)
         for i, token in forced.items():
             # NOTE: the forced token stays drawable even if a rule above banned it: the budget wins.
-            value = logits[i, token] if torch.isfinite(logits[i, token]) else torch.zeros((), dtype=logits.dtype)
+            value = float(logits[i, token])
             logits[i] = NEG_INF
-            logits[i, token] = value
+            logits[i, token] = value if value > NEG_INF else 0.0
     if config.logit_bias:
         ids = torch.tensor([t for t, _ in config.logit_bias], device=logits.device)
         bias = torch.zeros(vocab, dtype=logits.dtype, device=logits.device)

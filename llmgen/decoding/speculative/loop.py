@@ -37,7 +37,7 @@ from torch import Tensor
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
-from llmgen.decoding.processors import TokenTables, distribution_of, process_chained
+from llmgen.decoding.processors import TokenTables, distribution_of, process_chained, surprise
 from llmgen.decoding.speculative.counts import draft_contexts, draft_counts
 from llmgen.decoding.speculative.gamma import GammaPolicy
 from llmgen.decoding.speculative.proposers import Proposer
@@ -139,8 +139,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         entries = (None if logprobs is None
                    else token_logprobs(logits[:emitted], processed[:emitted], verdict.tokens, logprobs))
         for i, (token, origin) in enumerate(zip(verdict.tokens, origins)):
-            if config.mirostat and not config.greedy:  # NOTE: the token's surprise under p, as plain decoding
-                surprises.append(-float(p[i, token].double().log2()))  # would have drawn it from p at this row
+            if config.mirostat and not config.greedy:  # the token's surprise under p, as in plain decoding
+                surprises.append(surprise(processed[i], token))
             generated.append(token)
             stats.tokens += 1
             yield (token, origin) if entries is None else (token, origin, entries[i])
