@@ -233,3 +233,18 @@ def test_preset_and_row_forms_of_the_new_keys() -> None:
     assert config.bad_words == ("ab",) and config.stop_token_ids == (3,)
     assert config.samplers == ("top_k", "temperature")
     assert config.template_kwargs() == {"enable_thinking": False}
+
+
+@pytest.mark.parametrize("order", [DEFAULT_ORDER, LLAMACPP_ORDER])
+def test_the_chain_on_the_drawable_tokens_only_equals_the_chain_on_the_whole_vocabulary(order) -> None:
+    """After a truncation leaves few tokens, `process` runs the value-only stages on those alone;
+    `stages` (for inspect) never does. Both give the same distribution."""
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(3, 4000, generator=gen) * 3
+    config = DecodingConfig(top_k=40, typical_p=0.9, top_p=0.9, min_p=0.01, xtc_probability=0.3, mirostat=2,
+                            temperature=0.8, dynatemp_range=0.2, samplers=order)
+    contexts = [Context([1], [2, 3], (4.0, 6.0))] * 3
+    fast = process(logits, None, config, None, contexts)
+    slow = stages(logits, None, config, None, contexts)[-1].logits
+    assert torch.equal(torch.isfinite(fast), torch.isfinite(slow))
+    torch.testing.assert_close(fast.softmax(-1), slow.softmax(-1))

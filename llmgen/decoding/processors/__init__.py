@@ -70,6 +70,14 @@ WARPERS = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p"
                      "xtc", "mirostat"})
 
 
+# Stages that see only the values of the logits, never which token holds them: after a truncation, the
+# chain may run them on the few tokens still drawable (`_run`).
+VALUE_ONLY = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
+                        "xtc", "mirostat"})
+TRUNCATIONS = frozenset({"top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta", "mirostat"})
+COMPACT_BELOW = 1 / 16  # of the vocabulary
+
+
 @dataclass(frozen=True)
 class Stage:
     """The logits after one step of the chain. `on` is False when the step left them as they were."""
@@ -155,7 +163,9 @@ def _run(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed:
             record.append(Stage("mask", logits, True))
     vocab = logits.shape[-1]
     branches: list[tuple[float, Tensor]] = [(1.0, logits)]
-    for name in config.samplers:
+    index: Tensor | None = None  # [rows, m]: the tokens the compact logits stand for, once compacted
+    order = config.samplers
+    for at, name in enumerate(order):
         on = _active(name, config, counts, vocab)
         if on and name == "xtc":
             p = config.xtc_probability
@@ -165,7 +175,26 @@ def _run(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed:
             branches = [(w, _apply(name, branch, counts, config, contexts)) for w, branch in branches]
         if record is not None:
             record.append(Stage(name, mixture(branches), on))
-    return mixture(branches)
+        elif on and index is None and name in TRUNCATIONS and all(n in VALUE_ONLY for n in order[at + 1:]):
+            branches, index = _compact(branches)
+    out = mixture(branches)
+    if index is not None:
+        out = torch.full((out.shape[0], vocab), NEG_INF, dtype=out.dtype, device=out.device).scatter(-1, index, out)
+    return out
+
+
+def _compact(branches: list[tuple[float, Tensor]]) -> tuple[list[tuple[float, Tensor]], Tensor | None]:
+    """After a truncation that left few tokens drawable, the branches on those tokens only.
+
+    NOTE: the stages after it see the same values in another order; each of them decides on values
+    alone, so only float rounding of their sums (a different order of the same terms) can differ.
+    """
+    first = branches[0][1]
+    drawable = int(torch.isfinite(first).sum(dim=-1).max())
+    if drawable > first.shape[-1] * COMPACT_BELOW or drawable == 0:
+        return branches, None
+    index = torch.topk(first, drawable, dim=-1).indices  # [rows, m]
+    return [(w, branch.gather(-1, index)) for w, branch in branches], index
 
 
 def process(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed: Tensor | None = None,

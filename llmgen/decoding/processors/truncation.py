@@ -60,7 +60,7 @@ def apply_top_p(logits: Tensor, p: float) -> Tensor:
     if p >= 1.0:
         return logits
     vocab = logits.shape[-1]
-    out = logits.clone()
+    drop = torch.ones(logits.shape, dtype=torch.bool, device=logits.device)
     todo = torch.arange(logits.shape[0], device=logits.device)
     norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [rows, 1]
     for k in PREFILTER:
@@ -77,14 +77,13 @@ def apply_top_p(logits: Tensor, p: float) -> Tensor:
         first_dropped = probs.gather(1, kept[:, None])[:, 0]
         near = ((above[:, :k] - p).abs() < BOUNDARY_TOLERANCE).any(dim=-1)
         decided = (mass_over_kth >= p + BOUNDARY_TOLERANCE) & (first_dropped < last_kept) & ~near
+        if bool(decided.all()) and todo.numel() == logits.shape[0]:  # the usual case: every row at once
+            return logits.masked_fill(drop.scatter(1, indices[:, :k], ~keep), NEG_INF)
         rows = todo[decided]
         if rows.numel():
-            mask = torch.full((rows.numel(), vocab), NEG_INF, dtype=logits.dtype, device=logits.device)
-            keep_rows = keep[decided]
-            idx = indices[decided, :k]
-            mask.scatter_(1, idx, torch.where(keep_rows, 0.0, NEG_INF).to(logits.dtype))
-            out[rows] = logits[rows] + mask
+            drop[rows] = drop[rows].scatter(1, indices[decided, :k], ~keep[decided])
         todo = todo[~decided]
+    out = logits.masked_fill(drop, NEG_INF)
     if todo.numel():
         out[todo] = top_p_sorted(logits[todo], p)
     return out
@@ -145,10 +144,9 @@ def apply_top_n_sigma(logits: Tensor, n: float) -> Tensor:
         return logits
     finite = torch.isfinite(logits)
     count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
-    values = torch.where(finite, logits, 0.0).to(torch.float64)
+    values = torch.where(finite, logits, 0.0)
     mean = values.sum(dim=-1, keepdim=True) / count
-    std = (torch.where(finite, values - mean, 0.0) ** 2).sum(dim=-1, keepdim=True).div(count).sqrt()
-    top = logits.amax(dim=-1, keepdim=True).to(torch.float64)
-    drop = logits.to(torch.float64) < top - n * std
-    drop &= (count > 1)  # one token: nothing to cut (llama.cpp returns early)
+    centred = torch.where(finite, logits - mean, 0.0)
+    std = ((centred * centred).sum(dim=-1, keepdim=True) / count).sqrt()
+    drop = (logits < logits.amax(dim=-1, keepdim=True) - n * std) & (count > 1)  # one token: nothing to cut
     return logits.masked_fill(drop, NEG_INF)
