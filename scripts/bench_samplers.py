@@ -140,7 +140,7 @@ def main() -> None:
     loaded = models.load(models.DEFAULT_MODEL)
     # warm-up of every path
     bench_chain(loaded, 1)
-    results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+    results: dict[str, Any] = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
                                "threads": 1, "torch": torch.__version__, "load_before": os.getloadavg()}
     for section in args.sections.split(","):
         results[section] = {"chain": bench_chain, "n8": bench_n8, "input": bench_input}[section](loaded, args.runs)
