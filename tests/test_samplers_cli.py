@@ -100,3 +100,11 @@ def test_preset_keys_and_input_rows_carry_the_new_options(capsys, tmp_path: Path
     assert jobs[0].config.samplers == ("top_k", "temperature")
     bad = parse('{"prompt": "p", "mirostat": 1}', DecodingConfig())
     assert "only Mirostat v2" in bad[0].error
+
+
+@pytest.mark.parametrize("args", [["--typical-p", "0.9"], ["--logit-bias", "3=1"], ["--dry-multiplier", "0.5"],
+                                  ["--samplers", "llama.cpp"]])
+def test_beam_search_refuses_the_stages_it_does_not_run(capsys, char_model: Path, args: list[str]) -> None:
+    code, _, err = run(capsys, "generate", "-m", str(char_model), "--raw", "--num-beams", "2", *args, "ab")
+    assert code == 2
+    assert_one_line_error(err, "--num-beams")

@@ -18,6 +18,7 @@ import torch
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.processors import (
     Context,
+    TokenTables,
     apply_dry,
     apply_dynamic_temperature,
     apply_mirostat,
@@ -164,6 +165,6 @@ def test_dry_through_the_chain_reads_the_context() -> None:
     context = [1, 2, 3, 4, 1, 2, 3]
     logits = torch.tensor(table(3))[None]
     config = DecodingConfig(dry_multiplier=0.8)
-    out = stages(logits, None, config, contexts=[Context(context[:2], context[2:])])
+    out = stages(logits, None, config, contexts=[Context(context[:2], context[2:], (), TokenTables(VOCAB))])
     dry = next(s for s in out if s.name == "dry")
     assert dry.on and float(dry.logits[0, 4]) < float(logits[0, 4])

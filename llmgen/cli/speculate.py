@@ -17,6 +17,7 @@ from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, wit
 from llmgen.cli.output import Renderer
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import sample_tokens
+from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import SequenceResult, run_sequence
 from llmgen.decoding.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
@@ -214,8 +215,9 @@ def plain_baseline(target: LoadedModel, result: SequenceResult, config: Decoding
     count = max(1, len(result.token_ids))
     plain_config = config.replace(max_new_tokens=count, ignore_eos=True, stop=(), n=1)
     generator = make_generator(config.seed, target.device)
+    tables = tables_for(plain_config, target.tokenizer, target.eos_token_ids)
     source = ((token, "target") for token in sample_tokens(target.engine.sequence(), result.prompt_token_ids,
-                                                           plain_config, generator))
+                                                           plain_config, generator, tables))
     baseline = run_sequence(source, target.tokenizer, result.prompt_token_ids, plain_config,
                             target.eos_token_ids, target.context_length)
     plain_speed = baseline.stats["tokens_per_second"]

@@ -94,6 +94,8 @@ def _apply(name: str, logits: Tensor, counts: Tensor | None, config: DecodingCon
         return apply_penalties(logits, counts, config)
     if name == "dry":
         rows = _need(contexts, name)
+        if any(c.tables is None for c in rows) and config.dry_sequence_breakers:
+            raise UsageError("DRY's sequence breakers need the tokenizer's tables (processors.tables.build_tables)")
         return apply_dry(logits, [c.tokens for c in rows], config,
                          [c.tables.dry_breakers if c.tables else {} for c in rows])
     if name == "top_n_sigma":

@@ -28,6 +28,7 @@ from torch import Tensor
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.processors.context import Context, TokenTables
 from llmgen.decoding.processors.truncation import NEG_INF
+from llmgen.errors import UsageError
 
 
 def apply_mask(logits: Tensor, allowed: Tensor | None) -> Tensor:
@@ -76,6 +77,13 @@ def _last(tokens: Sequence[int], tag: Sequence[int]) -> int | None:
     return None
 
 
+def _tables(ctx: Context) -> TokenTables:
+    if ctx.tables is None:
+        raise UsageError("the bad words, min tokens and reasoning budget need the tokenizer's tables "
+                         "(processors.tables.build_tables)")
+    return ctx.tables
+
+
 def apply_token_controls(logits: Tensor, contexts: Sequence[Context] | None, config: DecodingConfig) -> Tensor:
     """Steps 2-6 on logits [rows, vocab]; `contexts` has one entry per row."""
     if not config.uses_token_controls:
@@ -89,7 +97,7 @@ def apply_token_controls(logits: Tensor, contexts: Sequence[Context] | None, con
         ban = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
         forced: dict[int, int] = {}
         for i, ctx in enumerate(contexts):
-            tables = ctx.tables or TokenTables(vocab)
+            tables = _tables(ctx)
             banned = banned_by_bad_words(ctx.generated, tables.bad_words)
             if len(ctx.generated) < config.min_tokens:
                 banned |= set(tables.stop_ids)
