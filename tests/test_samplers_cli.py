@@ -108,3 +108,24 @@ def test_beam_search_refuses_the_stages_it_does_not_run(capsys, char_model: Path
     code, _, err = run(capsys, "generate", "-m", str(char_model), "--raw", "--num-beams", "2", *args, "ab")
     assert code == 2
     assert_one_line_error(err, "--num-beams")
+
+
+def test_batched_rows_run_the_same_chain_as_one_sequence(capsys, char_model: Path) -> None:
+    """Row 0 of `-n 3 --seed S` is what `--seed S` alone draws, with every context-dependent stage on."""
+    args = ("generate", "-m", str(char_model), "--raw", "--json", "--seed", "5", "-N", "8", "--ignore-eos",
+            "--bad-word", "ab", "--min-tokens", "3", "--dry-multiplier", "0.8", "--dry-allowed-length", "1",
+            "--xtc-probability", "0.5", "--mirostat", "2", "--mirostat-tau", "2", "habhab")
+    alone = json.loads(run(capsys, *args)[1])
+    rows = [json.loads(line) for line in run(capsys, *args, "-n", "3")[1].splitlines()]
+    assert rows[0]["token_ids"] == alone["token_ids"]
+
+
+def test_input_rows_with_their_own_token_controls(capsys, tmp_path: Path, char_model: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "habhab", "stop_token_ids": [3]}\n{"prompt": "habhab", "allowed_token_ids": [4]}\n')
+    code, out, err = run(capsys, "generate", "-m", str(char_model), "--raw", "--json", "--greedy", "-N", "4",
+                         "--ignore-eos", "--input", str(rows))
+    assert code == 0, err
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["token_ids"][-1] == 3 or 3 not in first["token_ids"]
+    assert second["token_ids"] == [4, 4, 4, 4]

@@ -51,7 +51,8 @@ INSPECT = [
 def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str, Any], beams: dict[str, Any],
              model_opts: dict[str, Any], output: dict[str, Any]) -> None:
     """Show the next-token distribution at each stage of the chain: raw, penalties, temperature, top_k, top_p,
-    min_p. The numbers come from the functions decoding uses; stages that are off are listed as off.
+    min_p, in the order of --samplers, and each other stage (mask, DRY, typical-p, XTC, Mirostat...) when it is
+    on. The numbers come from the functions decoding uses; stages that are off are listed as off.
 
     Examples:
 
