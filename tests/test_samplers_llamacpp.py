@@ -168,3 +168,41 @@ def test_dry_through_the_chain_reads_the_context() -> None:
     out = stages(logits, None, config, contexts=[Context(context[:2], context[2:], (), TokenTables(VOCAB))])
     dry = next(s for s in out if s.name == "dry")
     assert dry.on and float(dry.logits[0, 4]) < float(logits[0, 4])
+
+
+def test_dry_with_sequence_breakers_is_llamacpps_on_a_real_vocabulary(embedded_dir) -> None:
+    """The breakers processed from text (our tables from the HF tokenizer, llama.cpp's from the GGUF's
+    vocabulary) limit the repetition the same way, on a context with a newline and a colon in it."""
+    from transformers import AutoTokenizer
+
+    from llmgen.decoding.processors.tables import build_tables
+    from llmgen.loading import models
+
+    gguf = str(models.resolve(models.DEFAULT_MODEL).location)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(gguf.encode(), params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    text = "one two three four: five six\none two three four: five six\none two three four"
+    context = tokenizer(text, add_special_tokens=False)["input_ids"]
+    size = len(tokenizer)
+    logits = np.random.default_rng(0).standard_normal(size).astype(np.float32)
+    penalised = {}
+    try:
+        for breakers in ((), ("\n",), ("\n", ":")):
+            config = DecodingConfig(dry_multiplier=0.8, dry_allowed_length=2, dry_sequence_breakers=breakers or ("x",))
+            tables = build_tables(config, tokenizer, set(), size) if breakers else None
+            names = (ctypes.c_char_p * max(1, len(breakers)))(*[b.encode() for b in breakers])
+            sampler = llama_cpp.llama_sampler_init_dry(vocab, 0.8, 1.75, 2, len(context), names, len(breakers))
+            expected = llama_apply(sampler, logits, tuple(context))
+            got = apply_dry(torch.tensor(logits)[None], [context], config,
+                            [tables.dry_breakers if tables else {}])[0]
+            changed = {t for t in range(size) if got[t] != logits[t]}
+            assert changed == {t for t, v in expected.items() if v != logits[t]}, breakers
+            for token in changed:
+                assert float(got[token]) == pytest.approx(expected[token], rel=1e-5, abs=1e-4)
+            penalised[breakers] = {t: float(got[t]) for t in changed}
+    finally:
+        llama_cpp.llama_model_free(model)
+    assert penalised[()] != penalised[("\n",)] != penalised[("\n", ":")]  # the breakers matter here

@@ -68,12 +68,9 @@ STAGES = DecodingConfig().samplers
 # Stages that change the distribution's shape, not the argmax: off in greedy mode.
 WARPERS = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
                      "xtc", "mirostat"})
-
-
-# Stages that see only the values of the logits, never which token holds them: after a truncation, the
-# chain may run them on the few tokens still drawable (`_run`).
-VALUE_ONLY = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
-                        "xtc", "mirostat"})
+# The same stages see only the values of the logits, never which token holds them: after a truncation,
+# the chain may run them on the few tokens still drawable (`_run`).
+VALUE_ONLY = WARPERS
 TRUNCATIONS = frozenset({"top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta", "mirostat"})
 COMPACT_BELOW = 1 / 16  # of the vocabulary
 
