@@ -248,3 +248,9 @@ def test_the_chain_on_the_drawable_tokens_only_equals_the_chain_on_the_whole_voc
     slow = stages(logits, None, config, None, contexts)[-1].logits
     assert torch.equal(torch.isfinite(fast), torch.isfinite(slow))
     torch.testing.assert_close(fast.softmax(-1), slow.softmax(-1))
+
+
+def test_greedy_needs_no_warper_in_the_order() -> None:
+    assert resolve(None, None, {"samplers": "penalties", "greedy": True}).config.greedy
+    with pytest.raises(ConfigError, match="leaves out 'penalties'"):
+        resolve(None, None, {"samplers": "top_k", "greedy": True, "presence_penalty": 0.5})

@@ -31,6 +31,9 @@ DEFAULT_ORDER = STAGE_NAMES
 LLAMACPP_ORDER = ("penalties", "dry", "top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "xtc",
                   "temperature", "mirostat")
 NAMED_ORDERS = {"default": DEFAULT_ORDER, "llama.cpp": LLAMACPP_ORDER}
+# Stages that change the distribution's shape, not the argmax (or are random): off in greedy mode.
+WARPERS = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
+                     "xtc", "mirostat"})
 # llama.cpp's spellings of stage names, accepted too.
 STAGE_ALIASES = {"typ_p": "typical_p", "typical": "typical_p", "temp": "temperature", "top-k": "top_k",
                  "top-p": "top_p", "min-p": "min_p", "top-n-sigma": "top_n_sigma", "mirostat_v2": "mirostat"}
@@ -179,6 +182,7 @@ class DecodingConfig:
         twice = [s for i, s in enumerate(self.samplers) if s in self.samplers[:i]]
         _check(not twice, "samplers", ";".join(self.samplers), f"names {twice[0] if twice else ''!r} twice")
         for stage, on in self.stages_on.items():
+            on = on and not (self.greedy and stage in WARPERS)  # greedy runs no warper: nothing is left out
             _check(not on or stage in self.samplers, "samplers", ";".join(self.samplers),
                    f"leaves out {stage!r}, which the settings turn on")
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.config import WARPERS, DecodingConfig
 from llmgen.decoding.processors.context import Context, TokenTables, penalty_context, token_counts
 from llmgen.decoding.processors.controls import apply_mask, apply_token_controls
 from llmgen.decoding.processors.dry import apply_dry
@@ -65,9 +65,6 @@ __all__ = ["NEG_INF", "STAGES", "Context", "Stage", "TokenTables", "apply_dry", 
 
 # The stages of the default order (the mask, first, is not one of them: it cannot move).
 STAGES = DecodingConfig().samplers
-# Stages that change the distribution's shape, not the argmax: off in greedy mode.
-WARPERS = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
-                     "xtc", "mirostat"})
 # The same stages see only the values of the logits, never which token holds them: after a truncation,
 # the chain may run them on the few tokens still drawable (`_run`).
 VALUE_ONLY = WARPERS
