@@ -114,7 +114,7 @@ def job_rows(jobs: Iterable[Job], model: Any, chat: bool | None, system: str | N
             on_error(job.index, job.error)
             continue
         try:
-            ids = encode_prompt(model, job.prompt, chat, job.system or system)
+            ids = encode_prompt(model, job.prompt, chat, job.system or system, job.config.template_kwargs())
         except Exception as err:  # noqa: BLE001 - a tokenizer's failure on one row must not stop the others
             on_error(job.index, first_line(err))
             continue

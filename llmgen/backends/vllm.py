@@ -14,6 +14,11 @@ exactly. Nothing is silently changed. The known differences, from vLLM's docs an
   with stop strings, penalties, `--no-repeat-ngram-size` or a non-default `--early-stopping`, which
   vLLM's beam search does not have;
 - `--gamma auto` has no vLLM counterpart (it needs a fixed `num_speculative_tokens`);
+- the token controls map one to one (`logit_bias`, `min_tokens`, `stop_token_ids`, `bad_words`,
+  `allowed_token_ids`), but not with speculative decoding, whose sampler does not apply them (only
+  `stop_token_ids`, a stop rule, is kept there); vLLM has none of typical-p, epsilon, eta, top-n-sigma,
+  DRY, XTC, Mirostat, dynamic temperature, a reasoning budget or another order of the stages: each
+  is refused by name (`UNSUPPORTED`). Template switches work: llmgen renders the prompt itself;
 - vLLM's default `max_tokens` (16) never applies: llmgen always passes its own budget, and
   `generation_config="vllm"` keeps the model's generation_config.json from changing defaults.
 
@@ -83,6 +88,21 @@ def check_engine_options(options: dict[str, Any], where: str = "[backend.vllm]")
     return checked
 
 
+# llmgen stages vLLM's SamplingParams does not have: (the option, whether the config turns it on).
+UNSUPPORTED = (
+    ("--typical-p", lambda c: c.typical_p < 1.0),
+    ("--epsilon-cutoff", lambda c: c.epsilon_cutoff > 0),
+    ("--eta-cutoff", lambda c: c.eta_cutoff > 0),
+    ("--top-n-sigma", lambda c: c.top_n_sigma > 0),
+    ("--dry-multiplier (DRY)", lambda c: c.dry_multiplier > 0),
+    ("--xtc-probability (XTC)", lambda c: c.xtc_probability > 0),
+    ("--mirostat", lambda c: c.mirostat != 0),
+    ("--dynatemp-range", lambda c: c.dynatemp_range > 0),
+    ("--reasoning-budget", lambda c: c.reasoning_budget >= 0),
+    ("--samplers (another order)", lambda c: c.samplers != DEFAULTS.samplers),
+)
+
+
 def _refuse(option: str, why: str) -> UsageError:
     return UsageError(f"--backend vllm: {option} {why}; use --backend hf (llmgen's own decoding) for it")
 
@@ -100,7 +120,12 @@ def translate(config: DecodingConfig, model: str, *, budget: int, draft: Draft |
                               **check_engine_options(engine_options or {})}
     if config.seed is not None:
         engine["seed"] = config.seed
+    for option, on in UNSUPPORTED:
+        if on(config):
+            raise _refuse(option, "has no vLLM counterpart")
     if config.num_beams > 1:
+        if config.uses_token_controls or config.stop_token_ids:
+            raise _refuse("token controls with --num-beams", "cannot run: vLLM's beam search has none")
         return VllmRequest(engine, _beam_params(config, budget, draft), beam=True)
     uses_frequency = config.frequency_penalty != 0 or config.presence_penalty != 0
     if uses_frequency and (config.penalty_scope != "generated" or config.penalty_window):
@@ -119,9 +144,18 @@ def translate(config: DecodingConfig, model: str, *, budget: int, draft: Draft |
     else:
         params.update(temperature=config.temperature, top_k=config.top_k or -1, top_p=config.top_p,
                       min_p=config.min_p)
+    if config.stop_token_ids:
+        params["stop_token_ids"] = list(config.stop_token_ids)
+    controls = {"logit_bias": dict(config.logit_bias) or None, "min_tokens": config.min_tokens or None,
+                "bad_words": list(config.bad_words) or None, "allowed_token_ids": list(config.allowed_token_ids) or None}
+    params.update({key: value for key, value in controls.items() if value is not None})
     if logprobs is not None:
         params["logprobs"] = logprobs
     if draft is not None:
+        for key, option in (("logit_bias", "--logit-bias"), ("min_tokens", "--min-tokens"),
+                            ("bad_words", "--bad-word"), ("allowed_token_ids", "--allowed-token-id")):
+            if key in params:
+                raise _refuse(option, "is not applied by vLLM's speculative sampler")
         if draft.gamma == "auto":
             raise _refuse("--gamma auto", "has no vLLM counterpart (vLLM drafts a fixed number of tokens)")
         if params["min_p"]:

@@ -29,6 +29,7 @@ import torch
 from llmgen.bench.stats import PeakMemory
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import TokenSource, run_sequence, token_budget
 from llmgen.decoding.stats import Timer
@@ -146,7 +147,8 @@ def plain(loaded: LoadedModel, config: DecodingConfig, label: str = "plain",
           strategy: str = "plain") -> Contender:
     def run_once(ids: list[int]) -> RunRecord:
         def make_source(generator: torch.Generator) -> Any:
-            return plain_tokens(loaded.engine.sequence(), ids, config, generator), dict
+            tables = tables_for(config, loaded.tokenizer, loaded.eos_token_ids)
+            return plain_tokens(loaded.engine.sequence(), ids, config, generator, tables=tables), dict
 
         return measure(loaded.device, lambda: _run_source(loaded, config, ids, make_source), len(ids))
 

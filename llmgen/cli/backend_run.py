@@ -17,6 +17,7 @@ from llmgen.cli import common
 from llmgen.cli.options import option
 from llmgen.cli.output import make_renderer
 from llmgen.decoding.config import Resolved
+from llmgen.decoding.processors.tables import build_tables
 from llmgen.decoding.sequence import encode_prompt, token_budget
 from llmgen.errors import UsageError
 from llmgen.loading import models
@@ -134,7 +135,8 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
     """One prompt (and its -n samples, or its beams) through vLLM, printed like llmgen's own runs."""
     config = resolved.config
     light = tokenizer_only(model_opts)
-    ids = encode_prompt(light, text, output.get("chat"), output.get("system"))
+    ids = encode_prompt(light, text, output.get("chat"), output.get("system"), config.template_kwargs())
+    build_tables(config, light.tokenizer, ())  # token ids of --logit-bias and the like, against the vocabulary
     request = _request(light, config, ids, model_opts, engine_options, draft, logprobs)
     outputs, stats = vllm_backend.generate(request, [ids])
     chosen = outputs[0][:config.n]

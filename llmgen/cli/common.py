@@ -107,7 +107,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return str(value)
 
 
@@ -128,9 +128,10 @@ def load_model(ref: str, model_opts: dict[str, Any], engine: str | None = None) 
                        engine=engine or model_opts.get("engine", "auto"), threads=model_opts.get("threads"))
 
 
-def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any]) -> list[int]:
+def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any],
+               template_kwargs: dict[str, Any] | None = None) -> list[int]:
     """Chat template when asked (default: when the tokenizer has one), else `tokenizer(text)` as is."""
-    return encode_prompt(loaded, text, output.get("chat"), output.get("system"))
+    return encode_prompt(loaded, text, output.get("chat"), output.get("system"), template_kwargs)
 
 
 def logprob_spec(probs: dict[str, Any], json_mode: bool) -> LogprobSpec | None:

@@ -16,6 +16,7 @@ from llmgen.decoding.config import Resolved
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.plan import plan_generate
+from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sequence import token_budget
 from llmgen.loading.models import LoadedModel
 
@@ -77,7 +78,7 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
-    ids = common.prompt_ids(loaded, text, output)
+    ids = common.prompt_ids(loaded, text, output, resolved.config.template_kwargs())
     if plan.strategy == "beam":
         run_beam_search(loaded, ids, resolved, output, spec)
         return
@@ -88,7 +89,10 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
     def plain(prompt_ids: list[int], generator: Any, index: int) -> Any:
         matcher = constraints.new_matcher(resolved.config, loaded)
-        return plain_tokens(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher), dict
+        return plain_tokens(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher,
+                            tables), dict
+
+    tables = tables_for(resolved.config, loaded.tokenizer, loaded.eos_token_ids)
 
     common.run_all(loaded, ids, resolved, renderer, plain)
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from llmgen.cli import common
 from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
 from llmgen.decoding.inspection import StepView, check_room, inspect_steps
+from llmgen.decoding.processors.tables import build_tables
 from llmgen.decoding.sampling import make_generator
 from llmgen.errors import UsageError
 
@@ -46,7 +47,8 @@ INSPECT = [
 def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str, Any], beams: dict[str, Any],
              model_opts: dict[str, Any], output: dict[str, Any]) -> None:
     """Show the next-token distribution at each stage of the chain: raw, penalties, temperature, top_k, top_p,
-    min_p. The numbers come from the functions decoding uses; stages that are off are listed as off.
+    min_p, in the order of --samplers, and each other stage (mask, DRY, typical-p, XTC, Mirostat...) when it is
+    on. The numbers come from the functions decoding uses; stages that are off are listed as off.
 
     Examples:
 
@@ -76,7 +78,7 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
         return
     text = common.read_prompt(prompt)
     loaded = common.load_model(model_opts["model"], model_opts)
-    ids = common.prompt_ids(loaded, text, output)
+    ids = common.prompt_ids(loaded, text, output, config.template_kwargs())
     forced: list[int] = []
     if own["continue_text"]:
         forced = list(loaded.tokenizer(own["continue_text"], add_special_tokens=False)["input_ids"])
@@ -85,8 +87,9 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
     tokenizer = loaded.tokenizer
     console = Console(highlight=False)
     first: StepView | None = None
+    tables = build_tables(config, loaded.tokenizer, loaded.eos_token_ids)
     for step in inspect_steps(loaded.engine.sequence(), ids, forced, config, generator, own["steps"],
-                              loaded.eos_token_ids):
+                              loaded.eos_token_ids, tables):
         first = first or step
         if output["json"]:
             sys.stdout.write(json.dumps(step_json(step, tokenizer, own["top"]), ensure_ascii=False) + "\n")

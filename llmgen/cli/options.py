@@ -24,6 +24,10 @@ def _help(name: str) -> str:
 
 def _default(name: str) -> str:
     value = getattr(DEFAULTS, name)
+    if name == "samplers":
+        return ";".join(value)
+    if name == "dry_sequence_breakers":
+        return " ".join(repr(v) for v in value)
     return "none" if value in (None, ()) else str(value)
 
 
@@ -34,9 +38,14 @@ def option(name: str, annotation: Any, default: Any = None) -> inspect.Parameter
 
 
 
-def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling") -> inspect.Parameter:
-    flag = typer.Option(*flags, help=_help(name), show_default=_default(name), rich_help_panel=panel)
+def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling", metavar: str | None = None
+              ) -> inspect.Parameter:
+    flag = typer.Option(*flags, help=_help(name), show_default=_default(name), rich_help_panel=panel,
+                        metavar=metavar)
     return option(name, Annotated[type_ | None, flag])
+
+
+TOKENS, MORE, REASONING = "Token controls", "More samplers (llama.cpp, HF)", "Reasoning"
 
 
 SAMPLING = [
@@ -61,6 +70,30 @@ SAMPLING = [
     _decoding("regex", str, "--regex", panel="Constrained output"),
     _decoding("choice", list[str], "--choice", panel="Constrained output"),
     _decoding("grammar", str, "--grammar", panel="Constrained output"),
+    _decoding("logit_bias", list[str], "--logit-bias", panel=TOKENS, metavar="ID=BIAS"),
+    _decoding("min_tokens", int, "--min-tokens", panel=TOKENS),
+    _decoding("stop_token_ids", list[int], "--stop-token-id", panel=TOKENS, metavar="ID"),
+    _decoding("bad_words", list[str], "--bad-word", panel=TOKENS, metavar="TEXT"),
+    _decoding("allowed_token_ids", list[int], "--allowed-token-id", panel=TOKENS, metavar="ID"),
+    _decoding("samplers", str, "--samplers", panel=MORE, metavar="ORDER"),
+    _decoding("typical_p", float, "--typical-p", panel=MORE),
+    _decoding("epsilon_cutoff", float, "--epsilon-cutoff", panel=MORE),
+    _decoding("eta_cutoff", float, "--eta-cutoff", panel=MORE),
+    _decoding("top_n_sigma", float, "--top-n-sigma", panel=MORE),
+    _decoding("dry_multiplier", float, "--dry-multiplier", panel=MORE),
+    _decoding("dry_base", float, "--dry-base", panel=MORE),
+    _decoding("dry_allowed_length", int, "--dry-allowed-length", panel=MORE),
+    _decoding("dry_penalty_last_n", int, "--dry-penalty-last-n", panel=MORE),
+    _decoding("dry_sequence_breakers", list[str], "--dry-sequence-breaker", panel=MORE, metavar="TEXT"),
+    _decoding("xtc_probability", float, "--xtc-probability", panel=MORE),
+    _decoding("xtc_threshold", float, "--xtc-threshold", panel=MORE),
+    _decoding("mirostat", int, "--mirostat", panel=MORE),
+    _decoding("mirostat_tau", float, "--mirostat-tau", panel=MORE),
+    _decoding("mirostat_eta", float, "--mirostat-eta", panel=MORE),
+    _decoding("dynatemp_range", float, "--dynatemp-range", panel=MORE),
+    _decoding("dynatemp_exp", float, "--dynatemp-exp", panel=MORE),
+    _decoding("chat_template_kwargs", list[str], "--chat-template-kwarg", panel=REASONING, metavar="KEY=VALUE"),
+    _decoding("reasoning_budget", int, "--reasoning-budget", panel=REASONING, metavar="N"),
     _decoding("seed", int, "--seed"),
     _decoding("n", int, "-n", "--num-return-sequences"),
     option("preset", Annotated[str | None, typer.Option(
@@ -185,8 +218,7 @@ def with_options(**groups: list[inspect.Parameter]) -> Callable[[Callable[..., A
 
 def decoding_flags(values: dict[str, Any]) -> dict[str, Any]:
     """The decoding options the user actually gave (None means 'not given')."""
-    flags = {k: v for k, v in values.items()
-             if k in FIELDS and v is not None and not (k in ("stop", "choice") and v == [])}
+    flags = {k: v for k, v in values.items() if k in FIELDS and v is not None and not (isinstance(v, list) and v == [])}
     if values.get("greedy"):
         if flags.get("temperature", 0) != 0:
             raise UsageError("--greedy means temperature 0; do not combine it with --temperature")

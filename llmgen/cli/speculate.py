@@ -16,6 +16,7 @@ from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, opt
 from llmgen.cli.output import Renderer
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import SequenceResult, run_sequence
 from llmgen.decoding.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
@@ -123,7 +124,7 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
     draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts, spec["draft_engine"])
     if draft is not None:
         check_compatible(target, draft)
-    ids = common.prompt_ids(target, text, output)
+    ids = common.prompt_ids(target, text, output, resolved.config.template_kwargs())
     renderer = common.make_renderer(output, probs, logprobs, target.tokenizer, legend=True)
     if spec["compare"]:
         renderer = WithBaseline(renderer, target, config)
@@ -216,8 +217,9 @@ def plain_baseline(target: LoadedModel, result: SequenceResult, config: Decoding
     count = max(1, len(result.token_ids))
     plain_config = config.replace(max_new_tokens=count, ignore_eos=True, stop=(), n=1)
     generator = make_generator(config.seed, target.device)
-    source = plain_tokens(target.engine.sequence(), result.prompt_token_ids,
-                                                           plain_config, generator)
+    tables = tables_for(plain_config, target.tokenizer, target.eos_token_ids)
+    source = plain_tokens(target.engine.sequence(), result.prompt_token_ids, plain_config, generator,
+                          tables=tables)
     baseline = run_sequence(source, target.tokenizer, result.prompt_token_ids, plain_config,
                             target.eos_token_ids, target.context_length)
     plain_speed = baseline.stats["tokens_per_second"]

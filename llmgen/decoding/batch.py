@@ -38,7 +38,8 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Constraint, Matcher
 from llmgen.decoding.counts import penalty_counts
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
-from llmgen.decoding.processors import process
+from llmgen.decoding.processors import Context, TokenTables, process, surprise
+from llmgen.decoding.processors.tables import needs_tables, tables_for
 from llmgen.decoding.sampling import make_generator, pick
 from llmgen.decoding.sequence import SequenceResult, SequenceState
 from llmgen.loading.engines.torch import Rows
@@ -70,6 +71,8 @@ class Row:
     state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
     logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
     matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
+    tables: TokenTables | None = None  # the tokenizer's tables for the token controls and DRY (`processors.tables`)
+    surprises: list[float] = field(default_factory=list)  # Mirostat: -log2 q(t) of each token so far
     cancelled: bool = False  # set (from any thread) to drop the row at the next step; it ends "cancelled"
 
 
@@ -100,8 +103,15 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
         allowed = None
         if rows[members[0]].matcher is not None:  # NOTE: rows of one config are all constrained or none
             allowed = torch.stack([rows[i].matcher.allowed() for i in members])  # [g, vocab]
-        processed = process(logits[members], counts, config, allowed)  # [g, vocab]
+        contexts = None
+        if config.needs_context:  # each row's own tokens (and Mirostat's surprises)
+            contexts = [Context(rows[i].prompt_ids, rows[i].state.tokens, rows[i].surprises, rows[i].tables)
+                        for i in members]
+        processed = process(logits[members], counts, config, allowed, contexts)  # [g, vocab]
         tokens[members] = pick(processed, config.greedy, [rows[i].generator for i in members]).cpu()
+        if config.mirostat and not config.greedy:
+            for j, i in enumerate(members):
+                rows[i].surprises.append(surprise(processed[j], int(tokens[i])))
         if spec is not None:
             for i, entry in zip(members, token_logprobs(logits[members], processed, tokens[members], spec)):
                 entries[i] = entry
@@ -191,6 +201,8 @@ def _admit(cache: Rows, rows: list[Row], limits: ModelInfo) -> Tensor:
         if row.state is None:  # else the row holds tokens already (see the module docstring)
             row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,
                                       limits.context_length)
+        if row.tables is None and needs_tables(row.config):  # shared by the rows with the same settings
+            row.tables = tables_for(row.config, limits.tokenizer, limits.eos_token_ids)
         distinct.setdefault(tuple(row.prompt_ids + row.state.tokens), len(distinct))
     logits = cache.add(list(distinct))  # [distinct, vocab]
     where = [distinct[tuple(row.prompt_ids + row.state.tokens)] for row in rows]
@@ -209,11 +221,12 @@ def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
 
 def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: ModelInfo, *,
                 on_text: OnText | None = None, on_done: OnDone | None = None,
-                logprobs: LogprobSpec | None = None, constraint: Constraint | None = None) -> list[SequenceResult]:
+                logprobs: LogprobSpec | None = None, constraint: Constraint | None = None,
+                tables: TokenTables | None = None) -> list[SequenceResult]:
     """`-n N`: N samples of one prompt in one batch, sharing one prefill. Results in sample order.
     With `constraint`, each sample gets its own matcher."""
     rows = [Row(i, list(prompt_ids), config, row_generator(config.seed, i, cache.device), logprobs=logprobs,
-                matcher=None if constraint is None else constraint.matcher())
+                matcher=None if constraint is None else constraint.matcher(), tables=tables)
             for i in range(config.n)]
     results: dict[int, SequenceResult] = {}
 

@@ -57,7 +57,11 @@ from llmgen.loading.engines.base import Engine
 DEAD = -1.0e9  # NOTE: HF's score for a beam that must not be chosen; kept in float32, as HF does
 
 # Sampling filters that beam search does not use: there is no beam sampling.
-SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p")
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma",
+                 "xtc_probability", "mirostat", "dynatemp_range")
+# Stages of the chain that beam search does not run (yet): refused as flags, ignored from a preset.
+NOT_IN_BEAMS = ("logit_bias", "min_tokens", "stop_token_ids", "bad_words", "allowed_token_ids", "dry_multiplier",
+                "reasoning_budget", "samplers")
 # Options that mean something only with beams.
 BEAM_ONLY = ("length_penalty", "early_stopping", "no_repeat_ngram_size")
 
@@ -381,6 +385,13 @@ def check_combination(resolved: Resolved) -> list[str]:
             raise UsageError(f"--{name.replace('_', '-')} cannot be combined with --num-beams: beam search is "
                              "deterministic (there is no beam sampling)")
         notes.append(f"beam search ignores {name} = {value!r} from {sources[name]} (there is no beam sampling)")
+    for name in NOT_IN_BEAMS:
+        if not changed(name):
+            continue
+        if sources[name] == "flag":
+            raise UsageError(f"--{name.replace('_', '-')} cannot be combined with --num-beams: beam search does not "
+                             "run that stage")
+        notes.append(f"beam search ignores {name} from {sources[name]}")
     return notes
 
 

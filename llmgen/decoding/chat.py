@@ -30,6 +30,7 @@ from llmgen.decoding import constraints
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, run_sequence
 from llmgen.errors import PromptError, UsageError
@@ -114,9 +115,10 @@ class Conversation:
             raise UsageError(f"cannot write {path}: {err.strerror}") from None
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """The conversation through the chat template, ending with the assistant's generation prompt."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+def render(tokenizer: Any, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """The conversation through the chat template, ending with the assistant's generation prompt.
+    `template_kwargs` (--chat-template-kwarg) go to the template."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **(template_kwargs or {}))
     if hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
@@ -185,13 +187,13 @@ class ChatSession:
         Fits when len(ids) + max_new_tokens <= context; the newest message alone only has to leave room for one token.
         """
         alone = Conversation(self.conversation.system, self.conversation.messages[-1:])
-        length = len(render(self.target.tokenizer, alone.full()))
+        length = len(render(self.target.tokenizer, alone.full(), config.template_kwargs()))
         if length >= self.context_length:  # checked first, so that a refused message drops no turn
             raise PromptError(f"the message is {length} tokens with the system message and the template, but "
                               f"the model's context is {self.context_length} tokens")
         dropped = 0
         while True:
-            ids = render(self.target.tokenizer, self.conversation.full())
+            ids = render(self.target.tokenizer, self.conversation.full(), config.template_kwargs())
             if len(ids) + config.max_new_tokens <= self.context_length:
                 return ids, dropped
             if not self.conversation.drop_oldest_turn():
@@ -215,7 +217,8 @@ class ChatSession:
         generator = make_generator(seed, self.target.device)
         if self.speculative is None:  # a constraint gets a fresh matcher per reply (make_source makes its own)
             matcher = constraints.new_matcher(config, self.target)
-            source = plain_tokens(self.cache.lm, ids, config, generator, logprobs, matcher)
+            tables = tables_for(config, self.target.tokenizer, self.target.eos_token_ids)
+            source = plain_tokens(self.cache.lm, ids, config, generator, logprobs, matcher, tables)
             extra: Any = dict
         else:
             from llmgen.decoding.speculative import make_source
@@ -308,8 +311,9 @@ class ChatSession:
 
 def reference_reply(target: LoadedModel, messages: list[dict[str, str]], config: DecodingConfig) -> SequenceResult:
     """What `generate` does with the same messages: a fresh cache, the whole prompt prefilled (the tests' oracle)."""
-    ids = render(target.tokenizer, messages)
+    ids = render(target.tokenizer, messages, config.template_kwargs())
     generator = make_generator(config.seed, target.device)
-    return run_sequence(plain_tokens(target.engine.sequence(), ids, config, generator), target.tokenizer, ids,
-                        config, target.eos_token_ids, target.context_length)
+    tables = tables_for(config, target.tokenizer, target.eos_token_ids)
+    return run_sequence(plain_tokens(target.engine.sequence(), ids, config, generator, tables=tables),
+                        target.tokenizer, ids, config, target.eos_token_ids, target.context_length)
 

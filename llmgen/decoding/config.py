@@ -11,6 +11,7 @@ else: the sampler never divides by a tiny temperature.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,23 @@ from llmgen.errors import ConfigError
 GREEDY_BELOW = 1e-5
 
 PenaltyScope = Literal["generated", "all"]
+
+# The stages of the chain after the mask, in the order `--samplers` names them (`processors/`).
+STAGE_NAMES = ("penalties", "dry", "top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p",
+               "epsilon", "eta", "xtc", "mirostat")
+# Today's order (HF's for the old stages), with each new stage where llama.cpp puts it relative to them.
+DEFAULT_ORDER = STAGE_NAMES
+# llama.cpp's default chain (common/common.h), temperature last; epsilon and eta are not in it.
+LLAMACPP_ORDER = ("penalties", "dry", "top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "xtc",
+                  "temperature", "mirostat")
+NAMED_ORDERS = {"default": DEFAULT_ORDER, "llama.cpp": LLAMACPP_ORDER}
+# Stages that change the distribution's shape, not the argmax (or are random): off in greedy mode.
+WARPERS = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
+                     "xtc", "mirostat"})
+# llama.cpp's spellings of stage names, accepted too.
+STAGE_ALIASES = {"typ_p": "typical_p", "typical": "typical_p", "temp": "temperature", "top-k": "top_k",
+                 "top-p": "top_p", "min-p": "min_p", "top-n-sigma": "top_n_sigma", "mirostat_v2": "mirostat"}
+DRY_BREAKERS = ("\n", ":", '"', "*")
 EarlyStopping = Literal["false", "true", "never"]
 
 
@@ -58,6 +76,49 @@ class DecodingConfig:
     regex: str | None = _opt(None, "The whole output matches this regular expression (Rust regex syntax).")
     choice: tuple[str, ...] = _opt((), "The output is exactly one of these strings (repeat the option).")
     grammar: str | None = _opt(None, "The output follows this grammar file: Lark (llguidance's dialect) or GBNF (.gbnf).")
+    # Token controls: the mask stage, before the penalties, as vLLM applies them.
+    logit_bias: tuple[tuple[int, float], ...] = _opt(
+        (), "Add BIAS (in [-100, 100]) to token ID's logit, OpenAI's logit_bias; repeat the option; none = off.")
+    min_tokens: int = _opt(0, "End-of-sequence and stop tokens cannot be drawn, and stop strings do not end the "
+                              "output, before N tokens; 0 = off.")
+    stop_token_ids: tuple[int, ...] = _opt((), "Also end the output at this token id (repeat the option).")
+    bad_words: tuple[str, ...] = _opt(
+        (), "Never write this word: its last token is banned wherever the tokens before it end the output "
+            "(with and without a leading space, as vLLM's bad_words); repeat the option.")
+    allowed_token_ids: tuple[int, ...] = _opt((), "Only these token ids can be drawn (repeat the option); none = all.")
+    # Truncation and shaping stages beyond HF's defaults.
+    typical_p: float = _opt(1.0, "Locally typical sampling (HF's typical_p): keep the tokens closest to the "
+                                 "entropy until their mass reaches P; 1.0 = off.")
+    epsilon_cutoff: float = _opt(0.0, "Drop tokens whose probability is below E (HF's epsilon_cutoff); 0 = off.")
+    eta_cutoff: float = _opt(0.0, "Drop tokens below min(E, sqrt(E) * exp(-entropy)) (HF's eta_cutoff); 0 = off.")
+    top_n_sigma: float = _opt(0.0, "Keep the tokens whose logit is >= max - N * std of the logits (llama.cpp); "
+                                   "0 = off.")
+    dry_multiplier: float = _opt(0.0, "DRY: penalise tokens that extend a repetition by M * base ** (length - "
+                                      "allowed length); 0 = off.")
+    dry_base: float = _opt(1.75, "DRY: the base of the penalty's exponential growth (>= 1).")
+    dry_allowed_length: int = _opt(2, "DRY: repetitions up to this many tokens are not penalised.")
+    dry_penalty_last_n: int = _opt(-1, "DRY: look back over the last N tokens of the context; -1 = all of it.")
+    dry_sequence_breakers: tuple[str, ...] = _opt(
+        DRY_BREAKERS, "DRY: a repetition does not continue across this string (repeat the option to replace "
+                      "the defaults).")
+    xtc_probability: float = _opt(0.0, "XTC: with probability P, remove every token at or above the threshold but "
+                                       "the least likely of them; 0 = off.")
+    xtc_threshold: float = _opt(0.1, "XTC: the probability threshold.")
+    mirostat: int = _opt(0, "Mirostat: 2 = v2 (keeps the surprise near tau); 0 = off.")
+    mirostat_tau: float = _opt(5.0, "Mirostat: the target surprise, in bits.")
+    mirostat_eta: float = _opt(0.1, "Mirostat: the learning rate of mu.")
+    dynatemp_range: float = _opt(0.0, "Dynamic temperature: T moves in [T - R, T + R] with the entropy "
+                                      "(llama.cpp's temp_ext); 0 = off.")
+    dynatemp_exp: float = _opt(1.0, "Dynamic temperature: the exponent of the normalised entropy.")
+    samplers: tuple[str, ...] = _opt(
+        DEFAULT_ORDER, "The order of the stages after the mask, ';'-separated (llama.cpp's --samplers), or a "
+                       "named order: default, llama.cpp. A stage left out does not run.")
+    # Reasoning controls.
+    chat_template_kwargs: tuple[str, ...] = _opt(
+        (), "KEY=VALUE passed to the chat template (VALUE read as JSON if it parses, else a string), "
+            "e.g. enable_thinking=false; repeat the option.")
+    reasoning_budget: int = _opt(-1, "After N tokens of reasoning (inside the think tags), the closing tag is forced; "
+                                     "-1 = off.")
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0 (0 means greedy)")
@@ -80,6 +141,83 @@ class DecodingConfig:
                "must be 'false', 'true' or 'never'")
         _check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", self.no_repeat_ngram_size,
                "must be >= 0 (0 = off)")
+        self._check_samplers()
+
+    def _check_samplers(self) -> None:
+        """The stages beyond HF's: each value's range, and that a stage turned on is in `samplers`."""
+        for token, bias in self.logit_bias:
+            _check(token >= 0, "logit_bias", f"{token}={bias}", "needs a token id >= 0")
+            _check(-100 <= bias <= 100, "logit_bias", f"{token}={bias}", "needs a bias in [-100, 100]")
+        _check(self.min_tokens >= 0, "min_tokens", self.min_tokens, "must be >= 0 (0 = off)")
+        for name in ("stop_token_ids", "allowed_token_ids"):
+            _check(all(t >= 0 for t in getattr(self, name)), name, getattr(self, name), "must be token ids >= 0")
+        _check(all(isinstance(w, str) and w.strip() for w in self.bad_words), "bad_words", self.bad_words,
+               "must be non-empty words")
+        _check(0 < self.typical_p <= 1, "typical_p", self.typical_p, "must be in (0, 1] (1.0 = off)")
+        _check(0 <= self.epsilon_cutoff < 1, "epsilon_cutoff", self.epsilon_cutoff, "must be in [0, 1) (0 = off)")
+        _check(0 <= self.eta_cutoff < 1, "eta_cutoff", self.eta_cutoff, "must be in [0, 1) (0 = off)")
+        _check(self.top_n_sigma >= 0, "top_n_sigma", self.top_n_sigma, "must be >= 0 (0 = off)")
+        _check(self.dry_multiplier >= 0, "dry_multiplier", self.dry_multiplier, "must be >= 0 (0 = off)")
+        _check(self.dry_base >= 1, "dry_base", self.dry_base, "must be >= 1")
+        _check(self.dry_allowed_length >= 1, "dry_allowed_length", self.dry_allowed_length, "must be >= 1")
+        _check(self.dry_penalty_last_n >= -1, "dry_penalty_last_n", self.dry_penalty_last_n,
+               "must be >= -1 (-1 = the whole context)")
+        _check(all(isinstance(b, str) and b for b in self.dry_sequence_breakers), "dry_sequence_breaker",
+               self.dry_sequence_breakers, "must be non-empty strings")
+        _check(0 <= self.xtc_probability <= 1, "xtc_probability", self.xtc_probability, "must be in [0, 1] (0 = off)")
+        _check(0 <= self.xtc_threshold <= 1, "xtc_threshold", self.xtc_threshold, "must be in [0, 1]")
+        _check(self.mirostat != 1, "mirostat", self.mirostat, "is not supported: only Mirostat v2 is (--mirostat 2)")
+        _check(self.mirostat in (0, 2), "mirostat", self.mirostat, "must be 0 (off) or 2 (Mirostat v2)")
+        _check(self.mirostat_tau > 0, "mirostat_tau", self.mirostat_tau, "must be > 0")
+        _check(self.mirostat_eta > 0, "mirostat_eta", self.mirostat_eta, "must be > 0")
+        _check(self.dynatemp_range >= 0, "dynatemp_range", self.dynatemp_range, "must be >= 0 (0 = off)")
+        _check(self.dynatemp_exp > 0, "dynatemp_exp", self.dynatemp_exp, "must be > 0")
+        for item in self.chat_template_kwargs:
+            _check(isinstance(item, str) and "=" in item and item.split("=", 1)[0].strip() != "",
+                   "chat_template_kwarg", item, "must be KEY=VALUE")
+        _check(self.reasoning_budget >= -1, "reasoning_budget", self.reasoning_budget, "must be >= -1 (-1 = off)")
+        unknown = [s for s in self.samplers if s not in STAGE_NAMES]
+        _check(not unknown, "samplers", ";".join(self.samplers),
+               f"names an unknown stage {unknown[0] if unknown else ''!r} (stages: {', '.join(STAGE_NAMES)})")
+        twice = [s for i, s in enumerate(self.samplers) if s in self.samplers[:i]]
+        _check(not twice, "samplers", ";".join(self.samplers), f"names {twice[0] if twice else ''!r} twice")
+        for stage, on in self.stages_on.items():
+            on = on and not (self.greedy and stage in WARPERS)  # greedy runs no warper: nothing is left out
+            _check(not on or stage in self.samplers, "samplers", ";".join(self.samplers),
+                   f"leaves out {stage!r}, which the settings turn on")
+
+    @functools.cached_property
+    def stages_on(self) -> dict[str, bool]:
+        """Which stages of STAGE_NAMES the values turn on (before the greedy rule). Computed once."""
+        return {"penalties": self.uses_penalties, "dry": self.dry_multiplier > 0,
+                "top_n_sigma": self.top_n_sigma > 0, "temperature": self.temperature != 1.0 or self.dynatemp_range > 0,
+                "top_k": self.top_k > 0, "typical_p": self.typical_p < 1.0, "top_p": self.top_p < 1.0,
+                "min_p": self.min_p > 0, "epsilon": self.epsilon_cutoff > 0, "eta": self.eta_cutoff > 0,
+                "xtc": self.xtc_probability > 0, "mirostat": self.mirostat == 2}
+
+    @property
+    def uses_token_controls(self) -> bool:
+        """Any of logit bias, min tokens, bad words, allowed token ids, a reasoning budget (the mask stage)."""
+        return bool(self.logit_bias or self.min_tokens or self.bad_words or self.allowed_token_ids
+                    or self.reasoning_budget >= 0)
+
+    @property
+    def needs_context(self) -> bool:
+        """Stages that read the tokens themselves (not just their counts): token controls, DRY, Mirostat."""
+        return self.uses_token_controls or self.dry_multiplier > 0 or (self.mirostat == 2 and not self.greedy)
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """chat_template_kwargs as a dict; each VALUE is JSON when it parses (false, 3, "x"), else the string."""
+        import json
+
+        out: dict[str, Any] = {}
+        for item in self.chat_template_kwargs:
+            key, value = item.split("=", 1)
+            try:
+                out[key.strip()] = json.loads(value)
+            except ValueError:
+                out[key.strip()] = value
+        return out
 
     @property
     def greedy(self) -> bool:
@@ -113,7 +251,13 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(De
 DEFAULTS = DecodingConfig()
 
 # Alternative spellings accepted in presets (dashes are always accepted for underscores).
-ALIASES = {"num_return_sequences": "n"}
+ALIASES = {"num_return_sequences": "n", "bad_word": "bad_words", "stop_token_id": "stop_token_ids",
+           "allowed_token_id": "allowed_token_ids", "dry_sequence_breaker": "dry_sequence_breakers",
+           "chat_template_kwarg": "chat_template_kwargs", "typical": "typical_p"}
+
+# Fields that hold a list of values (a flag repeated, a TOML array); each coerced by `_coerce_list`.
+LIST_FIELDS = ("stop", "choice", "logit_bias", "stop_token_ids", "bad_words", "allowed_token_ids",
+               "dry_sequence_breakers", "samplers", "chat_template_kwargs")
 
 
 def canonical_key(key: str) -> str | None:
@@ -157,6 +301,8 @@ def coerce(name: str, value: Any) -> Any:
     """
     default = getattr(DEFAULTS, name)
     kind = FIELDS[name].type
+    if name in LIST_FIELDS[2:]:
+        return _coerce_list(name, value)
     if name == "stop":
         if isinstance(value, str):
             return (value,)
@@ -198,6 +344,73 @@ def coerce(name: str, value: Any) -> Any:
             return value
         raise ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} must be a string ({kind})")
     return value
+
+
+def _bad(name: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} {why}")
+
+
+def _coerce_list(name: str, value: Any) -> tuple:
+    """The list-valued fields of the sampler chain: from flags (strings), presets and --input rows."""
+    if name == "samplers":
+        if isinstance(value, str):
+            value = NAMED_ORDERS.get(value.strip(), None) or [s for s in value.split(";")]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+            raise _bad(name, value, "must be ';'-separated stage names or a named order (default, llama.cpp)")
+        return tuple(STAGE_ALIASES.get(s.strip(), s.strip().replace("-", "_")) for s in value)
+    if name == "logit_bias":
+        return _coerce_bias(value)
+    if name == "chat_template_kwargs" and isinstance(value, dict):  # a TOML table or a JSON object
+        import json
+
+        return tuple(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items())
+    items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    if not isinstance(items, (list, tuple)):
+        raise _bad(name, value, "must be a list")
+    if name in ("stop_token_ids", "allowed_token_ids"):
+        out = []
+        for item in items:
+            if isinstance(item, str) and item.strip().lstrip("-").isdigit():
+                item = int(item)
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise _bad(name, value, "must be token ids (integers)")
+            out.append(item)
+        return tuple(out)
+    if not all(isinstance(item, str) for item in items):
+        raise _bad(name, value, "must be a string or a list of strings")
+    if name == "dry_sequence_breakers":  # NOTE: a flag cannot hold a newline easily: '\\n' stands for one
+        items = [item.replace("\\n", "\n") for item in items]
+    return tuple(items)
+
+
+def _coerce_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """--logit-bias ID=BIAS (repeated), a table {"ID" = BIAS}, or a list of [ID, BIAS] pairs."""
+    if isinstance(value, dict):
+        value = list(value.items())
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise _bad("logit_bias", value, "must be ID=BIAS")
+    out: dict[int, float] = {}
+    for item in value:
+        if isinstance(item, str):
+            token, sep, bias = item.partition("=")
+            if not sep:
+                raise _bad("logit_bias", item, "must be ID=BIAS (a token id, '=', a number)")
+            item = (token, bias)
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise _bad("logit_bias", item, "must be ID=BIAS")
+        token, bias = item
+        try:
+            token_id = int(str(token).strip())
+            number = float(str(bias).strip()) if not isinstance(bias, (int, float)) or isinstance(bias, bool) \
+                else float(bias)
+        except ValueError:
+            raise _bad("logit_bias", f"{token}={bias}", "must be ID=BIAS (a token id, '=', a number)") from None
+        if isinstance(bias, bool):
+            raise _bad("logit_bias", f"{token}={bias}", "needs a number as BIAS")
+        out[token_id] = number
+    return tuple(sorted(out.items()))
 
 
 @dataclass(frozen=True)

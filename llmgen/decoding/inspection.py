@@ -3,7 +3,10 @@
 A step reads the model's logits at a position and runs them through `processors.stages`, the very
 functions decoding runs (there is no second implementation):
 
-    raw -> penalties -> temperature -> top_k -> top_p -> min_p -> pick
+    raw -> [mask] -> penalties -> temperature -> top_k -> top_p -> min_p -> pick
+
+in the order of `--samplers`; the other stages (DRY, top-n-sigma, typical-p, epsilon, eta, XTC,
+Mirostat) are listed where the order puts them when they are on, and left out when off.
 
 For each stage it reports the probabilities softmax(stage logits), how many tokens are still
 drawable (finite logits), and the entropy in bits. The last stage is what `processors.distribution`
@@ -25,7 +28,7 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.counts import penalty_counts
-from llmgen.decoding.processors import stages
+from llmgen.decoding.processors import Context, TokenTables, stages, surprise
 from llmgen.decoding.sampling import pick
 from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
@@ -55,10 +58,17 @@ class StepView:
         return None
 
 
-def view_stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig) -> list[StageView]:
-    """logits [vocab] -> one view per stage of `processors.stages`."""
+ALWAYS_SHOWN = ("raw", "mask", "penalties", "temperature", "top_k", "top_p", "min_p")
+
+
+def view_stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig,
+                context: Context | None = None) -> list[StageView]:
+    """logits [vocab] -> one view per stage of `processors.stages` (the stages beyond HF's: when on)."""
     out = []
-    for stage in stages(logits[None], None if counts is None else counts[None], config):
+    contexts = None if context is None else [context]
+    for stage in stages(logits[None], None if counts is None else counts[None], config, None, contexts):
+        if not stage.on and stage.name not in ALWAYS_SHOWN:
+            continue
         row = stage.logits[0]
         probs = row.softmax(dim=-1)
         drawable = probs > 0
@@ -77,20 +87,22 @@ def check_room(prompt_len: int, forced: int, steps: int, context_length: int) ->
 
 @torch.inference_mode()
 def inspect_steps(lm: SequenceCache, prompt_ids: Sequence[int], forced: Sequence[int], config: DecodingConfig,
-                  generator: torch.Generator, steps: int, eos_token_ids: frozenset[int] = frozenset()
-                  ) -> Iterator[StepView]:
+                  generator: torch.Generator, steps: int, eos_token_ids: frozenset[int] = frozenset(),
+                  tables: TokenTables | None = None) -> Iterator[StepView]:
     """Up to `steps` views, after the prompt and the forced tokens; stops after an end-of-sequence token
-    unless `config.ignore_eos`."""
+    unless `config.ignore_eos`. `tables`: the tokenizer's tables for the token controls and DRY."""
     prompt = list(prompt_ids)
     generated = list(forced)
+    surprises = [config.mirostat_tau] * len(generated)  # a forced token's surprise is taken as tau: mu unchanged
     logits = lm.forward([*prompt, *generated])[0]  # [vocab]
     for _ in range(steps):
         counts = penalty_counts([(prompt, generated)], config, logits.shape[-1], logits.device)
         counts = None if counts is None else counts[0]  # [vocab]
-        views = view_stages(logits, counts, config)
+        views = view_stages(logits, counts, config, Context(prompt, tuple(generated), tuple(surprises), tables))
         token = int(pick(views[-1].logits[None], config.greedy, [generator])[0])  # the last stage is `process`
         yield StepView(len(prompt) + len(generated), views, token)
         generated.append(token)
+        surprises.append(surprise(views[-1].logits, token))
         if token in eos_token_ids and not config.ignore_eos:
             return
         logits = lm.forward([token])[0]

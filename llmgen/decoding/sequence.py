@@ -47,13 +47,35 @@ class SequenceResult:
     logprobs: list[dict[str, Any]] | None = None  # --logprobs: one entry per token id (`logprobs.to_json`)
 
     def as_json(self) -> dict[str, Any]:
-        out = {"text": self.text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
+        reasoning, text = split_reasoning(self.text)
+        out = {"text": text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
                "finish_reason": self.finish_reason, "stats": self.stats}
+        if reasoning is not None:
+            out["reasoning"] = reasoning
         if self.score is not None:
             out["score"] = self.score
         if self.logprobs is not None:
             out["logprobs"] = self.logprobs
         return out
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a text with a `<think>...</think>` span; (None, text) without one.
+
+    The span may start in the prompt (a template that opens it): text before "</think>" is reasoning
+    then. An unclosed "<think>" makes the rest reasoning, and the answer empty.
+    """
+    close = text.find(THINK_CLOSE)
+    opened = text.find(THINK_OPEN)
+    if close < 0 and opened < 0:
+        return None, text
+    if close < 0:
+        return text[opened + len(THINK_OPEN):].strip(), text[:opened].strip()
+    start = opened + len(THINK_OPEN) if 0 <= opened < close else 0
+    return text[start:close].strip(), text[close + len(THINK_CLOSE):].lstrip()
 
 
 def check_prompt(prompt_ids: Sequence[int], context_length: int) -> None:
@@ -64,12 +86,16 @@ def check_prompt(prompt_ids: Sequence[int], context_length: int) -> None:
                           f"{context_length} tokens (at least one must be left to generate)")
 
 
-def encode_prompt(loaded: Any, text: str, chat: bool | None, system: str | None = None) -> list[int]:
+def encode_prompt(loaded: Any, text: str, chat: bool | None, system: str | None = None,
+                  template_kwargs: dict[str, Any] | None = None) -> list[int]:
     """Prompt ids: the chat template when asked (None: when the tokenizer has one), else exactly
-    `tokenizer(text)`. `loaded` is a `models.LoadedModel`. Checked against the context length."""
+    `tokenizer(text)`. `loaded` is a `models.LoadedModel`. Checked against the context length.
+    `template_kwargs` (--chat-template-kwarg, e.g. enable_thinking=False) go to the template."""
     tokenizer = loaded.tokenizer
     has_template = bool(getattr(tokenizer, "chat_template", None))
     use_chat = has_template if chat is None else chat
+    if template_kwargs and not use_chat:
+        raise UsageError("--chat-template-kwarg needs chat mode (a chat template)")
     if use_chat and not has_template:
         raise UsageError(f"--chat: the tokenizer of {loaded.ref!r} has no chat template; use --raw")
     if system and not use_chat:
@@ -77,7 +103,8 @@ def encode_prompt(loaded: Any, text: str, chat: bool | None, system: str | None 
     if use_chat:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": text})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            **(template_kwargs or {}))
         if hasattr(ids, "keys"):
             ids = ids["input_ids"]
     else:
@@ -105,6 +132,7 @@ class SequenceState:
         self.config = config
         self.eos_token_ids = eos_token_ids
         self.stream = TextStream(tokenizer, config.stop)
+        self.stream.armed = config.min_tokens == 0  # --min-tokens: no stop string before N tokens
         self.timer = Timer()
         self.budget = token_budget(len(prompt_ids), config, context_length)
         self.tokens: list[int] = []
@@ -123,6 +151,11 @@ class SequenceState:
                 self.logprobs = []
             self.logprobs.append(logprob)
         self.timer.token()
+        if not self.stream.armed and len(self.tokens) >= self.config.min_tokens:
+            self.stream.arm()
+        if token in self.config.stop_token_ids:  # --stop-token-id (ignore_eos does not cover it, as in vLLM)
+            self.reason = "stop"
+            return ""
         if token in self.eos_token_ids and not self.config.ignore_eos:
             # NOTE: with a constraint, end-of-sequence is allowed only once the output is complete.
             self.reason = "stop" if self.config.constrained else "eos"

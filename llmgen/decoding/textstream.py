@@ -5,6 +5,9 @@ Text is released only when it is final:
   shows U+FFFD for an incomplete one);
 - text that may still grow into a stop string (a suffix of the text that is a prefix of some stop
   string) is held back until it cannot.
+
+Stop strings count from `stop_from` (a character index) on, and only once `armed`: with --min-tokens,
+the sequence arms the stream when its N-th token arrives (`sequence.SequenceState`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ class TextStream:
         self.text = ""  # every character decoded so far
         self.released = 0  # how much of `text` has been handed out
         self.stopped = False
+        self.armed = True
+        self.stop_from = 0
         self._prefix_offset = 0
         self._read_offset = 0
 
@@ -32,6 +37,10 @@ class TextStream:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def arm(self) -> None:
+        """From now on, stop strings in text decoded from here on end the stream."""
+        self.armed, self.stop_from = True, len(self.text)
 
     def push(self, token: int) -> str:
         """Add one token; return the text that became final. Sets `stopped` when a stop string appears."""
@@ -56,9 +65,10 @@ class TextStream:
     def _release(self, final: bool) -> str:
         if self.stopped:
             return ""
-        longest = max((len(s) for s in self.stop), default=0)
-        start = max(0, self.released - longest + 1)
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        stop = self.stop if self.armed else ()
+        longest = max((len(s) for s in stop), default=0)
+        start = max(self.stop_from, self.released - longest + 1)
+        hits = [i for i in (self.text.find(s, start) for s in stop) if i >= 0]
         if hits:
             self.stopped = True
             self.text = self.text[:min(hits)]
@@ -66,7 +76,7 @@ class TextStream:
         elif final:
             end = len(self.text)
         else:
-            end = len(self.text) - self._held_back()
+            end = len(self.text) - (self._held_back() if self.armed else 0)
         out = self.text[self.released:end]
         self.released = max(self.released, end)
         return out

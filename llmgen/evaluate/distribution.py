@@ -1,9 +1,9 @@
 """The exact next-token distribution that a decoding configuration defines, for any context.
 
-    P(x | prompt, generated) = processors.distribution(logits(prompt + generated), counts, config)
+    P(x | prompt, generated) = softmax(processors.process(logits(prompt + generated), counts, config, contexts))
 
-with the penalty counts taken from `processors.penalty_context(prompt, generated, config)`: the very
-functions decoding samples from, so there is no second implementation of the chain. The audit
+with the penalty counts from `counts.penalty_counts` and each stage's `Context`: the very functions
+decoding samples from, so there is no second implementation of the chain. The audit
 (`audit.py`) and the distribution tests call `exact_distribution`; `ContextLogits` supplies the
 logits of any context through one engine cache (`SequenceCache`), rolling back to the prefix it
 shares with the previous context, and remembering the last few.
@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.processors import distribution, penalty_context, token_counts
+from llmgen.decoding.counts import penalty_counts
+from llmgen.decoding.processors import Context, TokenTables, distribution_of, process, surprise
 from llmgen.loading.engines.base import SequenceCache
 
 
@@ -52,13 +53,26 @@ class ContextLogits:
 
 @torch.inference_mode()
 def exact_distribution(logits_of: ContextLogits, prompt_ids: Sequence[int], generated: Sequence[int],
-                       config: DecodingConfig) -> Tensor:
+                       config: DecodingConfig, tables: TokenTables | None = None) -> Tensor:
     """The distribution the next token is drawn from after prompt + generated: [vocab], float64.
 
     Greedy is the one-hot of the argmax (after the penalties). A constraint's mask is not applied here.
+    The stages that read the context (token controls and DRY need `tables`; Mirostat the surprises of
+    the generated tokens, recomputed here along the prefix) see it as plain decoding does.
     """
+    surprises: list[float] = []
+    if config.mirostat and not config.greedy:
+        for i, token in enumerate(generated):
+            surprises.append(surprise(_processed(logits_of, prompt_ids, generated[:i], config, tables, surprises)[0],
+                                      int(token)))
+    processed = _processed(logits_of, prompt_ids, generated, config, tables, surprises)
+    return distribution_of(processed, config)[0].double()
+
+
+def _processed(logits_of: ContextLogits, prompt_ids: Sequence[int], generated: Sequence[int], config: DecodingConfig,
+               tables: TokenTables | None, surprises: Sequence[float]) -> Tensor:
+    """The chain on the logits after prompt + generated: [1, vocab]."""
     logits = logits_of([*prompt_ids, *generated])  # [vocab]
-    counts = None
-    if config.uses_penalties:
-        counts = token_counts(penalty_context(prompt_ids, generated, config), logits.shape[-1], logits.device)[None]
-    return distribution(logits[None], counts, config)[0].double()
+    counts = penalty_counts([(prompt_ids, generated)], config, logits.shape[-1], logits.device)
+    contexts = [Context(prompt_ids, tuple(generated), tuple(surprises), tables)] if config.needs_context else None
+    return process(logits[None], counts, config, None, contexts)

@@ -6,7 +6,8 @@ its last token:
 1. The proposer drafts γ tokens x_1..x_γ (γ capped by the policy, by what remains of the token budget
    minus one, and by the draft's context), with q [γ, vocab] or None for a one-hot draft.
 2. The target reads the last token of S and x_1..x_γ in one forward: logits [γ+1, vocab].
-3. p = the processor chain on those logits, where row i's penalty counts include x_1..x_i.
+3. p = the processor chain on those logits, where row i's penalty counts (and the context of the
+   token controls, DRY and Mirostat) include x_1..x_i.
    With logprobs asked for, the tokens the round emits get theirs from these same rows: the target's
    raw and processed logits at their positions, exactly what plain decoding computes there.
 4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ).
@@ -35,9 +36,9 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
-from llmgen.decoding.counts import draft_counts
+from llmgen.decoding.counts import draft_contexts, draft_counts
 from llmgen.decoding.logprobs import LogprobSpec, token_logprobs
-from llmgen.decoding.processors import distribution_of, process
+from llmgen.decoding.processors import TokenTables, distribution_of, process_chained, surprise
 from llmgen.decoding.sequence import Token
 from llmgen.decoding.speculative.gamma import GammaPolicy
 from llmgen.decoding.speculative.proposers import Proposer
@@ -85,13 +86,15 @@ OnRound = Callable[[Round], None]
 def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequence[int], config: DecodingConfig,
                        generator: torch.Generator, policy: GammaPolicy, max_tokens: int,
                        stats: SpeculativeStats | None = None, on_round: OnRound | None = None,
-                       logprobs: LogprobSpec | None = None, matcher: Matcher | None = None
-                       ) -> Iterator[Token]:
+                       logprobs: LogprobSpec | None = None, matcher: Matcher | None = None,
+                       tables: TokenTables | None = None) -> Iterator[Token]:
     """Yield up to `max_tokens` tokens with their origin: 'accepted', 'resampled', 'bonus' or 'target';
-    with `logprobs`, each carries the target's logprobs of it."""
+    with `logprobs`, each carries the target's logprobs of it. `tables`: the tokenizer's tables for the
+    token controls and DRY (`processors.tables`)."""
     stats = stats if stats is not None else SpeculativeStats()
     prompt = list(prompt_ids)
     generated: list[int] = []
+    surprises: list[float] = []  # Mirostat: -log2 p(t) of each generated token under the target's p
     if target.length < len(prompt) - 1:  # the cache may hold a prefix already (a chat's earlier turns)
         target.forward(prompt[target.length:-1])  # prefill all but the last prompt token; every round reads one pending token
     proposer.prefill(prompt)
@@ -112,7 +115,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         logits = target.forward([*tail, *draft], all_logits=True)[len(tail) - 1:]  # [γ+1, vocab]
         # 3. p from the same chain as q; row i counts the first i draft tokens.
         counts = draft_counts(prompt, generated, draft, config, logits.shape[-1], logits.device)
-        processed = process(logits, counts, config, allowed)  # [γ+1, vocab]
+        contexts = draft_contexts(prompt, generated, draft, surprises, config, tables)
+        processed = process_chained(logits, counts, config, allowed, contexts, draft)  # [γ+1, vocab]
         p = distribution_of(processed, config)  # [γ+1, vocab]
         # 4. Accept a prefix, then one more token.
         verdict = verify(draft, q, p, generator)
@@ -135,6 +139,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         entries = (None if logprobs is None
                    else token_logprobs(logits[:emitted], processed[:emitted], verdict.tokens, logprobs))
         for i, (token, origin) in enumerate(zip(verdict.tokens, origins)):
+            if config.mirostat and not config.greedy:  # the token's surprise under p, as in plain decoding
+                surprises.append(surprise(processed[i], token))
             generated.append(token)
             stats.tokens += 1
             yield Token(token, origin, None if entries is None else entries[i])

@@ -27,7 +27,7 @@ from torch import Tensor
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
 from llmgen.decoding.counts import penalty_counts
-from llmgen.decoding.processors import distribution_of, process
+from llmgen.decoding.processors import Context, TokenTables, distribution_of, process
 from llmgen.decoding.sampling import pick
 from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
@@ -64,11 +64,16 @@ class DraftModelProposer:
     name = "model"
 
     def __init__(self, lm: SequenceCache, config: DecodingConfig, context_length: int,
-                 matcher: Matcher | None = None) -> None:
+                 matcher: Matcher | None = None, tables: TokenTables | None = None) -> None:
         self.lm = lm
         self.config = config
         self.context_length = context_length
         self.matcher = matcher  # the sequence's own, shared with the loop
+        self.tables = tables
+        # NOTE: Mirostat: position -> (token, -log2 q(token)) of the tokens this draft proposed. A generated
+        # token the draft did not propose (resampled, bonus) counts as surprise tau, leaving q's mu as it
+        # was. Any q keeps the verifier exact; this one follows the target's mu closely.
+        self.drafted: dict[int, tuple[int, float]] = {}
 
     def prefill(self, prompt_ids: Sequence[int]) -> None:
         """Read all but the last prompt token, so that rounds (and their timings) start alike."""
@@ -81,6 +86,10 @@ class DraftModelProposer:
     def rollback(self, length: int) -> None:
         self.lm.rollback(min(self.lm.length, length))
 
+    def _surprise(self, position: int, token: int) -> float:
+        drafted = self.drafted.get(position)
+        return drafted[1] if drafted is not None and drafted[0] == token else self.config.mirostat_tau
+
     def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
                 generator: torch.Generator) -> Proposal:
         if gamma <= 0:
@@ -90,13 +99,22 @@ class DraftModelProposer:
         logits = self.lm.forward(tail)  # [1, vocab]
         tokens: list[int] = []
         rows: list[Tensor] = []
+        mirostat = self.config.mirostat == 2 and not self.config.greedy
+        known = [self._surprise(i, t) for i, t in enumerate(generated)] if mirostat else []
+        drafted: list[float] = []
         for i in range(gamma):
             counts = penalty_counts([(prompt_ids, [*generated, *tokens])], self.config, logits.shape[-1],
                                     logits.device)
             allowed = None if self.matcher is None else self.matcher.allowed()[None]  # [1, vocab]
-            processed = process(logits, counts, self.config, allowed)  # [1, vocab]
+            contexts = None
+            if self.config.needs_context:
+                contexts = [Context(prompt_ids, (*generated, *tokens), (*known, *drafted), self.tables)]
+            processed = process(logits, counts, self.config, allowed, contexts)  # [1, vocab]
             q_i = distribution_of(processed, self.config)  # [1, vocab]
             token = int(pick(processed, self.config.greedy, [generator])[0])
+            if mirostat:
+                drafted.append(-float(q_i[0, token].double().log2()))
+                self.drafted[len(generated) + i] = (token, drafted[-1])
             tokens.append(token)
             rows.append(q_i[0])
             if self.matcher is not None:

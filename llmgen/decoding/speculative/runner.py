@@ -14,6 +14,8 @@ import torch
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher, new_matcher
 from llmgen.decoding.logprobs import LogprobSpec
+from llmgen.decoding.processors import TokenTables
+from llmgen.decoding.processors.tables import build_tables
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, TokenSource, run_sequence, token_budget
 from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, GammaPolicy
@@ -66,10 +68,11 @@ def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
 
 
 def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int,
-                  draft_lm: SequenceCache | None = None, matcher: Matcher | None = None) -> Proposer:
+                  draft_lm: SequenceCache | None = None, matcher: Matcher | None = None,
+                  tables: TokenTables | None = None) -> Proposer:
     if draft is None:
         return NgramProposer(ngram_max, ngram_min)
-    return DraftModelProposer(draft_lm or draft.engine.sequence(), config, draft.context_length, matcher)
+    return DraftModelProposer(draft_lm or draft.engine.sequence(), config, draft.context_length, matcher, tables)
 
 
 SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
@@ -92,11 +95,13 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
     policy = make_policy(gamma, draft)
     budget = token_budget(len(prompt_ids), config, target.context_length)
     matcher = new_matcher(config, target)  # this sequence's own; the proposer and the loop share it
-    proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher)
+    tables = build_tables(config, target.tokenizer, target.eos_token_ids)  # the token controls' and DRY's ids
+    proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher, tables)
     if matcher is not None:  # the grammar's forced tokens are a free draft (docs/constrained.md: 1.23x on n-gram)
         proposer = ForcedFirst(proposer, matcher)
     source = speculative_tokens(target_lm or target.engine.sequence(), proposer,
-                                prompt_ids, config, generator, policy, budget, stats, on_round, logprobs, matcher)
+                                prompt_ids, config, generator, policy, budget, stats, on_round, logprobs, matcher,
+                                tables)
     return source, stats.as_dict
 
 
