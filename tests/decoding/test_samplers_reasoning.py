@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import build_llama
 from helpers import run
+from tiny_models import build_llama
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.plain import plain_tokens
