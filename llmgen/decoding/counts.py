@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.processors import penalty_context
+from llmgen.decoding.processors import Context, TokenTables, penalty_context
 
 Row = tuple[Sequence[int], Sequence[int]]  # (prompt ids, the tokens after the prompt)
 
@@ -45,3 +45,15 @@ def draft_counts(prompt_ids: Sequence[int], generated: Sequence[int], draft: Seq
     """Counts [γ+1, vocab] for the γ draft positions and the bonus position; None without penalties."""
     rows = [(prompt_ids, [*generated, *draft[:i]]) for i in range(len(draft) + 1)]
     return penalty_counts(rows, config, vocab_size, device)
+
+
+def draft_contexts(prompt_ids: Sequence[int], generated: Sequence[int], draft: Sequence[int],
+                   surprises: Sequence[float], config: DecodingConfig,
+                   tables: TokenTables | None) -> list[Context] | None:
+    """The stages that read the tokens themselves (token controls, DRY, Mirostat) get the same rows as
+    `Context`s: row i's generated tokens are generated + draft[:i]. `surprises` are those of `generated`
+    (Mirostat); the draft tokens' come from the rows themselves (`processors.process_chained`). None
+    when no stage reads them."""
+    if not config.needs_context:
+        return None
+    return [Context(prompt_ids, (*generated, *draft[:i]), tuple(surprises), tables) for i in range(len(draft) + 1)]
