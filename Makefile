@@ -39,6 +39,7 @@ gemma: install
 lint: install $(BIN)/.extras
 	$(BIN)/lint-imports
 	$(BIN)/ruff check llmgen tests scripts
+	$(BIN)/mypy
 
 test: lint gemma
 	$(BIN)/python -m pytest -q

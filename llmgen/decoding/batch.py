@@ -73,6 +73,12 @@ class Row:
     matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
     tables: TokenTables | None = None  # the tokenizer's tables for the token controls and DRY (`processors.tables`)
     surprises: list[float] = field(default_factory=list)  # Mirostat: -log2 q(t) of each token so far
+
+    @property
+    def running(self) -> SequenceState:
+        """The stop rules of a row that was admitted."""
+        assert self.state is not None, "the row has not been admitted"
+        return self.state
     cancelled: bool = False  # set (from any thread) to drop the row at the next step; it ends "cancelled"
 
 
@@ -98,14 +104,15 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
         groups[row.config, row.logprobs].append(i)
     for (config, spec), members in groups.items():
         # each row's own counts, derived from its own context: [g, vocab] or None
-        counts = penalty_counts([(rows[i].prompt_ids, rows[i].state.tokens) for i in members], config, vocab,
+        counts = penalty_counts([(rows[i].prompt_ids, rows[i].running.tokens) for i in members], config, vocab,
                                 logits.device)
         allowed = None
-        if rows[members[0]].matcher is not None:  # NOTE: rows of one config are all constrained or none
-            allowed = torch.stack([rows[i].matcher.allowed() for i in members])  # [g, vocab]
+        matchers = [rows[i].matcher for i in members]
+        if matchers[0] is not None:  # NOTE: rows of one config are all constrained or none
+            allowed = torch.stack([m.allowed() for m in matchers if m is not None])  # [g, vocab]
         contexts = None
         if config.needs_context:  # each row's own tokens (and Mirostat's surprises)
-            contexts = [Context(rows[i].prompt_ids, rows[i].state.tokens, rows[i].surprises, rows[i].tables)
+            contexts = [Context(rows[i].prompt_ids, rows[i].running.tokens, rows[i].surprises, rows[i].tables)
                         for i in members]
         processed = process(logits[members], counts, config, allowed, contexts)  # [g, vocab]
         tokens[members] = pick(processed, config.greedy, [rows[i].generator for i in members]).cpu()
@@ -159,16 +166,16 @@ def _loop(cache: Rows, queue: Iterator[Row | None], limits: ModelInfo, batch_siz
         running = []
         for i, row in enumerate(active):
             if row.cancelled:  # its token is not taken; the row leaves with the finished ones
-                row.state.reason = "cancelled"
+                row.running.reason = "cancelled"
                 if on_done:
-                    on_done(row, row.state.result())
+                    on_done(row, row.running.result())
                 continue
             if row.matcher is not None:
                 row.matcher.advance(int(tokens[i]))
-            piece = row.state.push(int(tokens[i]), entries[i])
+            piece = row.running.push(int(tokens[i]), entries[i])
             if piece and on_text:
                 on_text(row, piece)
-            if row.state.done:
+            if row.running.done:
                 _finish(row, on_text, on_done)
             else:
                 running.append(i)
@@ -203,20 +210,20 @@ def _admit(cache: Rows, rows: list[Row], limits: ModelInfo) -> Tensor:
                                       limits.context_length)
         if row.tables is None and needs_tables(row.config):  # shared by the rows with the same settings
             row.tables = tables_for(row.config, limits.tokenizer, limits.eos_token_ids)
-        distinct.setdefault(tuple(row.prompt_ids + row.state.tokens), len(distinct))
+        distinct.setdefault(tuple(row.prompt_ids + row.running.tokens), len(distinct))
     logits = cache.add(list(distinct))  # [distinct, vocab]
-    where = [distinct[tuple(row.prompt_ids + row.state.tokens)] for row in rows]
+    where = [distinct[tuple(row.prompt_ids + row.running.tokens)] for row in rows]
     if len(distinct) < len(rows):
         cache.select(list(range(before)) + [before + w for w in where])
     return logits[where]  # [len(rows), vocab]
 
 
 def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
-    piece = row.state.finish()
+    piece = row.running.finish()
     if piece and on_text:
         on_text(row, piece)
     if on_done:
-        on_done(row, row.state.result())
+        on_done(row, row.running.result())
 
 
 def sample_rows(cache: Rows, prompt_ids: list[int], config: DecodingConfig, limits: ModelInfo, *,

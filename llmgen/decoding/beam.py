@@ -148,10 +148,10 @@ def beam_log_probs(logits: Tensor, seqs: Tensor | None, prompt_len: int, config:
     log_probs = apply_mask(logits.to(torch.float32), allowed).log_softmax(dim=-1)
     if seqs is None:
         return log_probs
-    if config.uses_penalties:
-        beams = [(row[:prompt_len], row[prompt_len:]) for row in seqs.tolist()]  # each beam's own tokens
-        log_probs = apply_penalties(log_probs, penalty_counts(beams, config, log_probs.shape[-1], log_probs.device),
-                                    config)
+    beams = [(row[:prompt_len], row[prompt_len:]) for row in seqs.tolist()]  # each beam's own tokens
+    counts = penalty_counts(beams, config, log_probs.shape[-1], log_probs.device)  # None without penalties
+    if counts is not None:
+        log_probs = apply_penalties(log_probs, counts, config)
     if config.no_repeat_ngram_size:
         log_probs = block_repeated_ngrams(log_probs, seqs, config.no_repeat_ngram_size)
     return log_probs
@@ -268,11 +268,12 @@ def beam_search(engine: Engine, prompt_ids: Sequence[int], config: DecodingConfi
 
         # Step 4: only the top B candidates may enter the finished set.
         for i in range(min(beams, len(reasons))):
-            if reasons[i] is not None and host_scores[i] > DEAD / 2:  # NOTE: skip descendants of dead rows
+            reason = reasons[i]
+            if reason is not None and host_scores[i] > DEAD / 2:  # NOTE: skip descendants of dead rows
                 score = finished_score(host_scores[i], steps, config.length_penalty)
                 parent = host_parents[i]
                 found = None if step_entries is None else beam_entries[parent] + [step_entries[i]]
-                finished.add(Hypothesis(generated[parent] + [host_tokens[i]], score, reasons[i], found))
+                finished.add(Hypothesis(generated[parent] + [host_tokens[i]], score, reason, found))
         if all(r is not None for r in reasons):
             break
 

@@ -35,6 +35,7 @@ from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, run_sequence
 from llmgen.errors import PromptError, UsageError
 from llmgen.loading.engines.base import Engine
+from llmgen.decoding.speculative.runner import Gamma
 from llmgen.loading.models import LoadedModel
 
 ROLES = ("system", "user", "assistant")
@@ -157,7 +158,7 @@ class Speculative:
     """How replies are drafted: a draft model (None: the n-gram draft), gamma and the n-gram bounds."""
 
     draft: LoadedModel | None
-    gamma: int | str = "auto"
+    gamma: Gamma = "auto"
     ngram_max: int = 4
     ngram_min: int = 2
 

@@ -152,7 +152,9 @@ def for_model(config: DecodingConfig, loaded: Any) -> Constraint | None:
     key = (id(loaded.tokenizer), loaded.eos_token_ids, loaded.vocab_size,
            *(getattr(config, name) for name in OPTIONS))
     if key not in _COMPILED:
-        _COMPILED[key] = compile_constraint(config, loaded.tokenizer, loaded.eos_token_ids, loaded.vocab_size)
+        compiled = compile_constraint(config, loaded.tokenizer, loaded.eos_token_ids, loaded.vocab_size)
+        assert compiled is not None  # config.constrained
+        _COMPILED[key] = compiled
     return _COMPILED[key]
 
 

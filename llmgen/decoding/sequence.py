@@ -48,7 +48,7 @@ class SequenceResult:
 
     def as_json(self) -> dict[str, Any]:
         reasoning, text = split_reasoning(self.text)
-        out = {"text": text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
+        out: dict[str, Any] = {"text": text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
                "finish_reason": self.finish_reason, "stats": self.stats}
         if reasoning is not None:
             out["reasoning"] = reasoning

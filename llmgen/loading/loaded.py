@@ -39,7 +39,8 @@ class LoadedModel:
     load_seconds: float
     path: Path
     quant: str = "none"  # "none", "int4" (torch engine), or "gguf" (llama.cpp runs the file's own quantization)
-    engine: Engine | None = None  # None: the torch engine over `model`
+    # NOTE: None given means the torch engine over `model` (set in __post_init__), so it is never None after.
+    engine: Engine = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.engine is None:

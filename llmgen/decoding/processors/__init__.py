@@ -85,6 +85,7 @@ def _apply(name: str, logits: Tensor, counts: Tensor | None, config: DecodingCon
            contexts: Sequence[Context] | None) -> Tensor:
     """One stage on logits [rows, vocab]."""
     if name == "penalties":
+        assert counts is not None  # `_active`: the penalties run only with counts
         return apply_penalties(logits, counts, config)
     if name == "dry":
         rows = _need(contexts, name)
@@ -200,13 +201,15 @@ def process(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allow
 
 
 def process_chained(logits: Tensor, counts: Tensor | None, config: DecodingConfig, allowed: Tensor | None,
-                    contexts: Sequence[Context], draft: Sequence[int]) -> Tensor:
+                    contexts: Sequence[Context] | None, draft: Sequence[int]) -> Tensor:
     """`process` for the rows of a speculative round: row i follows the first i draft tokens, and
     `contexts[i].generated` includes them. With Mirostat, row i's mu needs the surprises of those
     draft tokens under rows 0..i-1, so the rows run one after another; otherwise all at once."""
     if not (config.mirostat == 2 and not config.greedy):
         return process(logits, counts, config, allowed, contexts)
-    rows, extra = [], []
+    assert contexts is not None  # Mirostat reads the context
+    rows: list[Tensor] = []
+    extra: list[float] = []
     for i, ctx in enumerate(contexts):
         ctx = replace(ctx, surprises=(*ctx.surprises, *extra))
         row = process(logits[i:i + 1], None if counts is None else counts[i:i + 1], config,
