@@ -33,9 +33,9 @@ from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, run_sequence
+from llmgen.decoding.speculative.runner import Gamma
 from llmgen.errors import PromptError, UsageError
 from llmgen.loading.engines.base import Engine
-from llmgen.decoding.speculative.runner import Gamma
 from llmgen.loading.models import LoadedModel
 
 ROLES = ("system", "user", "assistant")
