@@ -129,22 +129,31 @@ def context_length(config: Any) -> int:
     return 2048
 
 
-def model_info(ref: str, *, offline: bool, trust_remote_code: bool, progress: ProgressHook | None) -> ModelInfo:
-    """A model's tokenizer, context length and end-of-sequence ids, without its weights: what the driver of
-    a run whose weights live elsewhere (`--backend vllm`) needs, where they may not fit."""
+def read_configs(ref: str, path: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+    """A model directory's config and its generation config (None when it has none), read quietly; a
+    config transformers cannot read is a one-line ModelError."""
     from transformers import AutoConfig, GenerationConfig
 
-    path = model_path(resolve(ref), offline, progress)
-    tokenizer = load_tokenizer(ref, path, trust_remote_code)
     with quiet():
         try:
             config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except (ValueError, OSError, KeyError, TypeError) as err:
             raise ModelError(f"cannot read the config of {ref!r} in {path}: {first_line(err)}") from None
         try:
-            generation_eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
+            generation_config = GenerationConfig.from_pretrained(str(path))
         except (OSError, ValueError):
-            generation_eos = getattr(config, "eos_token_id", None)
+            generation_config = None
+    return config, generation_config
+
+
+def model_info(ref: str, *, offline: bool, trust_remote_code: bool, progress: ProgressHook | None) -> ModelInfo:
+    """A model's tokenizer, context length and end-of-sequence ids, without its weights: what the driver of
+    a run whose weights live elsewhere (`--backend vllm`) needs, where they may not fit."""
+    path = model_path(resolve(ref), offline, progress)
+    tokenizer = load_tokenizer(ref, path, trust_remote_code)
+    config, generation_config = read_configs(ref, path, trust_remote_code)
+    generation_eos = (generation_config.eos_token_id if generation_config is not None
+                      else getattr(config, "eos_token_id", None))
     return ModelInfo(tokenizer, _eos(generation_eos, tokenizer), context_length(config), ref, path)
 
 

@@ -17,7 +17,7 @@ import torch
 from llmgen.errors import ModelError
 from llmgen.loading import hf
 from llmgen.loading.gguf_cache import ProgressHook, gguf_cache_path
-from llmgen.loading.hfutil import first_line, quiet
+from llmgen.loading.hfutil import first_line
 from llmgen.loading.loaded import LoadedModel
 from llmgen.loading.quant import cache, pack
 from llmgen.loading.quant.linear import int4_kernels_available
@@ -51,17 +51,7 @@ def load_int4(resolved: Resolved, *, device: str, offline: bool, allow_pickle: b
     is_gguf = resolved.kind == "gguf"
     path = _gguf_directory(resolved, offline, progress) if is_gguf else hf.model_path(resolved, offline, progress)
     hf.check_directory(path, allow_pickle, trust_remote_code)
-    from transformers import AutoConfig, GenerationConfig
-
-    with quiet():
-        try:
-            config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        except (ValueError, OSError, KeyError, TypeError) as err:
-            raise ModelError(f"cannot read the config of {ref!r} in {path}: {first_line(err)}") from None
-        try:
-            generation_config = GenerationConfig.from_pretrained(str(path))
-        except (OSError, ValueError):
-            generation_config = None
+    config, generation_config = hf.read_configs(ref, path, trust_remote_code)
     why = unsupported(config)
     if why is None:
         shape = Shape.from_config(config)

@@ -1,13 +1,8 @@
-"""Resolve a model reference to a tokenizer and a model.
+"""Load a model: resolve its reference (`registry.py`), then the engine that runs it.
 
-A reference is, in the order tried:
-1. an alias from the registry (built-in ones below, then the user's `models.toml` in the config dir);
-2. a local directory in Hugging Face format (config.json, *.safetensors, tokenizer files);
-3. a `.gguf` file, dequantized once and cached as safetensors under the cache dir (`gguf_cache`);
-4. a Hugging Face hub id, from the local HF cache; downloaded only when online and not offline.
-
-Only safetensors weights are loaded unless `allow_pickle`; configs that need remote code are refused
-unless `trust_remote_code`.
+`load` is the one entry point: the transformers path (`hf.py`), the 4-bit path (`int4.py`) or a GGUF
+file run by llama.cpp (`llamacpp.py`), chosen by `--engine` and `--quant`. The names the rest of
+llmgen needs from the loading layer are re-exported here.
 """
 
 from __future__ import annotations
