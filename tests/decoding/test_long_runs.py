@@ -46,12 +46,12 @@ def soak(loaded: models.LoadedModel, prompt: list[int], config: DecodingConfig, 
 
     def source():
         nonlocal peak
-        for index, token in enumerate(t.id for t in plain_tokens(CachedLM(loaded.model), prompt, config, make_generator(0))):
+        for index, token in enumerate(plain_tokens(CachedLM(loaded.model), prompt, config, make_generator(0))):
             if index == warmup:
                 marks["after_warmup"] = rss()
             elif index > warmup and index % 128 == 0:
                 peak = max(peak, rss())
-            yield token, "target"
+            yield token
 
     result = run_sequence(source(), loaded.tokenizer, prompt, config, loaded.eos_token_ids, loaded.context_length)
     assert len(result.token_ids) == config.max_new_tokens and result.finish_reason == "length"

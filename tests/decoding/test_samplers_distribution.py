@@ -71,7 +71,7 @@ def memoized(fn):
 @pytest.fixture
 def fast_chain(monkeypatch):
     monkeypatch.setattr(loop, "process_chained", memoized(loop.process_chained))
-    monkeypatch.setattr(proposers, "distribution", memoized(proposers.distribution))
+    monkeypatch.setattr(proposers, "process", memoized(proposers.process))
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_speculative_samples_follow_the_target_distribution(setup, fast_chain, n
             rounds: list = []
             tokens = speculative_tokens(TableLM(target_table), proposer, prompt, config, generator, FixedGamma(2),
                                         LENGTH, on_round=rounds.append, tables=tables)
-            observed[kind, tuple(token for token in tokens)] += 1
+            observed[kind, tuple(token.id for token in tokens)] += 1
             proposed += sum(len(r.proposed) for r in rounds)
             accepted += sum(r.accepted for r in rounds)
         assert 0.02 < accepted / max(proposed, 1) < 0.95, (kind, accepted, proposed)  # the verifier really works
@@ -143,7 +143,8 @@ def test_greedy_speculative_equals_greedy_plain(setup, name: str) -> None:
     tables = build_tables(config, setup["tokenizer"], setup["eos"], VOCAB)
     for kind in ("model", "ngram"):
         data = setup[kind]
-        plain = (t.id for t in plain_tokens(TableLM(data["target"]), data["prompt"], config, make_generator(0), tables))
+        plain = (t.id for t in plain_tokens(TableLM(data["target"]), data["prompt"], config, make_generator(0),
+                                         tables=tables))
         expected = [next(plain) for _ in range(LENGTH)]
         proposer = (DraftModelProposer(TableLM(data["draft"]), config, 64, tables=tables) if kind == "model"
                     else NgramProposer(ngram_max=2, ngram_min=1))

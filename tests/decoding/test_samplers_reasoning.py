@@ -90,7 +90,8 @@ def test_the_reasoning_budget_closes_the_thinking_span_after_n_tokens(tmp_path: 
     config = DecodingConfig(temperature=0, reasoning_budget=budget)
     tables = build_tables(config, tokenizer, {1})
     prompt = [*tokenizer("h ab.a ")["input_ids"], think]
-    tokens = (t.id for t in plain_tokens(Fixed(len(tokenizer), a, close), prompt, config, make_generator(0), tables))
+    tokens = (t.id for t in plain_tokens(Fixed(len(tokenizer), a, close), prompt, config, make_generator(0),
+                                         tables=tables))
     out = [next(tokens) for _ in range(budget + 3)]
     assert out == [a] * budget + [close, a, a]
 
