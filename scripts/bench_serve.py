@@ -63,7 +63,8 @@ def start_llmgen(gguf: str, threads: int, max_batch: int, log: Path,
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "llmgen", "serve", "-m", gguf, "--model-name", "bench",
-                             "--port", str(port), "--max-batch", str(max_batch), *extra], cwd=ROOT, env=env,
+                             "--port", str(port), "--max-batch", str(max_batch), "--threads", str(threads),
+                             *extra], cwd=ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url, "/health")

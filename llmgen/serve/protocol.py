@@ -52,12 +52,12 @@ COMPLETION_FIELDS = frozenset(COMMON_FIELDS + ("prompt", "logprobs", "echo", "be
 DIRECT = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "frequency_penalty": "frequency_penalty",
           "presence_penalty": "presence_penalty", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
           "ignore_eos": "ignore_eos", "penalty_scope": "penalty_scope", "penalty_window": "penalty_window",
-          "regex": "regex", "choice": "choice"}
+          "regex": "regex", "choice": "choice", "logit_bias": "logit_bias", "min_tokens": "min_tokens",
+          "stop_token_ids": "stop_token_ids"}
 
-# >>> NOT MAPPED YET: the fields whose decoding stage llmgen's DecodingConfig does not have on this branch.
-# Each is accepted only at its "off" value; anything else is a 400. When the stage lands (the sampler
-# helper's branch), map the field in `to_config` and delete its entry here.
-NOT_YET: dict[str, Any] = {"logit_bias": ({}, None), "min_tokens": (0, None), "stop_token_ids": ([], None)}
+# Fields not mapped yet: each is accepted only at its "off" value; anything else is a 400. (logit_bias,
+# min_tokens and stop_token_ids were here until the sampler chain had their stages; now none is.)
+NOT_YET: dict[str, Any] = {}
 
 ROLES = ("system", "developer", "user", "assistant")
 

@@ -72,6 +72,20 @@ def test_greedy_chat_is_what_generate_greedy_returns_streamed_or_not(capsys, cha
     assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
 
 
+def test_the_token_controls_are_what_generate_does_with_them(capsys, char_model, char_server) -> None:
+    """logit_bias, min_tokens and stop_token_ids through the API equal --logit-bias, --min-tokens and
+    --stop-token-id on the command line (the mask stage of the same chain)."""
+    _, url = char_server
+    plain = generate(capsys, char_model, "--greedy", "-N", "8", "--raw", "abc")[0]["token_ids"]
+    banned = plain[0]  # the greedy first token, forbidden: the output must change
+    want = generate(capsys, char_model, "--greedy", "-N", "8", "--raw", "--logit-bias", f"{banned}=-100",
+                    "--min-tokens", "3", "--stop-token-id", "9", "abc")[0]
+    body = complete(url, prompt="abc", temperature=0, max_tokens=8, logit_bias={str(banned): -100}, min_tokens=3,
+                    stop_token_ids=[9]).json()
+    assert body["choices"][0]["text"] == want["text"]
+    assert body["usage"]["completion_tokens"] == len(want["token_ids"]) and want["token_ids"][0] != banned
+
+
 def test_greedy_requests_beside_others_return_what_they_return_alone(capsys, char_model, char_lm) -> None:
     """Every request runs beside a long stream started first (and beside each other): rows of one batch."""
     wants = [generate(capsys, char_model, "--greedy", "-N", "30", "--raw", p)[0]["text"] for p in PROMPTS]
@@ -130,7 +144,7 @@ def test_stop_strings_and_logprobs(char_server) -> None:
     ("/v1/completions", {"model": MODEL_ID, "prompt": "a" * 400}, 400, "prompt"),
     ("/v1/completions", {"model": MODEL_ID, "prompt": "a", "n": 9}, 400, "n"),
     ("/v1/completions", {"model": MODEL_ID, "prompt": "a", "best": 1}, 400, "best"),
-    ("/v1/completions", {"model": MODEL_ID, "prompt": "a", "logit_bias": {"3": 5}}, 400, "logit_bias"),
+    ("/v1/completions", {"model": MODEL_ID, "prompt": "a", "logit_bias": {"3": 500}}, 400, "logit_bias"),
     ("/v1/completions", {"model": "gpt-4", "prompt": "a"}, 404, "model"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(char_server, path, body, status, param) -> None:

@@ -77,13 +77,21 @@ def test_wrong_types_and_values_are_400_naming_the_field(body, param) -> None:
     refused(to_config, body, BASE, 8, param=param)
 
 
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_fields_not_mapped_yet_are_refused_unless_off(name) -> None:
-    off = NOT_YET[name][0]
-    assert to_config({name: off}, BASE, 8) == BASE
-    value = {"logit_bias": {"5": 10}, "min_tokens": 3, "stop_token_ids": [2]}[name]
-    error = refused(to_config, {name: value}, BASE, 8, param=name)
-    assert error.code == "unsupported_parameter"
+def test_every_field_is_mapped_now() -> None:
+    assert NOT_YET == {}
+
+
+@pytest.mark.parametrize("body, changes", [
+    ({"logit_bias": {"5": 10, "7": -100}}, {"logit_bias": ((5, 10.0), (7, -100.0))}),  # OpenAI's {"id": bias}
+    ({"min_tokens": 3}, {"min_tokens": 3}),
+    ({"stop_token_ids": [2, 4]}, {"stop_token_ids": (2, 4)}),
+])
+def test_the_token_controls_map_to_the_mask_stage(body, changes) -> None:
+    assert to_config(body, BASE, 8) == BASE.replace(**changes)
+
+
+def test_a_bias_out_of_range_is_400_naming_logit_bias() -> None:
+    refused(to_config, {"logit_bias": {"5": 500}}, BASE, 8, param="logit_bias")
 
 
 def test_unknown_fields_are_named() -> None:
