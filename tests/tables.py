@@ -98,3 +98,16 @@ CONFIGS = {
         temperature=1.3, min_p=0.05, repetition_penalty=1.5, presence_penalty=-0.5, penalty_scope="all",
         penalty_window=3, max_new_tokens=LENGTH),
 }
+
+
+def prompt_tables(target: Path, draft: Path, prompts: dict[str, str]) -> dict[str, dict]:
+    """For each kind of draft, its prompt's ids and the target's logits table; the "model" kind gets the
+    draft model's table too. Prompts are read with the target's tokenizer."""
+    tokenizer = models.load(str(target)).tokenizer
+    out: dict[str, dict] = {}
+    for kind, text in prompts.items():
+        prompt = tokenizer(text)["input_ids"]
+        out[kind] = {"prompt": prompt, "target": logits_table(target, prompt, LENGTH - 1)}
+        if kind == "model":
+            out[kind]["draft"] = logits_table(draft, prompt, LENGTH - 1)
+    return out

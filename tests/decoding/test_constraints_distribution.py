@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tables import LENGTH, SAMPLES, VOCAB, TableLM, chi_square_p_value, logits_table
+from tables import LENGTH, SAMPLES, VOCAB, TableLM, chi_square_p_value, prompt_tables
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.processors import distribution, penalty_context, token_counts
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.speculative import DraftModelProposer, FixedGamma, NgramProposer, speculative_tokens
 from llmgen.decoding.speculative.proposers import ForcedFirst
-from llmgen.loading import models
 
 EOS = 1
 CHARS = "abcdefgh ."  # token 3 + i is CHARS[i], as in conftest
@@ -104,13 +103,7 @@ def exact_constrained_joint(table: dict, prompt: list[int]) -> dict[tuple[int, .
 
 @pytest.fixture(scope="module")
 def tables(char_model: Path, draft_model: Path) -> dict[str, dict]:
-    out = {}
-    for kind, text in PROMPTS.items():
-        prompt = models.load(str(char_model)).tokenizer(text)["input_ids"]
-        out[kind] = {"prompt": prompt, "target": logits_table(char_model, prompt, LENGTH - 1)}
-        if kind == "model":
-            out[kind]["draft"] = logits_table(draft_model, prompt, LENGTH - 1)
-    return out
+    return prompt_tables(char_model, draft_model, PROMPTS)
 
 
 # NOTE: four runs of 10^4 samples (about 12 s each): the hand-written matcher with both drafts; llguidance's

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tables import LENGTH, VOCAB, TableLM, chi_square_p_value, logits_table
+from tables import LENGTH, VOCAB, TableLM, chi_square_p_value, prompt_tables
 
 from llmgen.decoding.config import LLAMACPP_ORDER, DecodingConfig
 from llmgen.decoding.plain import plain_tokens
@@ -77,13 +77,8 @@ def fast_chain(monkeypatch):
 @pytest.fixture(scope="module")
 def setup(char_model: Path, draft_model: Path) -> dict:
     loaded = models.load(str(char_model))
-    out = {"tokenizer": loaded.tokenizer, "eos": loaded.eos_token_ids}
-    for kind, text in PROMPTS.items():
-        prompt = loaded.tokenizer(text)["input_ids"]
-        out[kind] = {"prompt": prompt, "target": logits_table(char_model, prompt, LENGTH - 1)}
-        if kind == "model":
-            out[kind]["draft"] = logits_table(draft_model, prompt, LENGTH - 1)
-    return out
+    return {"tokenizer": loaded.tokenizer, "eos": loaded.eos_token_ids,
+            **prompt_tables(char_model, draft_model, PROMPTS)}
 
 
 def exact_joint(table: dict, prompt: list[int], config: DecodingConfig, tables) -> dict[tuple[int, ...], float]:

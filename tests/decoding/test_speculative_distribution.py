@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tables import CONFIGS, LENGTH, SAMPLES, TableLM, chi_square_p_value, exact_joint, logits_table
+from tables import CONFIGS, LENGTH, SAMPLES, TableLM, chi_square_p_value, exact_joint, prompt_tables
 
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.speculative import DraftModelProposer, FixedGamma, NgramProposer, speculative_tokens
-from llmgen.loading import models
 
 # The n-gram prompt repeats what the target likes to write after "hab", so that about a third of the
 # proposals are accepted.
@@ -28,13 +27,7 @@ PROMPTS = {"model": "h ab", "ngram": "habhdahab"}
 
 @pytest.fixture(scope="module")
 def tables(char_model: Path, draft_model: Path) -> dict[str, dict]:
-    out = {}
-    for kind, text in PROMPTS.items():
-        prompt = models.load(str(char_model)).tokenizer(text)["input_ids"]
-        out[kind] = {"prompt": prompt, "target": logits_table(char_model, prompt, LENGTH - 1)}
-        if kind == "model":
-            out[kind]["draft"] = logits_table(draft_model, prompt, LENGTH - 1)
-    return out
+    return prompt_tables(char_model, draft_model, PROMPTS)
 
 
 @pytest.mark.parametrize("kind,config_name", [

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import server_process
 
 from llmgen.cli import main
 
@@ -27,42 +24,15 @@ PROMPT = "My favourite colour is"  # 29 tokens survive the server's defaults; th
 TRUNCATIONS = ("top-k 40", "top-p 0.95", "min-p 0.05", "llama-cpp-python server defaults")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from llmgen.loading.registry import resolve
 
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"  # NOTE: a file, not a pipe nobody reads
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", resolve("smollm2-135m").location,
-                                "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1",
-                                "--n_threads_batch", "1", "--verbose", "false"],
-                               stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("llama_cpp.server did not start within 90 s")
-                time.sleep(0.5)
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", resolve("smollm2-135m").location,
+            "--host", "127.0.0.1", "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "false"]
+    with server_process(argv, "/v1/models", log, name="llama_cpp.server", start_seconds=90, stop_seconds=10) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def audit(capsys, url: str, *claim: str) -> tuple[int, dict]:

@@ -7,14 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import server_process
 
 from llmgen.cli import main
 
@@ -25,39 +22,13 @@ pytestmark = pytest.mark.skipif(
 PROMPT = "My favourite colour is"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llmgen_server(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "llmgen", "serve", "--model", "smollm2-135m", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llmgen serve exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("llmgen serve did not start within 120 s")
-                time.sleep(0.5)
+    argv = [sys.executable, "-m", "llmgen", "serve", "--model", "smollm2-135m"]
+    with server_process(argv, "/health", log, name="llmgen serve", start_seconds=120, stop_seconds=15,
+                        env={**os.environ, "OMP_NUM_THREADS": "1"}) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.mark.parametrize("claim", [
