@@ -148,9 +148,10 @@ def beam_log_probs(logits: Tensor, seqs: Tensor | None, prompt_len: int, config:
     log_probs = apply_mask(logits.to(torch.float32), allowed).log_softmax(dim=-1)
     if seqs is None:
         return log_probs
-    beams = [(row[:prompt_len], row[prompt_len:]) for row in seqs.tolist()]  # each beam's own tokens
-    counts = penalty_counts(beams, config, log_probs.shape[-1], log_probs.device)  # None without penalties
-    if counts is not None:
+    if config.uses_penalties:  # NOTE: n-gram blocking alone reads `seqs` on the device, not these host rows
+        beams = [(row[:prompt_len], row[prompt_len:]) for row in seqs.tolist()]  # each beam's own tokens
+        counts = penalty_counts(beams, config, log_probs.shape[-1], log_probs.device)
+        assert counts is not None  # uses_penalties
         log_probs = apply_penalties(log_probs, counts, config)
     if config.no_repeat_ngram_size:
         log_probs = block_repeated_ngrams(log_probs, seqs, config.no_repeat_ngram_size)
