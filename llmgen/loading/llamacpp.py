@@ -50,6 +50,10 @@ def _init() -> Any:
     if _initialized:
         return llama_cpp
     verbose = os.environ.get("LLMGEN_LLAMACPP_LOG", "") not in ("", "0")
+    # NOTE: ggml's tiled K-quant matmul runs for 8 or more rows and vec_dot below, in another summation order:
+    # off, so that a row's logits do not depend on how many rows one llama_decode carries (docs/engines.md).
+    # ggml reads it once, at the first matmul of the process.
+    os.environ[TILED] = "0"
 
     @llama_cpp.llama_log_callback
     def log(level: int, text: bytes, user_data: Any) -> None:
@@ -72,6 +76,9 @@ def load_model(path: Path, threads: int) -> LlamaCppModel:
     lib = _init()
     params = lib.llama_model_default_params()
     params.n_gpu_layers = 0
+    # NOTE: no extra buffer types: llama.cpp would repack the weights for its CPU kernels (REPACK, AMX), whose
+    # one-token and many-token paths sum in different orders (docs/engines.md); AMX also crashes in some VMs.
+    params.use_extra_bufts = False
     _errors.clear()
     pointer = lib.llama_model_load_from_file(str(path).encode("utf-8"), params)
     if pointer is None:
@@ -81,6 +88,34 @@ def load_model(path: Path, threads: int) -> LlamaCppModel:
     trained = int(lib.llama_model_n_ctx_train(pointer))
     context = min(trained, MAX_CONTEXT) if trained > 0 else MAX_CONTEXT
     return LlamaCppModel(pointer, str(path), threads, context)
+
+
+def system_info() -> str:
+    """llama.cpp's `llama_print_system_info()`: what the installed build compiled in."""
+    return _init().llama_print_system_info().decode("utf-8", errors="replace")
+
+
+TILED = "GGML_CPU_TILED_MM"
+
+
+def batch_invariance(info: str | None = None) -> tuple[bool, str]:
+    """Whether this build of llama.cpp gives a row the same logits alone and in any batch, and why.
+
+    llamafile's sgemm (`LLAMAFILE = 1`) runs a matmul of 2+ tokens in another summation order than the
+    one-token path, so a verify, a prefill or a batch of rows moves a logit's last bits; only a rebuild
+    removes it. The engine turns off at run time everything else that depends on the batch: the weight
+    repacking (no extra buffer types), ggml's tiled K-quant matmul (GGML_CPU_TILED_MM=0), and a KV cache
+    shared by the rows (one stream each) (docs/engines.md)."""
+    info = system_info() if info is None else info
+    if "LLAMAFILE = 1" in info:
+        return False, ("llama-cpp-python was built with llamafile's sgemm, which sums 2+ tokens in another order "
+                       f"than one; rebuild it without: {REBUILD}")
+    return True, ("one KV stream per row, no llamafile sgemm, no tiled K-quant matmul, no weight repacking, "
+                  "float32 KV cache")
+
+
+REBUILD = ("CMAKE_ARGS=\"-DGGML_LLAMAFILE=OFF\" pip install --force-reinstall --no-cache-dir --no-deps "
+           "llama-cpp-python (or: make llamacpp)")
 
 
 def eos_ids(tokenizer: GGUFTokenizer) -> frozenset[int]:

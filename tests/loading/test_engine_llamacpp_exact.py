@@ -57,11 +57,28 @@ def embedded():
     return load(models.DEFAULT_MODEL)
 
 
+def engine_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`llama_cpp.Llama` with the engine's model settings: weights not repacked (no extra buffer types), as
+    `loading/llamacpp.py` loads them (the tiled K-quant matmul is off in this process already)."""
+    import llama_cpp.llama as high_level
+
+    original = high_level.llama_cpp.llama_model_default_params
+
+    def params():
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    monkeypatch.setattr(high_level.llama_cpp, "llama_model_default_params", params)
+
+
 def llama_greedy(path: Path, ids: list[int], count: int) -> list[int]:
     """llama.cpp's own greedy decoding (its sampler chain with top-k 1), through llama-cpp-python, with the
-    engine's float32 KV cache (type 0)."""
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=1, n_threads_batch=1, type_k=0, type_v=0,
-                          verbose=False)
+    engine's float32 KV cache (type 0) and its model settings (`engine_params`)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        engine_params(monkeypatch)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=1, n_threads_batch=1, type_k=0, type_v=0,
+                              verbose=False)
     out = []
     for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
         out.append(int(token))

@@ -41,7 +41,7 @@ greedy decoding here gives llama.cpp's own tokens for the same cache type.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -51,7 +51,7 @@ from llmgen.errors import ModelError, PromptError
 
 N_BATCH = 512  # tokens per llama_decode call (llama_cpp.Llama's default)
 MAX_ROWS = 256  # seq_ids per rows context (llama.h: LLAMA_MAX_SEQ)
-MAX_ROWS_CELLS = 65536  # tokens over all rows of one rows context
+MAX_ROWS_CELLS = 65536  # cells over all streams of one rows context
 GGML_TYPE_F32 = 0
 
 
@@ -85,25 +85,32 @@ class LlamaCppModel:
 
 
 class _Context:
-    """One llama_context and its batch: decode (tokens, positions, seq_ids) and copy out the logits asked for."""
+    """One llama_context with one KV stream per sequence (`n_seq` streams of `cells` cells each), and its
+    batch: decode (tokens, positions, seq_ids) and copy out the logits asked for.
 
-    def __init__(self, model: LlamaCppModel, n_ctx: int, n_seq: int) -> None:
+    NOTE: one stream per sequence (`kv_unified = False`), so that a sequence's token at position p is
+    always in cell p of its own stream, whatever the other sequences hold: the attention's sums then run
+    over the same cells in the same SIMD lanes alone and in any batch (docs/engines.md, batch invariance).
+    """
+
+    def __init__(self, model: LlamaCppModel, cells: int, n_seq: int) -> None:
         lib = model.lib
         self.lib, self.model = lib, model
         params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx
+        params.n_ctx = cells * n_seq
         params.n_batch = N_BATCH
         params.n_ubatch = N_BATCH
         params.n_seq_max = n_seq
-        params.kv_unified = True  # rows share one cache, so seq_cp shares cells instead of copying them
+        params.kv_unified = False  # a stream per sequence (the class's NOTE)
         params.n_threads = params.n_threads_batch = model.threads
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama's default
         params.type_k = params.type_v = GGML_TYPE_F32  # batch-invariant logits (the module's second NOTE)
         params.no_perf = True
         self.pointer = lib.llama_init_from_model(model.pointer, params)
         if self.pointer is None:
-            raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {model.path}")
-        self.n_ctx = int(lib.llama_n_ctx(self.pointer))
+            raise ModelError(f"llama.cpp could not create a context of {n_seq} x {cells} tokens for {model.path}")
+        self.cells = int(lib.llama_n_ctx_seq(self.pointer))  # per sequence
+        self.n_ctx = self.cells  # what one sequence may hold
         self.n_seq = n_seq
         self.memory = lib.llama_get_memory(self.pointer)
         self.batch = lib.llama_batch_init(N_BATCH, 0, 1)
@@ -120,27 +127,37 @@ class _Context:
 
     def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
                wanted: Sequence[bool]) -> Tensor:
-        """Decode the tokens (in chunks of N_BATCH); float32 logits [sum(wanted), vocab] in token order."""
+        """Decode the tokens (in chunks of N_BATCH); float32 logits [sum(wanted), vocab] in token order.
+
+        NOTE: the tokens go to llama.cpp grouped by seq_id in increasing order (a stable sort): with one
+        stream per sequence llama.cpp puts consecutive seq_ids in one micro-batch and splits elsewhere.
+        The logits come back in the caller's order."""
+        order = sorted(range(len(tokens)), key=lambda i: seq_ids[i])
         out = []
-        for start in range(0, len(tokens), N_BATCH):
-            end = min(start + N_BATCH, len(tokens))
+        for start in range(0, len(order), N_BATCH):
+            chunk = order[start:start + N_BATCH]
             batch = self.batch
-            for j, i in enumerate(range(start, end)):
+            for j, i in enumerate(chunk):
                 batch.token[j] = tokens[i]
                 batch.pos[j] = positions[i]
                 batch.n_seq_id[j] = 1
                 batch.seq_id[j][0] = seq_ids[i]
                 batch.logits[j] = wanted[i]
-            batch.n_tokens = end - start
+            batch.n_tokens = len(chunk)
             code = self.lib.llama_decode(self.pointer, batch)
             if code != 0:
-                raise _decode_error(code, self.n_ctx)
-            count = sum(1 for i in range(start, end) if wanted[i])
+                raise _decode_error(code, self.cells)
+            count = sum(1 for i in chunk if wanted[i])
             if count:
                 out.append(self._logits(count))
         if not out:
             return torch.empty((0, self.vocab_size), dtype=torch.float32)
-        return out[0] if len(out) == 1 else torch.cat(out)
+        logits = out[0] if len(out) == 1 else torch.cat(out)  # [wanted, vocab], in seq_id order
+        sorted_wanted = [i for i in order if wanted[i]]
+        if sorted_wanted == sorted(sorted_wanted):
+            return logits
+        rank = {i: r for r, i in enumerate(sorted_wanted)}
+        return logits[[rank[i] for i in sorted(sorted_wanted)]]
 
     def _logits(self, count: int) -> Tensor:
         """The `count` output rows of the last decode, copied (see the module's NOTE)."""
@@ -150,17 +167,18 @@ class _Context:
         view = torch.frombuffer(buffer, dtype=torch.float32).view(count, self.vocab_size)  # no copy
         return view.clone()  # [count, vocab]
 
-    def grown(self, n_ctx: int, seq_ids: Sequence[int]) -> _Context:
-        """A larger context holding the same sequences: each one's KV state copied bit for bit
-        (llama_state_seq_get_data / set_data), so that growing never changes a logit. Closes this one."""
-        bigger = _Context(self.model, n_ctx, self.n_seq)
+    def grown(self, cells: int, n_seq: int, seq_ids: Sequence[int]) -> _Context:
+        """A larger context holding the same sequences under the same seq_ids: each one's KV state copied
+        bit for bit (llama_state_seq_get_data / set_data; a restored sequence fills cells 0.. of its stream,
+        where it was), so that growing never changes a logit. Closes this one."""
+        bigger = _Context(self.model, cells, n_seq)
         for seq in seq_ids:
             size = self.lib.llama_state_seq_get_size(self.pointer, seq)
             state = (ctypes.c_uint8 * size)()
             written = self.lib.llama_state_seq_get_data(self.pointer, state, size, seq)
             if not written or not self.lib.llama_state_seq_set_data(bigger.pointer, state, written, seq):
                 bigger.close()
-                raise ModelError(f"llama.cpp: cannot move sequence {seq} to a context of {n_ctx} tokens")
+                raise ModelError(f"llama.cpp: cannot move sequence {seq} to a context of {n_seq} x {cells} tokens")
         self.close()
         return bigger
 
@@ -168,6 +186,8 @@ class _Context:
         self.lib.llama_memory_seq_rm(self.memory, seq_id, start, -1)
 
     def copy(self, source: int, target: int) -> None:
+        """The whole sequence `source` as `target` (another stream: llama.cpp copies the stream's cells at the
+        next decode, so the copy sits in the same cells as its source)."""
         self.lib.llama_memory_seq_cp(self.memory, source, target, -1, -1)
 
 
@@ -204,7 +224,7 @@ class LlamaSequence:
         if self.context is None:
             self.context = _Context(self.model, cells(need, 0, self.model.context_length), 1)
         elif need > self.context.n_ctx:
-            self.context = self.context.grown(cells(need, self.context.n_ctx, self.model.context_length), [0])
+            self.context = self.context.grown(cells(need, self.context.n_ctx, self.model.context_length), 1, [0])
         return self.context
 
     @torch.inference_mode()
@@ -226,7 +246,12 @@ class LlamaSequence:
 
 
 class LlamaRows:
-    """Many rows in one llama.cpp context, one seq_id each (`engines.base.RowsCache`)."""
+    """Many rows in one llama.cpp context, one seq_id and one KV stream each (`engines.base.RowsCache`).
+
+    Row r is seq_id `seqs[r]`. A new row takes the lowest free seq_id, and a step first moves the highest
+    rows into any gap below them (`_compact`), so that the rows' seq_ids stay consecutive: llama.cpp
+    decodes consecutive streams in one micro-batch. The context has `n_seq` streams of `cells` cells and
+    grows (more streams, or longer ones) by copying each row's state bit for bit."""
 
     def __init__(self, model: LlamaCppModel) -> None:
         self.model = model
@@ -234,87 +259,135 @@ class LlamaRows:
         self.context: _Context | None = None  # made on the first add
         self.seqs: list[int] = []  # row r is seq_id seqs[r]
         self.lengths: list[int] = []  # tokens per row: the next position of row r
-        self.free = list(range(MAX_ROWS - 1, -1, -1))  # unused seq_ids, popped from the end
+        self.tokens: list[list[int]] = []  # each row's tokens (to move rows to a context with more streams)
 
     @property
     def rows(self) -> int:
         return len(self.seqs)
 
-    def _ctx(self) -> _Context:
-        if self.context is None:
-            self.context = _Context(self.model, cells(1, 0, MAX_ROWS_CELLS), MAX_ROWS)
+    def _room(self, streams: int, longest: int) -> _Context:
+        """A context with at least `streams` streams of at least `longest` cells each."""
+        if longest > self.model.context_length:
+            raise PromptError(f"a row would be {longest} tokens, but the llama.cpp context is "
+                              f"{self.model.context_length} tokens")
+        if streams > MAX_ROWS:
+            raise ModelError(f"the llama.cpp engine decodes at most {MAX_ROWS} rows at once")
+        context = self.context
+        if context is None:
+            n_seq, size = streams, cells(longest, 0, self.model.context_length)
+        else:
+            if streams <= context.n_seq and longest <= context.cells:
+                return context
+            n_seq = context.n_seq if streams <= context.n_seq else min(MAX_ROWS, max(streams, 2 * context.n_seq))
+            size = context.cells if longest <= context.cells else cells(longest, context.cells, self.model.context_length)
+        if n_seq * size > MAX_ROWS_CELLS:
+            raise PromptError(f"the llama.cpp engine holds at most {MAX_ROWS_CELLS} cells over all rows "
+                              f"({n_seq} rows of {size}); use a smaller --batch-size or -n")
+        if context is None:
+            self.context = _Context(self.model, size, n_seq)
+        elif n_seq == context.n_seq:
+            self.context = context.grown(size, n_seq, self.seqs)
+        else:  # llama.cpp restores a sequence's state only into as many streams as it came from
+            self.context = _Context(self.model, size, n_seq)
+            context.close()
+            self._prefill(self.context, self.seqs, self.tokens)
         return self.context
 
-    def _decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], wanted: list[bool]) -> Tensor:
-        """Decode into the shared cache, first moving the rows to a larger context when the cells held
-        (counted per row, so shared prompt cells count once per row: an upper bound) and the new
-        tokens may not fit."""
-        need = sum(self.lengths) + len(tokens)
-        context = self._ctx()
-        if need > MAX_ROWS_CELLS:
-            raise PromptError(f"the llama.cpp engine holds at most {MAX_ROWS_CELLS} tokens over all rows; "
-                              "use a smaller --batch-size or -n")
-        if need > context.n_ctx:
-            self.context = context = context.grown(cells(need, context.n_ctx, MAX_ROWS_CELLS), self.seqs)
-        return context.decode(tokens, positions, seq_ids, wanted)
+    def _prefill(self, context: _Context, seqs: Sequence[int], prompts: Sequence[Sequence[int]]) -> Tensor:
+        """Each prompt under its seq_id from position 0; the logits at each one's last token [len(prompts), vocab].
 
-    def _take(self) -> int:
-        if not self.free:
-            raise ModelError(f"the llama.cpp engine decodes at most {MAX_ROWS} rows at once")
-        return self.free.pop()
-
-    @torch.inference_mode()
-    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
-        """Prefill `prompts` as new rows after the existing ones; their logits [len(prompts), vocab]."""
+        NOTE: this is also how rows move to a context with more streams: decoded again from their tokens.
+        The engine is batch-invariant (the module's NOTEs), so the cells come out bit for bit as they were."""
         tokens: list[int] = []
         positions: list[int] = []
         seq_ids: list[int] = []
         wanted: list[bool] = []
-        new = []
-        for prompt in prompts:
-            seq = self._take()
-            new.append((seq, len(prompt)))
+        for seq, prompt in zip(seqs, prompts):
             tokens += [int(t) for t in prompt]
             positions += range(len(prompt))
             seq_ids += [seq] * len(prompt)
             wanted += [False] * (len(prompt) - 1) + [True]
         try:
-            logits = self._decode(tokens, positions, seq_ids, wanted)  # [k, vocab]
+            return context.decode(tokens, positions, seq_ids, wanted)  # [len(prompts), vocab]
         except Exception:
-            for seq, _ in new:
-                self._ctx().remove(seq)
-                self.free.append(seq)
+            for seq in seqs:
+                context.remove(seq)
             raise
-        for seq, length in new:
-            self.seqs.append(seq)
-            self.lengths.append(length)
+
+    def _free_ids(self, count: int, held: Iterable[int] | None = None) -> list[int]:
+        """The `count` lowest seq_ids that no row (or none of `held`) holds."""
+        used, free, seq = set(self.seqs if held is None else held), [], 0
+        while len(free) < count:
+            if seq not in used:
+                free.append(seq)
+            seq += 1
+        return free
+
+    def _compact(self) -> None:
+        """Move the rows with the highest seq_ids into the gaps below them (a stream copy each)."""
+        context = self.context
+        if context is None or not self.seqs or max(self.seqs) == len(self.seqs) - 1:
+            return
+        holes = iter(self._free_ids(len(self.seqs)))
+        for r in sorted(range(len(self.seqs)), key=lambda r: -self.seqs[r]):
+            hole = next(holes)
+            if hole > self.seqs[r]:
+                break
+            context.copy(self.seqs[r], hole)
+            context.remove(self.seqs[r])
+            self.seqs[r] = hole
+
+    @torch.inference_mode()
+    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
+        """Prefill `prompts` as new rows after the existing ones; their logits [len(prompts), vocab]."""
+        new = self._free_ids(len(prompts))
+        longest = max([len(p) for p in prompts] + self.lengths + [1])
+        context = self._room(max(new + [-1]) + 1, longest)
+        prompts = [[int(t) for t in prompt] for prompt in prompts]
+        logits = self._prefill(context, new, prompts)  # [len(prompts), vocab]
+        self.seqs += new
+        self.lengths += [len(p) for p in prompts]
+        self.tokens += prompts
         return logits
 
     @torch.inference_mode()
     def step(self, tokens: Tensor) -> Tensor:
         """Append one token per row (`tokens` [rows]); the next-token logits [rows, vocab]."""
         ids = [int(t) for t in tokens.tolist()]
-        logits = self._decode(ids, self.lengths, self.seqs, [True] * len(ids))  # [rows, vocab]
+        self._compact()
+        context = self._room(len(self.seqs), max(self.lengths) + 1)
+        logits = context.decode(ids, self.lengths, self.seqs, [True] * len(ids))  # [rows, vocab]
         self.lengths = [n + 1 for n in self.lengths]
+        for row, token in zip(self.tokens, ids):
+            row.append(token)
         return logits
 
     def select(self, indices: Sequence[int]) -> None:
-        """Keep the rows `indices`, in that order; a repeated index is a copy of that row."""
-        seqs, lengths, used = [], [], set()
-        for i in indices:
-            if i in used:  # a copy: a fresh seq_id that sees the parent's cells
-                seq = self._take()
-                self._ctx().copy(self.seqs[i], seq)
-            else:
-                seq = self.seqs[i]
-                used.add(i)
-            seqs.append(seq)
-            lengths.append(self.lengths[i])
+        """Keep the rows `indices`, in that order; a repeated index is a copy of that row (a stream copy)."""
+        context, used = self.context, set(indices)
         for i, seq in enumerate(self.seqs):
-            if i not in used:
-                self._ctx().remove(seq)
-                self.free.append(seq)
-        self.seqs, self.lengths = seqs, lengths
+            if i not in used and context is not None:
+                context.remove(seq)
+        kept = {i: (self.seqs[i], self.lengths[i], self.tokens[i]) for i in sorted(used)}
+        repeats = len(indices) - len(used)
+        fresh = self._free_ids(repeats, [seq for seq, _, _ in kept.values()])
+        if repeats:  # room for the copies first, holding the kept rows only
+            self.seqs = [seq for seq, _, _ in kept.values()]
+            self.lengths = [length for _, length, _ in kept.values()]
+            self.tokens = [tokens for _, _, tokens in kept.values()]
+            context = self._room(max(fresh) + 1, max(self.lengths + [1]))
+        seqs, lengths, histories, placed, targets = [], [], [], set(), iter(fresh)
+        for i in indices:
+            seq, length, tokens = kept[i]
+            if i in placed and context is not None:
+                target = next(targets)
+                context.copy(seq, target)
+                seq = target
+            placed.add(i)
+            seqs.append(seq)
+            lengths.append(length)
+            histories.append(list(tokens))
+        self.seqs, self.lengths, self.tokens = seqs, lengths, histories
 
 
 class LlamaCppEngine:
