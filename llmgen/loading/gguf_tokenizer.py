@@ -6,16 +6,21 @@ tokenizer that llmgen calls:
 
 - `tokenizer(text)["input_ids"]`: `llama_tokenize(text, add_special, parse_special=True)`; special
   tokens written in the text (`<|im_start|>`) are parsed, as transformers does;
-- `apply_chat_template(messages, add_generation_prompt=True, tokenize=True)`: the file's
+- `apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)`: the file's
   `tokenizer.chat_template` rendered with jinja2 the way transformers renders it (sandboxed, trim_blocks,
   lstrip_blocks, `raise_exception`, `tojson`, `strftime_now`, the special tokens as variables), then
-  tokenized without adding special tokens (the template writes its own BOS);
-- `decode(ids, skip_special_tokens=True)`: `llama_detokenize` (control tokens are dropped unless asked);
+  tokenized without adding special tokens (the template writes its own BOS); the keyword arguments
+  (`--chat-template-kwarg enable_thinking=false`) are the template's variables, as in transformers;
+- `decode(ids, skip_special_tokens=True)`: `llama_detokenize` (control tokens are dropped unless asked),
+  and `batch_decode(rows)`, one `decode` per row;
 - `chat_template`, `eos_token_id`, `get_vocab()`, and `llguidance_tokenizer()` for constraints.
 
 A file without a template (the Gemma-3 GGUF has none) whose architecture has a llama.cpp built-in
 format (`BUILTIN_TEMPLATES`) is rendered by `llama_chat_apply_template` with that format instead, and
-tokenized with BOS added, as llama-server does.
+tokenized with BOS added, as llama-server does; a built-in format has no variables, so template keyword
+arguments change nothing there (as a jinja template that does not read them).
+
+The class implements `loading.tokenizer.Tokenizer` (and says so: mypy checks the signatures).
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from llmgen.errors import PromptError
+from llmgen.loading.tokenizer import Tokenizer
 
-class GGUFTokenizer:
+
+class GGUFTokenizer(Tokenizer):
     """The vocabulary of a llama.cpp model (`engines.llamacpp.LlamaCppModel`), with the file's chat template."""
 
     def __init__(self, model: Any) -> None:
@@ -48,10 +56,12 @@ class GGUFTokenizer:
         self._vocab: dict[str, int] | None = None
         self._template: Any = None
         self._llguidance: Any = None
+        self._spelled: frozenset[str] | None = None  # the characters of a vocabulary without byte tokens
 
     # --- text <-> ids ------------------------------------------------------------------------------
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self._check_encodable(text)
         data = text.encode("utf-8")
         room = len(data) + 8
         while True:
@@ -60,6 +70,24 @@ class GGUFTokenizer:
             if n >= 0:
                 return list(tokens[:n])
             room = -n
+
+    def _check_encodable(self, text: str) -> None:
+        """NOTE: llama.cpp aborts the process (an uncaught C++ exception) when a SentencePiece vocabulary
+        without byte tokens (<0x41>) meets a character none of its tokens holds; refuse such text instead."""
+        if self._spelled is None:
+            spm = int(self.lib.llama_vocab_type(self.vocab)) == 1  # LLAMA_VOCAB_TYPE_SPM
+            vocab = self.get_vocab() if spm else {}
+            if not spm or "<0x41>" in vocab:
+                self._spelled = frozenset()
+            else:
+                lib, unknown = self.lib, int(self.lib.llama_vocab_unk(self.vocab))
+                pieces = [text for text, i in vocab.items()  # normal tokens only: "<s>" spells no "<"
+                          if i != unknown and not lib.llama_vocab_is_control(self.vocab, i)]
+                self._spelled = frozenset("".join(pieces).replace("\u2581", " "))
+        if self._spelled:
+            missing = sorted(set(text) - self._spelled)
+            if missing:
+                raise PromptError(f"this model's vocabulary cannot spell {''.join(missing)[:20]!r} (no byte tokens)")
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": self.encode(text, add_special_tokens)}
@@ -78,6 +106,9 @@ class GGUFTokenizer:
             if n >= 0:
                 return buffer.raw[:n].decode("utf-8", errors="replace")
             room = -n + 1
+
+    def batch_decode(self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(row, skip_special_tokens) for row in rows]
 
     def token_text(self, token: int) -> str:
         """The token as the vocabulary writes it (`Ġthe`, `▁the`, `<0x0A>`)."""
@@ -103,20 +134,21 @@ class GGUFTokenizer:
         names = {"bos_token": self.bos_token_id, "eos_token": self.eos_token_id}
         return {name: self.token_text(token) for name, token in names.items() if token >= 0}
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    template_kwargs: dict[str, Any] | None = None) -> str:
         if not self.chat_template:
             raise ValueError("this model's GGUF file has no chat template (tokenizer.chat_template)")
         if self._template is None:
             self._template = _compile(self.chat_template)
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     tools=None, documents=None, **self.special_tokens())
+        variables = {"tools": None, "documents": None, **self.special_tokens(), **(template_kwargs or {})}
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
-                            tokenize: bool = True) -> list[int] | str:
+                            tokenize: bool = True, **template_kwargs: Any) -> list[int] | str:
         if self.builtin_template:  # llama.cpp's renderer writes no BOS: tokenizing adds it, as llama-server does
             text = self.render_builtin(messages, add_generation_prompt)
             return self.encode(text, add_special_tokens=True) if tokenize else text
-        text = self.render_chat(messages, add_generation_prompt)
+        text = self.render_chat(messages, add_generation_prompt, template_kwargs)
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     def render_builtin(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
