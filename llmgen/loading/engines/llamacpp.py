@@ -4,8 +4,8 @@ Only the model forward and the KV cache are llama.cpp's. Every processor, the pi
 constraints, logprobs, beams and batching stay llmgen's code: this module hands back float32 logits and
 nothing else (no llama.cpp sampler is ever built).
 
-One `llama_context` per cache. A context owns a KV cache of `n_ctx` cells; a cell holds one token's
-keys and values and is tagged with the sequence ids (`seq_id`) that see it:
+One `llama_context` per cache. A context holds one KV stream per sequence (`kv_unified` off); a cell
+of a stream holds one token's keys and values, and a sequence's token at position p sits in cell p:
 
     sequence() -> LlamaSequence: one context, seq_id 0, positions 0..length-1.
         forward(ids)       one llama_decode of len(ids) tokens at the next positions; logits for the
@@ -13,13 +13,19 @@ keys and values and is tagged with the sequence ids (`seq_id`) that see it:
                            from one llama_decode)
         rollback(n)        llama_memory_seq_rm(0, n, -1): forget positions n and later
 
-    rows() -> LlamaRows: one context, one seq_id per row, all rows in one unified KV cache:
-        add(prompts)       each prompt under a fresh seq_id, at positions 0..len-1, in as few
+    rows() -> LlamaRows: one context, one seq_id and one stream per row:
+        add(prompts)       each prompt under the lowest free seq_id, at positions 0..len-1, in as few
                            llama_decode calls as n_batch allows; the logits at each prompt's last token
         step(tokens)       one llama_decode with one token per row (row r at position lengths[r])
-        select(indices)    a kept row keeps its seq_id; a repeated row gets a new seq_id that shares the
-                           parent's cells (llama_memory_seq_cp: no copy of keys or values); a dropped
-                           row's cells are freed (llama_memory_seq_rm)
+        select(indices)    a kept row keeps its seq_id; a repeated row gets a new seq_id whose stream
+                           receives a copy of the parent's (llama_memory_seq_cp); a dropped row's cells
+                           are freed (llama_memory_seq_rm)
+
+Batch invariance: a row's logits depend on its own tokens only, bit for bit, alone or in any batch, in
+a verify or after a rollback (docs/engines.md says where the batch shape entered, op by op). That takes
+one stream per row (`_Context`'s NOTE), the model loaded without weight repacking and ggml's tiled
+K-quant matmul off (`loading/llamacpp.py`), a build without llamafile's sgemm (`batch_invariance`
+there reports it), and the float32 cache below.
 
 NOTE: logits are copied out of llama.cpp's output buffer (one memcpy of [k, vocab] float32 per forward,
 0.05 ms for a 49k vocabulary, under 0.5% of a step): the next llama_decode on the context overwrites
@@ -29,9 +35,7 @@ The view itself is made without a copy (`torch.frombuffer` over the pointer); on
 NOTE: the KV cache is float32, not llama.cpp's default f16. With an f16 cache llama.cpp's logits depend
 on the shape of the batch: on the SmolLM2 Q4_1 file, a 3-token verify batch moved logits by up to 1.0
 (out of ~27) against the same tokens decoded one at a time, and a 16-token prefill by 1.7, enough to
-flip greedy picks and to move logprobs by ~1e-2. With a float32 cache the same comparisons are equal
-bit for bit, so that speculative decoding, batched rows and the chat's reused prefix give exactly the
-logits of plain decoding. It costs twice the KV memory (contexts start at 512 cells and grow) and no
+flip greedy picks and to move logprobs by ~1e-2. It costs twice the KV memory (contexts start at 512 cells and grow) and no
 measurable speed at these sizes (SmolLM2, 1 thread, 64 tokens: 33.9-44.6 tok/s f32, 34.7-45.2 f16).
 The other settings that touch numerics are `llama_cpp.Llama`'s defaults (flash attention off,
 n_batch = n_ubatch = 512, `swa_full` on so that a rollback inside a sliding window stays exact), so that
@@ -163,6 +167,8 @@ class _Context:
         """The `count` output rows of the last decode, copied (see the module's NOTE)."""
         pointer = self.lib.llama_get_logits(self.pointer)
         address = ctypes.cast(pointer, ctypes.c_void_p).value
+        if address is None:
+            raise ModelError("llama.cpp returned no logits")
         buffer = (ctypes.c_float * (count * self.vocab_size)).from_address(address)
         view = torch.frombuffer(buffer, dtype=torch.float32).view(count, self.vocab_size)  # no copy
         return view.clone()  # [count, vocab]
@@ -316,7 +322,8 @@ class LlamaRows:
 
     def _free_ids(self, count: int, held: Iterable[int] | None = None) -> list[int]:
         """The `count` lowest seq_ids that no row (or none of `held`) holds."""
-        used, free, seq = set(self.seqs if held is None else held), [], 0
+        used, seq = set(self.seqs if held is None else held), 0
+        free: list[int] = []
         while len(free) < count:
             if seq not in used:
                 free.append(seq)
@@ -343,11 +350,11 @@ class LlamaRows:
         new = self._free_ids(len(prompts))
         longest = max([len(p) for p in prompts] + self.lengths + [1])
         context = self._room(max(new + [-1]) + 1, longest)
-        prompts = [[int(t) for t in prompt] for prompt in prompts]
-        logits = self._prefill(context, new, prompts)  # [len(prompts), vocab]
+        ids = [[int(t) for t in prompt] for prompt in prompts]
+        logits = self._prefill(context, new, ids)  # [len(prompts), vocab]
         self.seqs += new
-        self.lengths += [len(p) for p in prompts]
-        self.tokens += prompts
+        self.lengths += [len(p) for p in ids]
+        self.tokens += ids
         return logits
 
     @torch.inference_mode()
