@@ -21,7 +21,7 @@ from typing import Any
 
 from llmgen.decoding.config import DecodingConfig, parse_keys
 from llmgen.errors import ConfigError, PresetError, UsageError
-from llmgen.loading.models import config_dir
+from llmgen.userdirs import config_dir
 
 MAX_PRESET_BYTES = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

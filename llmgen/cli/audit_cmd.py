@@ -8,7 +8,7 @@ import inspect as pyinspect
 import json
 import math
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,13 +18,15 @@ from llmgen.cli import common
 from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, PromptArg, decoding_flags, with_options
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
-from llmgen.evaluate import remote, selfaudit
-from llmgen.evaluate.distribution import ContextLogits
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.evaluate import remote
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Audit"
 DEFAULT_N = 400
 ORACLES = ("torch", "llamacpp")  # NOTE: the one place the oracle's engine is wired; MODEL's --engine replaces it
+SELF_PATHS = ("plain", "batched", "ngram", "draft", "int4")  # as evaluate.selfaudit.PATHS, which imports torch
 REFUSED = {"stop": "--stop", "schema": "--schema", "json_object": "--json-object", "regex": "--regex",
            "choice": "--choice", "grammar": "--grammar", "ignore_eos": "--ignore-eos",
            "max_new_tokens": "--max-new-tokens (use -k)"}
@@ -55,7 +57,7 @@ AUDIT = [
         help="Reject when the p-value is below this (exit 1).")], 1e-3),
     _option("paths", Annotated[str | None, typer.Option(
         "--paths", metavar="LIST", rich_help_panel=PANEL, show_default="plain,batched,ngram (+draft, int4)",
-        help=f"--self: the paths to audit, comma-separated, of {', '.join(selfaudit.PATHS)}.")], None),
+        help=f"--self: the paths to audit, comma-separated, of {', '.join(SELF_PATHS)}.")], None),
     _option("draft", Annotated[str | None, typer.Option(
         "--draft", metavar="MODEL", rich_help_panel=PANEL, show_default="none",
         help="--self: the draft model of the 'draft' path.")], None),
@@ -125,6 +127,9 @@ def audit(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str, 
                          f"({loaded.context_length})")
     if own["self_audit"]:
         return _self(loaded, own, paths, prompt_ids, config, n, k, output)
+    from llmgen.evaluate import remote
+    from llmgen.evaluate.distribution import ContextLogits
+
     logits_of = ContextLogits(_oracle(loaded, own["oracle_engine"], model_opts["model"]))
     with common.spinner(f"auditing {own['url']}: {n} requests") if not output["quiet"] else _nothing():
         report = remote.audit_server(own["url"], own["served_model"], text, prompt_ids, loaded.tokenizer,
@@ -144,9 +149,9 @@ def _paths(own: dict[str, Any]) -> list[str]:
     if own["paths"] is None:
         return ["plain", "batched", "ngram", *(["draft"] if own["draft"] else [])]
     paths = [p.strip() for p in own["paths"].split(",") if p.strip()]
-    unknown = [p for p in paths if p not in selfaudit.PATHS]
+    unknown = [p for p in paths if p not in SELF_PATHS]
     if unknown or not paths:
-        raise UsageError(f"--paths: {', '.join(unknown) or 'none given'}; choose from {', '.join(selfaudit.PATHS)}")
+        raise UsageError(f"--paths: {', '.join(unknown) or 'none given'}; choose from {', '.join(SELF_PATHS)}")
     if "draft" in paths and not own["draft"]:
         raise UsageError("--paths draft needs --draft MODEL")
     return paths
@@ -167,6 +172,8 @@ def _oracle(loaded: LoadedModel, engine: str, ref: str) -> Any:
 
 def _self(loaded: LoadedModel, own: dict[str, Any], paths: list[str], prompt_ids: list[int], config: DecodingConfig,
           n: int, k: int, output: dict[str, Any]) -> int:
+    from llmgen.evaluate import selfaudit
+
     draft = common.load_model(own["draft"], {"device": "auto", "dtype": "auto", "quant": "auto", "offline": False,
                                              "allow_pickle": False, "trust_remote_code": False}) \
         if own["draft"] else None
@@ -183,6 +190,8 @@ def _self(loaded: LoadedModel, own: dict[str, Any], paths: list[str], prompt_ids
 
 
 def _label(key: Any, tokenizer: Any, by_text: bool) -> str:
+    from llmgen.evaluate import remote
+
     if key == remote.EOS or key == "<pooled>":
         return str(key)
     return json.dumps(key if by_text else tokenizer.decode([key]), ensure_ascii=False)

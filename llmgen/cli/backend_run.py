@@ -7,21 +7,21 @@ same `SequenceResult`s, printed by the same renderers, so `--json` rows look ali
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from llmgen.backends import BACKENDS
-from llmgen.backends import vllm as vllm_backend
 from llmgen.cli import common
 from llmgen.cli.options import option
 from llmgen.cli.output import make_renderer
 from llmgen.decoding.config import Resolved
-from llmgen.decoding.processors.tables import build_tables
-from llmgen.decoding.sequence import encode_prompt, token_budget
 from llmgen.errors import UsageError
 from llmgen.loading import models
-from llmgen.loading.loaded import ModelInfo
+
+if TYPE_CHECKING:
+    from llmgen.backends import vllm as vllm_backend
+    from llmgen.loading.loaded import ModelInfo
 
 PANEL = "Backend"
 
@@ -59,7 +59,11 @@ def choose(sampling: dict[str, Any], backend: dict[str, Any]) -> tuple[str, dict
         raise UsageError("vLLM engine options need --backend vllm")
     if name == "vllm" and any(sampling.get(k) for k in ("schema", "json_object", "regex", "choice", "grammar")):
         raise UsageError("a constraint (constrained output) is not mapped to vLLM yet; use --backend hf")
-    return name, vllm_backend.check_engine_options(options, "--vllm-option") if options else {}
+    if not options:
+        return name, {}
+    from llmgen.backends import vllm as vllm_backend
+
+    return name, vllm_backend.check_engine_options(options, "--vllm-option")
 
 
 def _number(value: str) -> Any:
@@ -80,6 +84,9 @@ def tokenizer_only(model_opts: dict[str, Any]) -> ModelInfo:
 def _request(light: ModelInfo, config: Any, ids: list[int], model_opts: dict[str, Any],
              engine_options: dict[str, Any], draft: vllm_backend.Draft | None = None,
              logprobs: int | None = None) -> vllm_backend.VllmRequest:
+    from llmgen.backends import vllm as vllm_backend
+    from llmgen.decoding.sequence import token_budget
+
     return vllm_backend.translate(
         config, str(light.path), budget=token_budget(len(ids), config, light.context_length), draft=draft,
         engine_options=engine_options, dtype=model_opts["dtype"], quant=model_opts["quant"],
@@ -91,6 +98,7 @@ def vllm_decoder(light: ModelInfo, resolved: Resolved, model_opts: dict[str, Any
     """A `batch.Decoder` for --input on vLLM: every row in one `LLM.generate` call, each with its own
     sampling parameters (rows may carry their own decoding keys). Sampled rows are vLLM's own draws:
     with --seed, row i gets seed + i."""
+    from llmgen.backends import vllm as vllm_backend
 
     def decode(rows: Any, on_done: Any, on_error: Any) -> None:
         batch = []
@@ -133,6 +141,10 @@ def run_vllm(text: str, resolved: Resolved, model_opts: dict[str, Any], output: 
              engine_options: dict[str, Any], draft: vllm_backend.Draft | None = None,
              logprobs: int | None = None) -> None:
     """One prompt (and its -n samples, or its beams) through vLLM, printed like llmgen's own runs."""
+    from llmgen.backends import vllm as vllm_backend
+    from llmgen.decoding.processors.tables import build_tables
+    from llmgen.decoding.sequence import encode_prompt
+
     config = resolved.config
     light = tokenizer_only(model_opts)
     ids = encode_prompt(light, text, output.get("chat"), output.get("system"), config.template_kwargs())

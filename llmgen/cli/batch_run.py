@@ -16,25 +16,27 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmgen import prompt_file
 from llmgen.cli.options import option
 from llmgen.cli.output import Renderer, stderr_console
-from llmgen.decoding import constraints
-from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Decoder, Row, decode_rows, sample_rows
 from llmgen.decoding.config import Resolved
-from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
-from llmgen.decoding.sequence import SequenceResult, encode_prompt
 from llmgen.errors import LlmgenError, UsageError
 from llmgen.loading.hfutil import first_line
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen import prompt_file
+    from llmgen.decoding.batch import Decoder, Row
+    from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
+    from llmgen.decoding.sequence import SequenceResult
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Many prompts (--input)"
 RECORD_SEPARATOR = "\x1e"
+DEFAULT_BATCH_SIZE = 8  # as decoding.batch.DEFAULT_BATCH_SIZE, which imports torch (tests/cli/test_help.py)
 
 
 
@@ -71,8 +73,12 @@ class RowsFailed(LlmgenError):
 def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
              logprobs: LogprobSpec | None = None) -> list[SequenceResult]:
     """The `n` samples as one batch, rendered in sample order."""
+    from llmgen.decoding import constraints
+    from llmgen.decoding.batch import sample_rows
+
     config = resolved.config
     shown = InOrder(renderer, config.n)
+
     def done(row: Row, result: SequenceResult) -> None:
         result.stats["engine"] = loaded.engine.name
         shown.done(row, result)
@@ -99,6 +105,8 @@ class InOrder:
             self.waiting.setdefault(row.key, []).append((piece, logprob))
 
     def done(self, row: Row, result: SequenceResult) -> None:
+        from llmgen.decoding.constraints import warn_incomplete
+
         self.finished[row.key] = result
         while self.live in self.finished:
             self.renderer.end(self.finished.pop(self.live))
@@ -107,7 +115,7 @@ class InOrder:
                 self.renderer.begin(self.live, self.total)
                 for piece, logprob in self.waiting.pop(self.live, []):
                     self.renderer.text(piece, "target", logprob)
-        constraints.warn_incomplete(row.config, result.finish_reason)
+        warn_incomplete(row.config, result.finish_reason)
 
 
 # --- --input FILE --------------------------------------------------------------------------------
@@ -231,9 +239,11 @@ class InputRun:
         self.advance(0)
 
     def done(self, row: Row, result: SequenceResult) -> None:
+        from llmgen.decoding.constraints import warn_incomplete
+
         self.tokens += len(result.token_ids)
         self.writer.put(row.key, {**self._head(row.key), **result.as_json()})
-        constraints.warn_incomplete(row.config, result.finish_reason)
+        warn_incomplete(row.config, result.finish_reason)
         self.advance(len(result.token_ids))
 
 
@@ -243,6 +253,10 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
 
     With a `decoder` (Ray actors, vLLM), the rows are decoded there instead of in this process, and
     `loaded` is the model's `ModelInfo`; reading, ordering, resuming and writing rows stay the same."""
+    from llmgen import prompt_file
+    from llmgen.decoding.batch import decode_rows
+    from llmgen.decoding.sequence import encode_prompt
+
     jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
     chat, system = output.get("chat"), output.get("system")
     encode_prompt(loaded, "x", chat, system)  # --chat without a template, --system without chat: exit 2 now

@@ -15,13 +15,9 @@ import typer
 
 from llmgen import presets
 from llmgen.cli import common
-from llmgen.cli.chat_repl import Repl, line_reader
 from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, decoding_flags, with_options
 from llmgen.cli.speculate import SPECULATIVE, _load_draft
-from llmgen.decoding import beam, constraints
-from llmgen.decoding.chat import ChatSession, Conversation, Speculative
 from llmgen.decoding.config import DEFAULTS, Resolved, canonical_key, resolve
-from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
 from llmgen.errors import ConfigError, UsageError
 
 CLEAR = object()  # `/set KEY none`: forget the flag
@@ -59,6 +55,8 @@ class Settings:
 
     @staticmethod
     def _resolve(preset: presets.Preset | None, flags: dict[str, Any]) -> Resolved:
+        from llmgen.decoding import constraints
+
         resolved = resolve(preset.values if preset else None, preset.name if preset else None, flags)
         check_chat(resolved)
         constraints.check_options(resolved.config)
@@ -122,6 +120,8 @@ def parse_value(name: str, text: str, kind: type) -> Any:
 
 def check_chat(resolved: Resolved) -> None:
     """What a chat cannot do: beam search, and more than one reply per turn."""
+    from llmgen.decoding import beam
+
     config, sources = resolved.config, resolved.sources
     if config.num_beams > 1:
         raise UsageError(f"chat does not do beam search: num_beams must be 1 (it is {config.num_beams}, "
@@ -150,6 +150,10 @@ def chat(*, chat_opts: dict[str, Any], spec: dict[str, Any], sampling: dict[str,
 
       llmgen chat --draft small --gamma 4 --seed 1 --history talk.json
     """
+    from llmgen.cli.chat_repl import Repl, line_reader
+    from llmgen.decoding.chat import ChatSession, Conversation, Speculative
+    from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
+
     if output["chat"] is False:
         raise UsageError("chat always applies the chat template; --raw is for 'llmgen generate'")
     preset = presets.load(sampling["preset"]) if sampling.get("preset") else None

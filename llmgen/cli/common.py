@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -13,15 +13,20 @@ from llmgen import presets
 from llmgen.cli.options import decoding_flags
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.cli.output import make_renderer as output_renderer
-from llmgen.decoding import constraints
-from llmgen.decoding.batch import row_generator
 from llmgen.decoding.config import FIELDS, Resolved, resolve
-from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.sequence import SequenceResult, TokenSource, encode_prompt, run_sequence
 from llmgen.errors import ModelError, PromptError, UsageError
 from llmgen.loading import models
-from llmgen.loading.models import LoadedModel
 from llmgen.loading.threads import check_threads
+
+# NOTE: what needs torch is imported inside the functions that run a model, so that `--help` and the
+# settings checks import neither torch nor transformers (tests/cli/test_help.py checks it).
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import LogprobSpec
+    from llmgen.decoding.sequence import SequenceResult, TokenSource
+    from llmgen.loading.models import LoadedModel
+
+    # (prompt ids, the sequence's torch.Generator, its index) -> a token source and its extra statistics
+    SourceFactory = Callable[[list[int], Any, int], tuple[TokenSource, Callable[[], dict[str, Any]]]]
 
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 
@@ -72,6 +77,8 @@ def resolve_settings(sampling: dict[str, Any], model_opts: dict[str, Any] | None
             model_opts["threads"], model_opts["threads_source"] = preset.threads, f"preset {preset.name}"
     resolved = resolve(preset.values if preset else None, preset.name if preset else None,
                        decoding_flags(sampling))
+    from llmgen.decoding import constraints
+
     constraints.check_options(resolved.config)  # one at a time, a schema file that exists, llguidance installed
     return resolved
 
@@ -131,6 +138,8 @@ def load_model(ref: str, model_opts: dict[str, Any], engine: str | None = None) 
 def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any],
                template_kwargs: dict[str, Any] | None = None) -> list[int]:
     """Chat template when asked (default: when the tokenizer has one), else `tokenizer(text)` as is."""
+    from llmgen.decoding.sequence import encode_prompt
+
     return encode_prompt(loaded, text, output.get("chat"), output.get("system"), template_kwargs)
 
 
@@ -141,6 +150,8 @@ def logprob_spec(probs: dict[str, Any], json_mode: bool) -> LogprobSpec | None:
     distribution (the one each token was drawn from), and --show-alternatives asks for 5 alternatives.
     Checked before any model is loaded.
     """
+    from llmgen.decoding.logprobs import LogprobSpec
+
     top, mode = probs["logprobs"], probs["logprobs_mode"]
     shown = (probs["show_probs"] or probs["show_alternatives"]) and not json_mode and sys.stdout.isatty()
     if mode is not None:
@@ -166,10 +177,6 @@ def make_renderer(output: dict[str, Any], probs: dict[str, Any], spec: LogprobSp
     return output_renderer(output["json"], output["quiet"], legend)
 
 
-# (prompt ids, the sequence's torch.Generator, its index) -> a token source and its extra statistics
-SourceFactory = Callable[[list[int], Any, int], tuple[TokenSource, Callable[[], dict[str, Any]]]]
-
-
 def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
             make_source: SourceFactory) -> list[SequenceResult]:
     """Generate `n` sequences one after another, rendering as they come.
@@ -178,6 +185,10 @@ def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: R
     `-n 2 --seed S` gives as its second sequence what `-n 1` gives with the second row's seed.
     `make_source` returns a token source and a function giving extra statistics once it is done.
     """
+    from llmgen.decoding import constraints
+    from llmgen.decoding.batch import row_generator
+    from llmgen.decoding.sequence import run_sequence
+
     config = resolved.config
     results = []
     for index in range(config.n):

@@ -4,21 +4,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmgen.cli import backend_run, batch_run, common
 from llmgen.cli.backend_run import BACKEND, RAY
 from llmgen.cli.batch_run import BATCH
 from llmgen.cli.options import BEAM, LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
 from llmgen.cli.output import TerminalRenderer, beam_progress
-from llmgen.decoding import beam, constraints
 from llmgen.decoding.config import Resolved
-from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.plan import plan_generate
-from llmgen.decoding.processors.tables import tables_for
-from llmgen.decoding.sequence import token_budget
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import LogprobSpec
+    from llmgen.loading.models import LoadedModel
 
 
 @with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH,
@@ -50,6 +48,10 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
       llmgen generate --logprobs 5 --json -N 16 "The capital of France is"
     """
+    from llmgen.decoding import beam, constraints
+    from llmgen.decoding.plain import plain_tokens
+    from llmgen.decoding.processors.tables import tables_for
+
     resolved = common.resolve_settings({**sampling, **beams}, model_opts)
     notes = beam.check_combination(resolved)
     spec = common.logprob_spec(probs, output["json"] or batch["input"] is not None)
@@ -100,6 +102,9 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, output: dict[str, Any],
                     spec: LogprobSpec | None = None) -> None:
     """Beams cannot stream: live progress on a terminal, then the `n` best hypotheses, best first."""
+    from llmgen.decoding import beam, constraints
+    from llmgen.decoding.sequence import token_budget
+
     config = resolved.config
     renderer = common.output_renderer(output["json"], output["quiet"])
     with beam_progress(loaded.tokenizer, isinstance(renderer, TerminalRenderer)) as show:

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -15,10 +15,10 @@ from rich.table import Table
 
 from llmgen.cli import common
 from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
-from llmgen.decoding.inspection import StepView, check_room, inspect_steps
-from llmgen.decoding.processors.tables import build_tables
-from llmgen.decoding.sampling import make_generator
 from llmgen.errors import UsageError
+
+if TYPE_CHECKING:
+    from llmgen.decoding.inspection import StepView
 
 PANEL = "Inspect"
 
@@ -56,6 +56,10 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
 
       llmgen inspect --greedy --steps 3 --continue " Paris" --json "The capital of France is"
     """
+    from llmgen.decoding.inspection import check_room, inspect_steps
+    from llmgen.decoding.processors.tables import build_tables
+    from llmgen.decoding.sampling import make_generator
+
     resolved = common.resolve_settings({**sampling, **beams}, model_opts)
     config = resolved.config
     if config.num_beams > 1:

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -22,8 +22,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from llmgen.decoding.logprobs import TokenLogprob
-from llmgen.decoding.sequence import SequenceResult
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import TokenLogprob
+    from llmgen.decoding.sequence import SequenceResult
 
 # How each token origin is shown on a terminal (speculative decoding colours them).
 ORIGIN_STYLES = {"target": "", "accepted": "green", "resampled": "bold red", "bonus": "cyan"}

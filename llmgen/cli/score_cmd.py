@@ -8,22 +8,23 @@ import inspect as pyinspect
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from llmgen import prompt_file
 from llmgen.cli import common
 from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, with_options
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import PromptError, UsageError
 from llmgen.evaluate import corpus
-from llmgen.evaluate.divergence import Divergence, GreedyDiff, divergence, greedy_diff
-from llmgen.evaluate.scoring import Score, score_ids
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.evaluate.divergence import Divergence, GreedyDiff
+    from llmgen.evaluate.scoring import Score
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Score"
 REFERENCE_PANEL = "Reference (KL divergence)"
@@ -104,6 +105,9 @@ def score(text: TextArg = None, *, own: dict[str, Any], length: dict[str, Any], 
 
       llmgen score --input texts.txt --json --stride 256
     """
+    from llmgen.evaluate.divergence import Divergence, divergence, greedy_diff
+    from llmgen.evaluate.scoring import score_ids
+
     reference_on = any(own[k] is not None for k in ("reference", "reference_quant", "reference_engine"))
     if own["greedy_diff"] is not None and not reference_on:
         raise UsageError("--greedy-diff compares two configurations: give --reference, --reference-quant or "
@@ -170,6 +174,8 @@ def _texts(text: str | None, own: dict[str, Any]) -> list[tuple[Any, str, str | 
             raise PromptError(f"--file {own['file']}: the text is empty")
         return [(None, body, None)]
     if own["input"] is not None:
+        from llmgen import prompt_file
+
         jobs = prompt_file.parse(_read(own["input"], "--input"), DecodingConfig())
         bad = next((job for job in jobs if job.error), None)
         if bad is not None:

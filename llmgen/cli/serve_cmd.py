@@ -11,7 +11,6 @@ import typer
 from llmgen.cli import common
 from llmgen.cli.options import MODEL, with_options
 from llmgen.cli.speculate import SPECULATIVE, _load_draft
-from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
 from llmgen.errors import UsageError
 
 PANEL = "Server"
@@ -84,6 +83,8 @@ def serve(*, server: dict[str, Any], model_opts: dict[str, Any], spec: dict[str,
         raise UsageError(f"--port must be from 1 to 65535, got {server['port']}")
     if server["grace"] < 0:
         raise UsageError(f"--grace must be >= 0 seconds, got {server['grace']}")
+    from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
+
     resolved = common.resolve_settings({"preset": server["preset"]})
     drafting = None
     if spec["draft"]:

@@ -5,27 +5,25 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llmgen.backends.vllm import Draft
 from llmgen.cli import backend_run, common
 from llmgen.cli.backend_run import BACKEND
 from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
 from llmgen.cli.output import Renderer
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import plain_tokens
-from llmgen.decoding.processors.tables import tables_for
-from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.sequence import SequenceResult, run_sequence
-from llmgen.decoding.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
+from llmgen.decoding.plan import NGRAM, SELF, check_speculate_on_vllm, plan_speculate
 from llmgen.errors import ModelError, UsageError
 from llmgen.loading import models
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.decoding.sequence import SequenceResult
+    from llmgen.decoding.speculative import Round
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Speculative decoding"
-SELF = "self"
 
 
 
@@ -94,19 +92,13 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
 
       llmgen speculate -d small -g 4 --compare --trace rounds.jsonl --temperature 0.7 "Tell me a story."
     """
+    from llmgen.decoding.speculative import check_compatible, make_source
+
     resolved = common.resolve_settings(sampling, model_opts)
     config = resolved.config
-    if config.num_beams > 1:
-        raise UsageError("speculative decoding does not do beam search: num_beams must be 1 "
-                         f"(it is {config.num_beams}, from {resolved.sources['num_beams']})")
-    if config.no_repeat_ngram_size > 0:
-        raise UsageError("speculate does not support no_repeat_ngram_size "
-                         f"(set to {config.no_repeat_ngram_size} by {resolved.sources['no_repeat_ngram_size']})")
-    if not spec["draft"]:
-        raise UsageError("--draft is required: 'ngram', or a draft model (e.g. --draft small)")
-    gamma = parse_gamma(spec["gamma"])
+    gamma = plan_speculate(config, resolved.sources, draft=spec["draft"], gamma=spec["gamma"],
+                           ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"])
     logprobs = common.logprob_spec(probs, output["json"])
-    NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
     if sampling["dump_config"]:
         draft_settings = {} if spec["draft"] == NGRAM else common.model_settings(
             model_opts, "draft_", model_opts["model"] if spec["draft"] == SELF else spec["draft"], spec["draft_engine"])
@@ -141,12 +133,11 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
 def _speculate_on_vllm(prompt: str | None, resolved: Any, spec: dict[str, Any], gamma: Any, logprobs: Any,
                        model_opts: dict[str, Any], output: dict[str, Any], engine_options: dict[str, Any]) -> None:
     """vLLM's own speculative decoding with the same draft: n-gram, or a draft model's directory."""
-    if logprobs is not None:
-        raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
+    from llmgen.backends.vllm import Draft
+
+    check_speculate_on_vllm(draft=spec["draft"], draft_quant=spec["draft_quant"], logprobs=logprobs is not None)
     if spec["draft"] == NGRAM:
         draft = Draft("ngram", gamma, ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"])
-    elif spec["draft"] == SELF or spec["draft_quant"] not in ("auto", "none"):
-        raise UsageError("--backend vllm: an int4 draft (--draft self, --draft-quant int4) is llmgen's own CPU path")
     else:
         reference = models.resolve(spec["draft"])
         if reference.quant not in (None, "none"):
@@ -214,6 +205,11 @@ class WithBaseline(Renderer):
 
 def plain_baseline(target: LoadedModel, result: SequenceResult, config: DecodingConfig) -> dict[str, Any]:
     """Plain decoding of as many tokens as `result` has, same settings; its speed and the speedup."""
+    from llmgen.decoding.plain import plain_tokens
+    from llmgen.decoding.processors.tables import tables_for
+    from llmgen.decoding.sampling import make_generator
+    from llmgen.decoding.sequence import run_sequence
+
     count = max(1, len(result.token_ids))
     plain_config = config.replace(max_new_tokens=count, ignore_eos=True, stop=(), n=1)
     generator = make_generator(config.seed, target.device)
