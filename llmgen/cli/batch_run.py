@@ -15,13 +15,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmgen.cli.options import option
+from llmgen.cli.options import OutputOptions, group, option
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.decoding.config import Resolved
 from llmgen.errors import LlmgenError, UsageError
@@ -36,11 +37,20 @@ if TYPE_CHECKING:
 
 PANEL = "Many prompts (--input)"
 RECORD_SEPARATOR = "\x1e"
-DEFAULT_BATCH_SIZE = 8  # as decoding.batch.DEFAULT_BATCH_SIZE, which imports torch (tests/cli/test_help.py)
+DEFAULT_BATCH_SIZE = 8  # as decoding.batch.DEFAULT_BATCH_SIZE, which imports torch (test_lazy_imports.py)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    input: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    unordered: bool = False
+    null: bool = False
+    resume: Path | None = None
 
 
 
-BATCH = [
+BATCH = group(BatchOptions, [
     option("input", Annotated[str | None, typer.Option(
         "--input", "-i", metavar="FILE", rich_help_panel=PANEL, show_default="off",
         help="Decode every prompt of FILE ('-' = stdin): one prompt per line, or JSON Lines with \"prompt\" "
@@ -61,7 +71,7 @@ BATCH = [
         "--resume", metavar="FILE", rich_help_panel=PANEL, show_default="off", dir_okay=False,
         help="Append JSON rows to FILE (JSON Lines) instead of stdout, skipping the prompts whose index is already "
              "there (an error row counts as done: delete it to retry).")], None),
-]
+])
 
 
 class RowsFailed(LlmgenError):
@@ -153,10 +163,10 @@ class RowWriter:
     def __init__(self, stream: IO[str] | None, json_mode: bool, null: bool, order: list[int] | None) -> None:
         self.file, self.json_mode, self.null = stream, json_mode, null  # None: sys.stdout at each write
         self.order, self.position = order, 0  # order: the indices in output order (None: as they come)
-        self.held: dict[int, dict[str, Any]] = {}
+        self.held: dict[int, dict[str, object]] = {}
         self.written = 0
 
-    def put(self, index: int, record: dict[str, Any]) -> None:
+    def put(self, index: int, record: dict[str, object]) -> None:
         if self.order is None:
             self._write(record)
             return
@@ -176,11 +186,11 @@ class RowWriter:
         # NOTE: looked up at each write: the progress bar redirects sys.stdout so that rows print above it.
         return sys.stdout if self.file is None else self.file
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, object]) -> None:
         if self.json_mode:
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            text = record.get("text", "")
+            text = str(record.get("text", ""))
             if self.null:
                 self.stream.write(text + "\0")
             else:
@@ -227,7 +237,7 @@ class InputRun:
         self.failed = 0
         self.tokens = 0
 
-    def _head(self, index: int) -> dict[str, Any]:
+    def _head(self, index: int) -> dict[str, object]:
         job = self.by_index[index]
         return {"index": index} if job.id is None else {"index": index, "id": job.id}
 
@@ -247,7 +257,7 @@ class InputRun:
         self.advance(len(result.token_ids))
 
 
-def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any],
+def run_input(loaded: Any, resolved: Resolved, batch: BatchOptions, output: OutputOptions,
               logprobs: LogprobSpec | None = None, decoder: Decoder | None = None) -> None:
     """Decode every prompt of --input; raises RowsFailed at the end if any row failed.
 
@@ -257,20 +267,21 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
     from llmgen.decoding.batch import decode_rows
     from llmgen.decoding.sequence import encode_prompt
 
-    jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
-    chat, system = output.get("chat"), output.get("system")
+    assert batch.input is not None, "run_input runs --input FILE"
+    jobs = prompt_file.parse(read_input(batch.input), resolved.config)
+    chat, system = output.chat, output.system
     encode_prompt(loaded, "x", chat, system)  # --chat without a template, --system without chat: exit 2 now
-    resume: Path | None = batch["resume"]
+    resume: Path | None = batch.resume
     skip = done_indices(resume) if resume else set()
     jobs = [job for job in jobs if job.index not in skip]
-    order = None if batch["unordered"] else [job.index for job in jobs]
+    order = None if batch.unordered else [job.index for job in jobs]
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stream: IO[str] | None = None
         if resume:
             stream = stack.enter_context(_append(resume))
-        writer = RowWriter(stream, json_mode=output["json"] or resume is not None, null=batch["null"], order=order)
-        run = InputRun(jobs, writer, stack.enter_context(progress_bar(len(jobs))), output["quiet"])
+        writer = RowWriter(stream, json_mode=output.json or resume is not None, null=batch.null, order=order)
+        run = InputRun(jobs, writer, stack.enter_context(progress_bar(len(jobs))), output.quiet)
         rows = prompt_file.job_rows(jobs, loaded, chat, system, logprobs, run.fail)
         try:
             if decoder is not None:
@@ -280,10 +291,10 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
                     result.stats["engine"] = loaded.engine.name
                     run.done(row, result)
 
-                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch["batch_size"], on_done=local_done)
+                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch.batch_size, on_done=local_done)
         finally:
             writer.drain()
-    if not output["quiet"]:
+    if not output.quiet:
         seconds = time.perf_counter() - started
         print(f"llmgen: {len(jobs)} prompts ({run.failed} failed), {run.tokens} tokens in {seconds:.1f} s, "
               f"{run.tokens / max(seconds, 1e-9):.1f} tok/s", file=sys.stderr, flush=True)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from llmgen.cli import common
-from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, with_options
+from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, DecodingFlags, ModelOptions, OutputOptions, with_options
 from llmgen.cli.output import stderr_console
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
+
+if TYPE_CHECKING:
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Benchmark"
 
@@ -58,7 +62,7 @@ def bench(
                                            "against its ceiling.", rich_help_panel=PANEL)] = False,
     roofline_mb: Annotated[int, typer.Option("--roofline-mb", help="Size of the tensor read that measures "
                                              "bandwidth, in MB.", rich_help_panel=PANEL)] = 1024,
-    sampling: dict[str, Any], model_opts: dict[str, Any], output: dict[str, Any],
+    sampling: DecodingFlags, model_opts: ModelOptions, output: OutputOptions,
 ) -> None:
     """Measure decoding strategies side by side: tokens/s, time to first token, memory, quality.
 
@@ -89,11 +93,12 @@ def bench(
         if plot.suffix.lower() != ".png":
             raise UsageError(f"--plot: {str(plot)!r} must end in .png")
         plotting.require()
-    resolved = common.resolve_settings(sampling, model_opts)
+    model_opts = common.model_options(sampling, model_opts)
+    resolved = common.resolve_settings(sampling)
     config = planning.bench_config(resolved)
-    engines = list(dict.fromkeys(planning.split([model_opts["engine"]]))) or ["auto"]
-    if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+    engines = list(dict.fromkeys(planning.split([model_opts.engine]))) or ["auto"]
+    if sampling.dump_config:
+        common.dump_config(resolved, {"model": (model_opts.model, "flag or default"),
                                       **common.model_settings(model_opts, engine=engines[0])})
         return
     if batch_sizes is not None:
@@ -103,7 +108,7 @@ def bench(
     drafts = planning.split(draft)
     explicit = bool(strategies)
     chosen, notes = planning.pick_strategies(planning.split(strategies) or list(planning.DEFAULT_STRATEGIES),
-                                             explicit, drafts, model_opts["model"])
+                                             explicit, drafts, model_opts.model)
     if roofline and "plain" not in chosen:
         chosen.insert(0, "plain")
     sets = [prompt_sets.load(ref) for ref in dict.fromkeys(planning.split(prompts) or ["grounded"])]
@@ -111,22 +116,22 @@ def bench(
     runner.Plan(sets, chosen, gammas, (), runs, warmup, "hf" in baselines, num_beams)
     console = stderr_console()
     for note in notes:
-        if not output["quiet"]:
+        if not output.quiet:
             console.print(f"llmgen bench: {note}", highlight=False)
 
-    def load(ref: str, engine: str, dtype: str | None, quant: str | None) -> Any:
-        return common.load_model(ref, {**model_opts, "dtype": dtype or model_opts["dtype"],
-                                       "quant": quant or model_opts["quant"]}, engine)
+    def load(ref: str, engine: str, dtype: str | None, quant: str | None) -> LoadedModel:
+        return common.load_model(ref, dataclasses.replace(model_opts, dtype=dtype or model_opts.dtype,
+                                                          quant=quant or model_opts.quant), engine)
 
-    models = planning.load_models(load, model_opts["model"], engines, chosen, explicit, drafts, baselines, config,
+    models = planning.load_models(load, model_opts.model, engines, chosen, explicit, drafts, baselines, config,
                                   roofline)
     for note in models.notes:
-        if not output["quiet"]:
+        if not output.quiet:
             console.print(f"llmgen bench: {note}", highlight=False)
     loaded = models.target
     plan = runner.Plan(sets, models.chosen, gammas, models.drafts, runs, warmup, "hf" in baselines, num_beams,
-                       output["chat"], output["system"], models.int4, models.llamacpp_gguf, models.others)
-    result = _run_with_progress(loaded, config, plan, quiet=output["quiet"])
+                       output.chat, output.system, models.int4, models.llamacpp_gguf, models.others)
+    result = _run_with_progress(loaded, config, plan, quiet=output.quiet)
     roofline_result = None
     if roofline:
         plain_rows = [r for r in result.rows if r.contender.strategy == "plain" and r.contender.engine == "llmgen"]
@@ -135,7 +140,7 @@ def bench(
                                        size_bytes=roofline_mb * 1_000_000)
     if plot is not None:
         plotting.write(result, plot)
-    if output["json"]:
+    if output.json:
         sys.stdout.write(json.dumps(report.as_json(result, roofline_result), ensure_ascii=False) + "\n")
     elif sys.stdout.isatty():
         from rich.console import Console
@@ -146,7 +151,7 @@ def bench(
     else:
         sys.stdout.write(report.markdown(result, roofline_result))
     sys.stdout.flush()
-    if plot is not None and not output["quiet"]:
+    if plot is not None and not output.quiet:
         console.print(f"llmgen bench: wrote {plot}", highlight=False)
 
 
@@ -167,7 +172,7 @@ def _run_with_progress(loaded: Any, config: DecodingConfig, plan: Any, quiet: bo
         return runner.run(loaded, config, plan, on_progress)
 
 
-def _batch_sweep(sizes_text: str, runs: int, model_opts: dict[str, Any], output: dict[str, Any],
+def _batch_sweep(sizes_text: str, runs: int, model_opts: ModelOptions, output: OutputOptions,
                  plot: Path | None) -> None:
     """`--batch-sizes`: the sweep of `llmgen.bench.batch`, as a table, JSON and a plot."""
     from llmgen.bench import batch, planning, report
@@ -178,14 +183,14 @@ def _batch_sweep(sizes_text: str, runs: int, model_opts: dict[str, Any], output:
         raise UsageError(f"--batch-sizes: {sizes_text!r} must be a list of integers, e.g. 1,2,4,8,16") from None
     if not sizes or min(sizes) < 1:
         raise UsageError(f"--batch-sizes: {sizes_text!r} must be integers >= 1")
-    loaded = common.load_model(model_opts["model"], model_opts)
+    loaded = common.load_model(model_opts.model, model_opts)
     rows = batch.sweep(loaded, runs, with_hf=loaded.quant == "none", sizes=sizes)
     result = {"model": loaded.ref, "quant": loaded.quant, "cpu": report.machine(loaded.device),
               "threads": __import__("torch").get_num_threads(), "date": report.today(), "runs": runs,
               "sections": {"sweep": rows}}
     if plot is not None:
         batch.plot_sweep([result], plot)
-    if output["json"]:
+    if output.json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     else:
         sys.stdout.write("\n".join([f"### batch-size sweep · {result['date']} · {result['cpu']} · {loaded.ref} "

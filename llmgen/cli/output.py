@@ -36,7 +36,7 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
+def format_stats(stats: dict[str, object]) -> list[tuple[str, str]]:
     """Human-readable (label, value) rows for the statistics we know how to describe."""
     rows: list[tuple[str, str]] = []
     fmt = {
@@ -62,8 +62,9 @@ def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
     for key, (label, pattern) in fmt.items():
         if stats.get(key) is not None:
             rows.append((label, pattern.format(stats[key])))
-    if stats.get("acceptance_histogram"):
-        rows.append(("accepted per round (0..gamma)", " ".join(str(c) for c in stats["acceptance_histogram"])))
+    histogram = stats.get("acceptance_histogram")
+    if isinstance(histogram, (list, tuple)) and histogram:
+        rows.append(("accepted per round (0..gamma)", " ".join(str(c) for c in histogram)))
     return rows
 
 

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from llmgen.cli import backend_run, common
-from llmgen.cli.backend_run import BACKEND
-from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
+from llmgen.cli.backend_run import BACKEND, BackendOptions, EngineOptions
+from llmgen.cli.options import (
+    LOGPROBS,
+    MODEL,
+    OUTPUT,
+    SAMPLING,
+    DecodingFlags,
+    ModelOptions,
+    OutputOptions,
+    ProbsOptions,
+    PromptArg,
+    group,
+    option,
+    with_options,
+)
 from llmgen.cli.output import Renderer
-from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.config import DecodingConfig, Resolved
 from llmgen.decoding.plan import NGRAM, SELF, check_speculate_on_vllm, plan_speculate
 from llmgen.errors import ModelError, UsageError
 from llmgen.loading import models
 
 if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import LogprobSpec
     from llmgen.decoding.sequence import SequenceResult
     from llmgen.decoding.speculative import Round
     from llmgen.loading.models import LoadedModel
@@ -26,9 +42,23 @@ if TYPE_CHECKING:
 PANEL = "Speculative decoding"
 
 
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    draft: str | None = None
+    gamma: str = "auto"
+    ngram_max: int = 4
+    ngram_min: int = 2
+    draft_dtype: str = "auto"
+    draft_quant: str = "auto"
+    draft_engine: str = "auto"
+    compare: bool = False
+    trace: Path | None = None
+
+
+
 
 # The options only `speculate` has; the sampling, model and output options are shared with `generate`.
-SPECULATIVE = [
+SPECULATIVE = group(SpeculativeOptions, [
     option(name, annotation, default)
     for name, annotation, default in (
         ("draft", Annotated[str | None, typer.Option(
@@ -70,13 +100,13 @@ SPECULATIVE = [
             help="Write one JSON line per round: proposed tokens, p(x) and q(x), accepted or not, "
                  "and the token that replaced the first rejection (or the bonus token).")], None),
     )
-]
+])
 
 
 @with_options(spec=SPECULATIVE, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, backend=BACKEND)
-def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[str, Any],
-              model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any],
-              backend: dict[str, Any]) -> None:
+def speculate(prompt: PromptArg = None, *, spec: SpeculativeOptions, sampling: DecodingFlags,
+              model_opts: ModelOptions, output: OutputOptions, probs: ProbsOptions,
+              backend: BackendOptions) -> None:
     """Generate text from PROMPT with speculative decoding: the draft proposes, the target verifies.
 
     The output has exactly the target's distribution, under every sampling option. With --logprobs, each
@@ -94,66 +124,71 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
     """
     from llmgen.decoding.speculative import check_compatible, make_source
 
-    resolved = common.resolve_settings(sampling, model_opts)
+    model_opts = common.model_options(sampling, model_opts)
+    resolved = common.resolve_settings(sampling)
     config = resolved.config
-    gamma = plan_speculate(config, resolved.sources, draft=spec["draft"], gamma=spec["gamma"],
-                           ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"])
-    logprobs = common.logprob_spec(probs, output["json"])
-    if sampling["dump_config"]:
-        draft_settings = {} if spec["draft"] == NGRAM else common.model_settings(
-            model_opts, "draft_", model_opts["model"] if spec["draft"] == SELF else spec["draft"], spec["draft_engine"])
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+    gamma = plan_speculate(config, resolved.sources, draft=spec.draft, gamma=spec.gamma,
+                           ngram_max=spec.ngram_max, ngram_min=spec.ngram_min)
+    draft_ref = spec.draft
+    assert draft_ref is not None  # plan_speculate refuses a missing --draft
+    logprobs = common.logprob_spec(probs, output.json)
+    if sampling.dump_config:
+        draft_settings = {} if spec.draft == NGRAM else common.model_settings(
+            model_opts, "draft_", model_opts.model if spec.draft == SELF else spec.draft, spec.draft_engine)
+        common.dump_config(resolved, {"model": (model_opts.model, "flag or default"),
                                       **common.model_settings(model_opts),
-                                      "draft": (spec["draft"], "flag"), **draft_settings,
+                                      "draft": (spec.draft, "flag"), **draft_settings,
                                       "gamma": (gamma, "flag or default")})
         return
     backend_name, engine_options = backend_run.choose(sampling, backend)
     if backend_name == "vllm":
-        _speculate_on_vllm(prompt, resolved, spec, gamma, logprobs, model_opts, output, engine_options)
+        _speculate_on_vllm(prompt, resolved, draft_ref, spec, gamma, logprobs, model_opts, output, engine_options)
         return
     text = common.read_prompt(prompt)
-    target = common.load_model(model_opts["model"], model_opts)
-    draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts, spec["draft_engine"])
+    target = common.load_model(model_opts.model, model_opts)
+    draft = _load_draft(draft_ref, spec.draft_dtype, spec.draft_quant, model_opts, spec.draft_engine)
     if draft is not None:
         check_compatible(target, draft)
     ids = common.prompt_ids(target, text, output, resolved.config.template_kwargs())
     renderer = common.make_renderer(output, probs, logprobs, target.tokenizer, legend=True)
-    if spec["compare"]:
+    if spec.compare:
         renderer = WithBaseline(renderer, target, config)
-    with _trace_file(spec["trace"]) as trace:
+    with _trace_file(spec.trace) as trace:
         def speculative(prompt_ids: list[int], generator: Any, sequence: int) -> Any:
             on_round = _trace_writer(trace, sequence, target.tokenizer) if trace else None
             return make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
-                               ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"], on_round=on_round,
+                               ngram_max=spec.ngram_max, ngram_min=spec.ngram_min, on_round=on_round,
                                logprobs=logprobs)
 
         common.run_all(target, ids, resolved, renderer, speculative)
 
 
-def _speculate_on_vllm(prompt: str | None, resolved: Any, spec: dict[str, Any], gamma: Any, logprobs: Any,
-                       model_opts: dict[str, Any], output: dict[str, Any], engine_options: dict[str, Any]) -> None:
+def _speculate_on_vllm(prompt: str | None, resolved: Resolved, draft_ref: str, spec: SpeculativeOptions,
+                       gamma: int | Literal["auto"],
+                       logprobs: LogprobSpec | None, model_opts: ModelOptions, output: OutputOptions,
+                       engine_options: EngineOptions) -> None:
     """vLLM's own speculative decoding with the same draft: n-gram, or a draft model's directory."""
     from llmgen.backends.vllm import Draft
 
-    check_speculate_on_vllm(draft=spec["draft"], draft_quant=spec["draft_quant"], logprobs=logprobs is not None)
-    if spec["draft"] == NGRAM:
-        draft = Draft("ngram", gamma, ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"])
+    check_speculate_on_vllm(draft=draft_ref, draft_quant=spec.draft_quant, logprobs=logprobs is not None)
+    if draft_ref == NGRAM:
+        draft = Draft("ngram", gamma, ngram_max=spec.ngram_max, ngram_min=spec.ngram_min)
     else:
-        reference = models.resolve(spec["draft"])
+        reference = models.resolve(draft_ref)
         if reference.quant not in (None, "none"):
-            raise UsageError(f"--backend vllm: the draft {spec['draft']!r} is an int4 alias (llmgen's own CPU path)")
-        draft = Draft("model", gamma, model=str(models.model_path(reference, model_opts["offline"], common.spinner)))
+            raise UsageError(f"--backend vllm: the draft {draft_ref!r} is an int4 alias (llmgen's own CPU path)")
+        draft = Draft("model", gamma, model=str(models.model_path(reference, model_opts.offline, common.spinner)))
     backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options, draft)
 
 
-def _load_draft(ref: str, dtype: str, quant: str, model_opts: dict[str, Any],
+def _load_draft(ref: str, dtype: str, quant: str, model_opts: ModelOptions,
                 engine: str = "auto") -> LoadedModel | None:
     if ref == NGRAM:
         return None
     if ref == SELF:  # the target's own weights, in 4 bits unless asked otherwise
-        ref, quant = model_opts["model"], "int4" if quant == "auto" and engine != "llamacpp" else quant
+        ref, quant = model_opts.model, "int4" if quant == "auto" and engine != "llamacpp" else quant
     try:
-        return common.load_model(ref, {**model_opts, "dtype": dtype, "quant": quant}, engine)
+        return common.load_model(ref, dataclasses.replace(model_opts, dtype=dtype, quant=quant), engine)
     except ModelError as err:
         raise ModelError(f"--draft: {err}") from None
 
@@ -203,7 +238,7 @@ class WithBaseline(Renderer):
         self.inner.end(result)
 
 
-def plain_baseline(target: LoadedModel, result: SequenceResult, config: DecodingConfig) -> dict[str, Any]:
+def plain_baseline(target: LoadedModel, result: SequenceResult, config: DecodingConfig) -> dict[str, object]:
     """Plain decoding of as many tokens as `result` has, same settings; its speed and the speedup."""
     from llmgen.decoding.plain import plain_tokens
     from llmgen.decoding.processors.tables import tables_for
