@@ -108,12 +108,12 @@ def load(name_or_path: str) -> Preset:
     try:
         values = parse_keys(data)
     except ConfigError as err:
-        raise PresetError(f"{path}:{_line_of(text, err.key) or '?'}: {err}") from None  # type: ignore[attr-defined]
+        raise PresetError(f"{path}:{(err.key and _line_of(text, err.key)) or '?'}: {err}") from None
     try:
         DecodingConfig(**values)  # range checks, with the file named
     except ConfigError as err:
-        key = str(err).split(":")[0].removeprefix("invalid value for ").strip()
-        line = _line_of(text, key) or _line_of(text, key.replace("-", "_")) or "?"
+        key = err.field or ""
+        line = (key and (_line_of(text, key.replace("_", "-")) or _line_of(text, key))) or "?"
         raise PresetError(f"{path}:{line}: {err}") from None
     return Preset(path.stem, str(path), description, values, backend, backend_options, threads)
 

@@ -121,7 +121,7 @@ def parse_value(name: str, text: str, kind: type) -> Any:
         try:
             return shlex.split(text)
         except ValueError as err:
-            raise ConfigError(f"invalid value for {name.replace('_', '-')}: {text!r}: {err}") from None
+            raise ConfigError.invalid(name, f"{text!r}: {err}") from None
     try:
         if kind is bool:
             if text.lower() in ("true", "on", "yes", "1"):
@@ -135,7 +135,7 @@ def parse_value(name: str, text: str, kind: type) -> Any:
             return float(text)
     except ValueError:
         what = {bool: "true or false", int: "an integer", float: "a number"}.get(int if name == "seed" else kind)
-        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {text!r} must be {what}") from None
+        raise ConfigError.invalid(name, f"{text!r} must be {what}") from None
     return text
 
 
