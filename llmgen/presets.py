@@ -66,10 +66,10 @@ def find(name_or_path: str) -> Path:
     if not _NAME.match(name_or_path):
         raise PresetError(f"invalid preset name {name_or_path!r}: use a name from 'llmgen presets list' "
                           "or a path ending in .toml")
-    path = available().get(name_or_path)
-    if path is None:
+    found = available().get(name_or_path)
+    if found is None:
         raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(sorted(available()))}")
-    return path
+    return found
 
 
 def _line_of(text: str, key: str) -> int | None:

@@ -163,6 +163,7 @@ def _read_gguf(gguf: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model: Any  # transformers' PreTrainedModel: its quantization markers are cleared below
     with quiet():
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.logprobs import MAX_TOP, LogprobSpec
+from llmgen.decoding.logprobs import MAX_TOP, LogprobSpec, Mode
 from llmgen.errors import ConfigError
 
 
@@ -260,7 +260,7 @@ def _prompts(value: Any) -> list[str | list[int]]:
                    param="prompt")
 
 
-def _mode(body: Mapping[str, Any]) -> str:
+def _mode(body: Mapping[str, Any]) -> Mode:
     mode = body.get("logprobs_mode", "raw")
     if mode not in ("raw", "processed"):
         raise APIError(f"logprobs_mode must be \"raw\" or \"processed\", not {mode!r}", param="logprobs_mode")
