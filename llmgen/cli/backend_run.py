@@ -93,8 +93,9 @@ def _number(value: str) -> int | float | str:
 
 def tokenizer_only(model_opts: ModelOptions) -> ModelInfo:
     """What the driver of a vLLM run needs of the model, without its weights (which may not fit here)."""
-    return models.model_info(model_opts.model, offline=model_opts.offline,
-                             trust_remote_code=model_opts.trust_remote_code, progress=common.spinner)
+    with common.libraries_speak(model_opts):
+        return models.model_info(model_opts.model, offline=model_opts.offline,
+                                 trust_remote_code=model_opts.trust_remote_code, progress=common.spinner)
 
 
 def _request(light: ModelInfo, config: Any, ids: list[int], model_opts: ModelOptions,

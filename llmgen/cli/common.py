@@ -17,10 +17,11 @@ from llmgen.cli.output import make_renderer as output_renderer
 from llmgen.decoding.config import FIELDS, Resolved, resolve
 from llmgen.errors import ModelError, PromptError, UsageError
 from llmgen.loading import models
+from llmgen.loading.hfutil import verbose
 from llmgen.loading.threads import check_threads
 
 # NOTE: what needs torch is imported inside the functions that run a model, so that `--help` and the
-# settings checks import neither torch nor transformers (tests/cli/test_help.py checks it).
+# settings checks import neither torch nor transformers (tests/cli/test_lazy_imports.py checks it).
 if TYPE_CHECKING:
     from llmgen.decoding.logprobs import LogprobSpec, Mode
     from llmgen.decoding.sequence import SequenceResult, TokenSource
@@ -130,12 +131,18 @@ def spinner(description: str) -> Iterator[None]:
         yield
 
 
+def libraries_speak(model_opts: ModelOptions) -> contextlib.AbstractContextManager[None]:
+    """--verbose: transformers' and llama.cpp's own bars and log lines reach stderr while loading."""
+    return verbose() if model_opts.verbose else contextlib.nullcontext()
+
+
 def load_model(ref: str, model_opts: ModelOptions, engine: str | None = None) -> LoadedModel:
     """Load `ref` with the --model options; `engine` overrides --engine (the draft's --draft-engine)."""
-    return models.load(ref, device=model_opts.device, dtype=model_opts.dtype, quant=model_opts.quant,
-                       offline=model_opts.offline, allow_pickle=model_opts.allow_pickle,
-                       trust_remote_code=model_opts.trust_remote_code, progress=spinner,
-                       engine=engine or model_opts.engine, threads=model_opts.threads)
+    with libraries_speak(model_opts):
+        return models.load(ref, device=model_opts.device, dtype=model_opts.dtype, quant=model_opts.quant,
+                           offline=model_opts.offline, allow_pickle=model_opts.allow_pickle,
+                           trust_remote_code=model_opts.trust_remote_code, progress=spinner,
+                           engine=engine or model_opts.engine, threads=model_opts.threads)
 
 
 def prompt_ids(loaded: LoadedModel, text: str, output: OutputOptions,

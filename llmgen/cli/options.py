@@ -115,6 +115,7 @@ class ModelOptions:
     offline: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    verbose: bool = False
     threads_source: str | None = None  # not an option: where `threads` came from (flag, a preset, default)
 
 
@@ -251,6 +252,10 @@ MODEL = group(ModelOptions, [
     option("trust_remote_code", Annotated[bool, typer.Option(
         "--trust-remote-code", help="Allow models whose config asks for their own Python code.",
         rich_help_panel="Model")], False),
+    option("verbose", Annotated[bool, typer.Option(
+        "--verbose", rich_help_panel="Model",
+        help="Let the libraries' own progress bars and log lines through while the model loads (transformers' "
+             "GGUF conversion, llama.cpp's log); without it llmgen shows its own progress on stderr.")], False),
 ])
 
 OUTPUT = group(OutputOptions, [
