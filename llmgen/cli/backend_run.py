@@ -7,9 +7,9 @@ same `SequenceResult`s, printed by the same renderers, so `--json` rows look ali
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,12 +17,13 @@ from llmgen.backends import BACKENDS
 from llmgen.cli import common
 from llmgen.cli.options import DecodingFlags, ModelOptions, OutputOptions, group, option
 from llmgen.cli.output import make_renderer
-from llmgen.decoding.config import Resolved
+from llmgen.decoding.config import DecodingConfig, Resolved
 from llmgen.errors import UsageError
 from llmgen.loading import models
 
 if TYPE_CHECKING:
     from llmgen.backends import vllm as vllm_backend
+    from llmgen.decoding.batch import Decoder, OnDone, OnRowError, Row
     from llmgen.loading.loaded import ModelInfo
 
 PANEL = "Backend"
@@ -98,7 +99,7 @@ def tokenizer_only(model_opts: ModelOptions) -> ModelInfo:
                                  trust_remote_code=model_opts.trust_remote_code, progress=common.spinner)
 
 
-def _request(light: ModelInfo, config: Any, ids: list[int], model_opts: ModelOptions,
+def _request(light: ModelInfo, config: DecodingConfig, ids: list[int], model_opts: ModelOptions,
              engine_options: EngineOptions, draft: vllm_backend.Draft | None = None,
              logprobs: int | None = None) -> vllm_backend.VllmRequest:
     from llmgen.backends import vllm as vllm_backend
@@ -111,13 +112,13 @@ def _request(light: ModelInfo, config: Any, ids: list[int], model_opts: ModelOpt
 
 
 def vllm_decoder(light: ModelInfo, resolved: Resolved, model_opts: ModelOptions,
-                 engine_options: EngineOptions) -> Any:
+                 engine_options: EngineOptions) -> Decoder:
     """A `batch.Decoder` for --input on vLLM: every row in one `LLM.generate` call, each with its own
     sampling parameters (rows may carry their own decoding keys). Sampled rows are vLLM's own draws:
     with --seed, row i gets seed + i."""
     from llmgen.backends import vllm as vllm_backend
 
-    def decode(rows: Any, on_done: Any, on_error: Any) -> None:
+    def decode(rows: Iterable[Row], on_done: OnDone, on_error: OnRowError) -> None:
         batch = []
         for row in rows:
             if row.matcher is not None:
@@ -140,14 +141,14 @@ def vllm_decoder(light: ModelInfo, resolved: Resolved, model_opts: ModelOptions,
     return decode
 
 
-def ray_decoder(ray: RayOptions, model_opts: ModelOptions, batch_size: int) -> Any:
+def ray_decoder(ray: RayOptions, model_opts: ModelOptions, batch_size: int) -> Decoder:
     """A `batch.Decoder` for --input on Ray actors (`distributed.ray`), checked before any loading."""
     from llmgen.distributed.ray import decode_on_ray, import_ray
 
     import_ray()
     address = ray.ray or "local"  # the plan runs on Ray only when --ray is given
 
-    def decode(rows: Any, on_done: Any, on_error: Any) -> None:
+    def decode(rows: Iterable[Row], on_done: OnDone, on_error: OnRowError) -> None:
         decode_on_ray(rows, model=model_opts.model, load_options=load_options(model_opts), address=address,
                       actors=ray.ray_actors, threads=ray.ray_threads, batch_size=batch_size,
                       retries=ray.ray_retries, on_done=on_done, on_error=on_error)

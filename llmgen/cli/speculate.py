@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
@@ -34,7 +35,7 @@ from llmgen.errors import ModelError, UsageError
 from llmgen.loading import models
 
 if TYPE_CHECKING:
-    from llmgen.decoding.logprobs import LogprobSpec
+    from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
     from llmgen.decoding.sequence import SequenceResult
     from llmgen.decoding.speculative import Round
     from llmgen.loading.models import LoadedModel
@@ -194,7 +195,7 @@ def _load_draft(ref: str, dtype: str, quant: str, model_opts: ModelOptions,
 
 
 @contextlib.contextmanager
-def _trace_file(path: Path | None) -> Any:
+def _trace_file(path: Path | None) -> Iterator[IO[str] | None]:
     if path is None:
         yield None
         return
@@ -230,7 +231,7 @@ class WithBaseline(Renderer):
     def begin(self, index: int, total: int) -> None:
         self.inner.begin(index, total)
 
-    def text(self, piece: str, origin: str, logprob: Any = None) -> None:
+    def text(self, piece: str, origin: str, logprob: TokenLogprob | None = None) -> None:
         self.inner.text(piece, origin, logprob)
 
     def end(self, result: SequenceResult) -> None:
