@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 from llmgen.decoding.config import DecodingConfig, Resolved
 from llmgen.errors import IncompatibleDraftError, ModelError, UsageError
+from llmgen.loading.registry import DEFAULT_MODEL  # the model whose built-in draft is 'small'
 
 if TYPE_CHECKING:
     from llmgen.loading.models import LoadedModel
 
 DEFAULT_STRATEGIES = ("plain", "int4", "ngram", "draft", "beam")
 BASELINES = ("hf", "llamacpp")
-DEFAULT_MODEL = "smollm2-135m"  # the model whose built-in draft is 'small'
 
 # (reference, engine, dtype, quant) -> a loaded model; dtype or quant None: as the command line's flags
 Loader = Callable[[str, str, "str | None", "str | None"], "LoadedModel"]

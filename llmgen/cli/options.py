@@ -22,6 +22,7 @@ import typer
 
 from llmgen.decoding.config import DEFAULTS, FIELDS
 from llmgen.errors import UsageError
+from llmgen.loading.registry import DEFAULT_MODEL
 
 
 def _help(name: str) -> str:
@@ -100,13 +101,14 @@ class DecodingFlags:
 def _decoding_flags(values: dict[str, object]) -> DecodingFlags:
     """None (or an empty list) means 'not given'."""
     given = {k: v for k, v in values.items() if k in FIELDS and v is not None and v != []}
-    return DecodingFlags(given, bool(values.get("greedy")), values.get("preset"),  # type: ignore[arg-type]
+    preset = values.get("preset")
+    return DecodingFlags(given, bool(values.get("greedy")), preset if isinstance(preset, str) else None,
                          bool(values.get("dump_config")))
 
 
 @dataclass(frozen=True)
 class ModelOptions:
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "auto"
@@ -133,7 +135,6 @@ class ProbsOptions:
     logprobs_mode: str | None = None
     show_probs: bool = False
     show_alternatives: bool = False
-
 
 
 def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling", metavar: str | None = None
@@ -221,7 +222,7 @@ BEAM = OptionGroup((
 MODEL = group(ModelOptions, [
     option("model", Annotated[str, typer.Option(
         "--model", "-m", envvar="LLMGEN_MODEL", rich_help_panel="Model",
-        help="Alias (see 'llmgen models list'), model directory, .gguf file or hub id.")], "smollm2-135m"),
+        help="Alias (see 'llmgen models list'), model directory, .gguf file or hub id.")], DEFAULT_MODEL),
     option("device", Annotated[str, typer.Option(
         "--device", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", rich_help_panel="Model")],
         "auto"),
