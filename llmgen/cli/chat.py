@@ -31,6 +31,7 @@ from llmgen.cli.options import (
 )
 from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft
 from llmgen.decoding.config import DEFAULTS, Resolved, canonical_key, resolve
+from llmgen.decoding.plan import check_drafting
 from llmgen.errors import ConfigError, UsageError
 
 CLEAR = object()  # `/set KEY none`: forget the flag
@@ -173,7 +174,7 @@ def chat(*, chat_opts: ChatOptions, spec: SpeculativeOptions, sampling: Decoding
     """
     from llmgen.cli.chat_repl import Repl, line_reader
     from llmgen.decoding.chat import ChatSession, Conversation, Speculative
-    from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
+    from llmgen.decoding.speculative import check_compatible
 
     if output.chat is False:
         raise UsageError("chat always applies the chat template; --raw is for 'llmgen generate'")
@@ -182,8 +183,7 @@ def chat(*, chat_opts: ChatOptions, spec: SpeculativeOptions, sampling: Decoding
     if model_opts.threads is None and preset is not None and preset.threads is not None:
         model_opts = dataclasses.replace(model_opts, threads=preset.threads, threads_source=f"preset {preset.name}")
     draft_ref = spec.draft
-    gamma = parse_gamma(spec.gamma) if draft_ref else "auto"
-    NgramProposer(spec.ngram_max, spec.ngram_min)  # validates the bounds before any loading
+    gamma = check_drafting(spec.gamma if draft_ref else "auto", spec.ngram_max, spec.ngram_min)
     logprobs = common.logprob_spec(probs, output.json)
     conversation = Conversation.load(chat_opts.history) if chat_opts.history else Conversation()
     if output.system is not None:

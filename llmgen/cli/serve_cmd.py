@@ -12,6 +12,7 @@ import typer
 from llmgen.cli import common
 from llmgen.cli.options import MODEL, DecodingFlags, ModelOptions, group, with_options
 from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft
+from llmgen.decoding.plan import check_drafting
 from llmgen.errors import UsageError
 
 PANEL = "Server"
@@ -93,13 +94,12 @@ def serve(*, server: ServerOptions, model_opts: ModelOptions, spec: SpeculativeO
         raise UsageError(f"--port must be from 1 to 65535, got {server.port}")
     if server.grace < 0:
         raise UsageError(f"--grace must be >= 0 seconds, got {server.grace}")
-    from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
+    from llmgen.decoding.speculative import check_compatible
 
     resolved = common.resolve_settings(DecodingFlags(preset=server.preset))
     drafting = None
     if spec.draft:
-        gamma = parse_gamma(spec.gamma)
-        NgramProposer(spec.ngram_max, spec.ngram_min)  # validates the bounds before any loading
+        gamma = check_drafting(spec.gamma, spec.ngram_max, spec.ngram_min)
     loaded = common.load_model(model_opts.model, model_opts)
     if spec.draft:
         draft = _load_draft(spec.draft, spec.draft_dtype, spec.draft_quant, model_opts)

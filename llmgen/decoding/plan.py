@@ -69,9 +69,6 @@ def plan_speculate(config: DecodingConfig, sources: Mapping[str, str], *, draft:
 
     `sources` names where each setting came from (`Resolved.sources`), for the message.
     """
-    # NOTE: imported here so that this module stays free of torch (`llmgen speculate --help` imports it)
-    from llmgen.decoding.speculative import NgramProposer, parse_gamma
-
     if config.num_beams > 1:
         raise UsageError("speculative decoding does not do beam search: num_beams must be 1 "
                          f"(it is {config.num_beams}, from {sources['num_beams']})")
@@ -80,6 +77,14 @@ def plan_speculate(config: DecodingConfig, sources: Mapping[str, str], *, draft:
                          f"(set to {config.no_repeat_ngram_size} by {sources['no_repeat_ngram_size']})")
     if not draft:
         raise UsageError("--draft is required: 'ngram', or a draft model (e.g. --draft small)")
+    return check_drafting(gamma, ngram_max, ngram_min)
+
+
+def check_drafting(gamma: str, ngram_max: int, ngram_min: int) -> int | Literal["auto"]:
+    """--gamma and the n-gram bounds, as speculate, chat and serve take them; returns the parsed --gamma."""
+    # NOTE: imported here so that this module stays free of torch (`llmgen speculate --help` imports it)
+    from llmgen.decoding.speculative import NgramProposer, parse_gamma
+
     parsed = parse_gamma(gamma)
     NgramProposer(ngram_max, ngram_min)  # validates the bounds before any loading
     return parsed

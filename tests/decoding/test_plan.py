@@ -7,7 +7,7 @@ import re
 import pytest
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plan import Plan, check_speculate_on_vllm, plan_generate, plan_speculate
+from llmgen.decoding.plan import Plan, check_drafting, check_speculate_on_vllm, plan_generate, plan_speculate
 from llmgen.errors import UsageError
 
 BASE = {"prompt_given": True, "input_given": False, "backend": "hf", "ray": None, "logprobs": False,
@@ -78,3 +78,12 @@ def test_speculate_refusals_on_vllm(draft, quant, logprobs, message) -> None:
 @pytest.mark.parametrize("draft,quant", [("ngram", "int4"), ("small", "auto"), ("small", "none")])
 def test_speculate_on_vllm_allowed(draft, quant) -> None:
     check_speculate_on_vllm(draft=draft, draft_quant=quant, logprobs=False)
+
+
+def test_chat_and_serve_check_their_drafting_as_speculate_does() -> None:
+    assert check_drafting("auto", 4, 2) == "auto"
+    assert check_drafting("3", 4, 2) == 3
+    with pytest.raises(UsageError, match="--gamma must be at least 1"):
+        check_drafting("0", 4, 2)
+    with pytest.raises(UsageError, match=re.escape("1 <= min <= max")):
+        check_drafting("auto", 2, 3)
