@@ -56,8 +56,9 @@ def _no_tqdm() -> Iterator[None]:
     """Every tqdm bar made in the block is disabled, unless its maker asks for it explicitly.
 
     NOTE: tqdm reads TQDM_DISABLE once, when it is first imported (`tqdm.utils.envwrap`), and transformers
-    imports it before any of our code runs; so the default of `disable` is swapped on the class for the
-    duration instead (transformers' "Converting and de-quantizing GGUF tensors..." passes none).
+    imports it before any of our code runs (setting it here also made a tqdm first imported in the block
+    silent for good); so the default of `disable` is swapped on the class for the duration instead
+    (transformers' "Converting and de-quantizing GGUF tensors..." passes none).
     """
     try:
         from tqdm import std
@@ -67,8 +68,7 @@ def _no_tqdm() -> Iterator[None]:
     init = std.tqdm.__init__
     std.tqdm.__init__ = functools.partialmethod(init, disable=True)  # type: ignore[method-assign]
     try:
-        with environment(TQDM_DISABLE="1"):
-            yield
+        yield
     finally:
         std.tqdm.__init__ = init  # type: ignore[method-assign]
 
