@@ -16,7 +16,23 @@ class UsageError(LlmgenError):
 
 
 class ConfigError(UsageError):
-    """An option value out of range or of the wrong type (from a flag or a preset)."""
+    """An option value out of range or of the wrong type (from a flag or a preset).
+
+    As data, for front-ends that name a field in their own words (serve its request field, a preset
+    its line): `field`, the `DecodingConfig` field at fault, when there is one; `reason`, the message
+    without the field's name ("0 must be >= 1"); `key`, the key as it was spelt, when it came from one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+        self.key: str | None = None
+
+    @classmethod
+    def invalid(cls, field: str, reason: str) -> ConfigError:
+        """"invalid value for FLAG: REASON" (FLAG is the field with dashes), with field and reason as data."""
+        return cls(f"invalid value for {field.replace('_', '-')}: {reason}", field=field, reason=reason)
 
 
 class PresetError(UsageError):

@@ -21,7 +21,7 @@ from typing import Any
 
 from llmgen.decoding.config import DecodingConfig, parse_keys
 from llmgen.errors import ConfigError, PresetError, UsageError
-from llmgen.loading.models import config_dir
+from llmgen.userdirs import config_dir
 
 MAX_PRESET_BYTES = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,10 +66,10 @@ def find(name_or_path: str) -> Path:
     if not _NAME.match(name_or_path):
         raise PresetError(f"invalid preset name {name_or_path!r}: use a name from 'llmgen presets list' "
                           "or a path ending in .toml")
-    path = available().get(name_or_path)
-    if path is None:
+    found = available().get(name_or_path)
+    if found is None:
         raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(sorted(available()))}")
-    return path
+    return found
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -108,12 +108,12 @@ def load(name_or_path: str) -> Preset:
     try:
         values = parse_keys(data)
     except ConfigError as err:
-        raise PresetError(f"{path}:{_line_of(text, err.key) or '?'}: {err}") from None  # type: ignore[attr-defined]
+        raise PresetError(f"{path}:{(err.key and _line_of(text, err.key)) or '?'}: {err}") from None
     try:
         DecodingConfig(**values)  # range checks, with the file named
     except ConfigError as err:
-        key = str(err).split(":")[0].removeprefix("invalid value for ").strip()
-        line = _line_of(text, key) or _line_of(text, key.replace("-", "_")) or "?"
+        key = err.field or ""
+        line = (key and (_line_of(text, key.replace("_", "-")) or _line_of(text, key))) or "?"
         raise PresetError(f"{path}:{line}: {err}") from None
     return Preset(path.stem, str(path), description, values, backend, backend_options, threads)
 

@@ -110,20 +110,21 @@ def job_rows(jobs: Iterable[Job], model: Any, chat: bool | None, system: str | N
     row i's stream of the command line's seed (`batch.row_generator`). `model` is a `LoadedModel`, or
     the `ModelInfo` of one whose weights live elsewhere."""
     for job in jobs:
-        if job.error is not None:
-            on_error(job.index, job.error)
+        if job.error is not None or job.config is None:  # a job without an error has its settings
+            on_error(job.index, job.error or "no settings")
             continue
+        config = job.config
         try:
-            ids = encode_prompt(model, job.prompt, chat, job.system or system, job.config.template_kwargs())
+            ids = encode_prompt(model, job.prompt, chat, job.system or system, config.template_kwargs())
         except Exception as err:  # noqa: BLE001 - a tokenizer's failure on one row must not stop the others
             on_error(job.index, first_line(err))
             continue
-        seed = job.config.seed
+        seed = config.seed
         generator = (make_generator(seed, model.device) if job.own_seed
                      else row_generator(seed, job.index, model.device))
         try:
-            matcher = constraints.new_matcher(job.config, model)
+            matcher = constraints.new_matcher(config, model)
         except UsageError as err:  # a row's own bad --regex or --schema fails that row only
             on_error(job.index, str(err))
             continue
-        yield Row(job.index, ids, job.config, generator, logprobs=logprobs, matcher=matcher)
+        yield Row(job.index, ids, config, generator, logprobs=logprobs, matcher=matcher)

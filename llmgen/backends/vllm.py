@@ -254,8 +254,8 @@ def generate(request: VllmRequest, prompts: Sequence[Sequence[int]],
     before = spec_counts(llm.get_metrics()) if speculative else None
     started = time.perf_counter()
     if request.beam:
-        params = vllm.BeamSearchParams(**request.params)
-        results = llm.beam_search([{"prompt_token_ids": list(p)} for p in prompts], params)
+        beam_params = vllm.BeamSearchParams(**request.params)
+        results = llm.beam_search([{"prompt_token_ids": list(p)} for p in prompts], beam_params)
         outputs = [[VllmOutput(list(seq.tokens[len(p):]), seq.text or "", finish_reason(seq.finish_reason,
                                                                                        seq.stop_reason))
                     for seq in result.sequences] for p, result in zip(prompts, results)]
@@ -266,6 +266,6 @@ def generate(request: VllmRequest, prompts: Sequence[Sequence[int]],
         outputs = [[VllmOutput(list(o.token_ids), o.text, finish_reason(o.finish_reason, o.stop_reason))
                     for o in result.outputs] for result in results]
     stats: dict[str, Any] = {"backend": "vllm", "seconds": round(time.perf_counter() - started, 6)}
-    if speculative:
+    if before is not None:
         stats.update(spec_stats(before, spec_counts(llm.get_metrics())))
     return outputs, stats

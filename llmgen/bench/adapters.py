@@ -23,10 +23,10 @@ def speculative_source(target: LoadedModel, draft: LoadedModel | None, prompt_id
     """A token source of speculative decoding, and a function giving its statistics once it is done
     (target_forwards, draft_tokens, accepted_tokens, acceptance_rate, tokens_per_target_forward, ...)."""
     try:
-        from llmgen.decoding.speculative import make_source
+        from llmgen.decoding.speculative import make_source, parse_gamma
     except ModuleNotFoundError:
         raise UsageError("speculative decoding is not part of this installation") from None
-    return make_source(target, draft, prompt_ids, config, generator, gamma=gamma)
+    return make_source(target, draft, prompt_ids, config, generator, gamma=parse_gamma(gamma))
 
 
 def beam_tokens(loaded: LoadedModel, prompt_ids: list[int], config: DecodingConfig) -> list[int]:

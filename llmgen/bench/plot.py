@@ -40,7 +40,7 @@ def write(result: Result, path: Path) -> None:
             if c.gamma == "auto":
                 auto[(t.row.prompt_set, name)] = t.vs_plain
             else:
-                sweeps.setdefault((t.row.prompt_set, name), []).append((int(c.gamma), t.vs_plain))
+                sweeps.setdefault((t.row.prompt_set, name), []).append((int(str(c.gamma)), t.vs_plain))
     for key in auto:
         sweeps.setdefault(key, [])
 
@@ -52,13 +52,13 @@ def write(result: Result, path: Path) -> None:
         values = {t.row.contender.label: t for t in rows if t.row.prompt_set == name}
         xs, heights, low, high = [], [], [], []
         for position, label in enumerate(labels):
-            t = values.get(label)
-            if t is None or t.tps is None:
+            found = values.get(label)
+            if found is None or found.tps is None:
                 continue
             xs.append(position + (index - (len(sets) - 1) / 2) * width)
-            heights.append(t.tps.median)
-            low.append(t.tps.median - t.tps.min)
-            high.append(t.tps.max - t.tps.median)
+            heights.append(found.tps.median)
+            low.append(found.tps.median - found.tps.min)
+            high.append(found.tps.max - found.tps.median)
         bars.bar(xs, heights, width, yerr=[low, high], capsize=3, label=name)
     bars.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
     bars.set_ylabel("decode tokens/s (median, min–max)")

@@ -150,7 +150,7 @@ def cells(t: TableRow) -> list[str]:
         _f(t.ttft.median * 1000 if t.ttft else None, "{:.0f}"), _f(t.prefill.median if t.prefill else None, "{:.0f}"),
         _f(t.peak.max / MB if t.peak else None, "{:.0f}"), _f(t.acceptance.median if t.acceptance else None, "{:.2f}"),
         _f(t.per_forward.median if t.per_forward else None, "{:.2f}"), _f(t.predicted, "{:.2f}×"),
-        *(_f(q[k].median if q[k] else None, "{:.2f}") for k in ("distinct_2", "distinct_3", "repeated_3gram_rate")),
+        *(_f(m.median if (m := q[k]) else None, "{:.2f}") for k in ("distinct_2", "distinct_3", "repeated_3gram_rate")),
         _f(t.kl, "{:.2g}"),
     ]
 
@@ -213,7 +213,7 @@ def as_json(result: Result, roofline: Roofline | None = None) -> dict[str, Any]:
     def s(summary: Summary | None, digits: int = 4) -> dict[str, Any] | None:
         return None if summary is None else summary.as_json(digits)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in table_rows(result):
         c = t.row.contender
         rows.append({

@@ -121,9 +121,9 @@ def weight_bytes_per_token(model: Any) -> int:
 
 def kv_bytes_per_token(model: Any) -> int:
     config = model.config
-    layers = getattr(config, "num_hidden_layers", 0)
-    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 0)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layers: int = getattr(config, "num_hidden_layers", 0)
+    heads: int = getattr(config, "num_key_value_heads", 0) or getattr(config, "num_attention_heads", 0)
+    head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = next(model.parameters()).element_size()
     return int(2 * layers * heads * head_dim * element)
 

@@ -44,7 +44,7 @@ class Summary:
                 "max": round(self.max, digits), "n": self.n}
 
 
-def summarize(values: Sequence[float]) -> Summary | None:
+def summarize(values: Sequence[float | None]) -> Summary | None:
     """None when there is nothing to summarize (a measure that does not apply to the configuration)."""
     clean = [float(v) for v in values if v is not None]
     if not clean:

@@ -16,7 +16,7 @@ import typer
 try:  # typer >= 0.25 vendors click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import ClickException
+    from click import ClickException  # type: ignore[assignment]
 
 from llmgen import __version__
 from llmgen.cli.helpfmt import Command, Group
@@ -58,6 +58,7 @@ def _register() -> None:
     app.command("generate", cls=Command)(_guard(generate.generate))
     for sub in (models_cmd.app, presets_cmd.app):
         for info in sub.registered_commands:
+            assert info.callback is not None
             info.callback = _guard(info.callback)
             info.cls = Command
     app.add_typer(models_cmd.app, name="models", cls=Group)

@@ -8,33 +8,58 @@ import inspect as pyinspect
 import json
 import math
 import sys
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from llmgen.cli import common
-from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, PromptArg, decoding_flags, with_options
+from llmgen.cli.options import (
+    MODEL,
+    OUTPUT,
+    SAMPLING,
+    DecodingFlags,
+    ModelOptions,
+    OutputOptions,
+    PromptArg,
+    group,
+    with_options,
+)
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
-from llmgen.evaluate import remote, selfaudit
-from llmgen.evaluate.distribution import ContextLogits
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.evaluate import remote
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Audit"
 DEFAULT_N = 400
 ORACLES = ("torch", "llamacpp")  # NOTE: the one place the oracle's engine is wired; MODEL's --engine replaces it
+SELF_PATHS = ("plain", "batched", "ngram", "draft", "int4")  # as evaluate.selfaudit.PATHS, which imports torch
 REFUSED = {"stop": "--stop", "schema": "--schema", "json_object": "--json-object", "regex": "--regex",
            "choice": "--choice", "grammar": "--grammar", "ignore_eos": "--ignore-eos",
            "max_new_tokens": "--max-new-tokens (use -k)"}
 
 
-def _option(name: str, annotation: Any, default: Any) -> pyinspect.Parameter:
+@dataclass(frozen=True)
+class AuditOptions:
+    url: str | None = None
+    self_audit: bool = False
+    served_model: str | None = None
+    tokens: int | None = None
+    alpha: float = 0.001
+    paths: str | None = None
+    draft: str | None = None
+    oracle_engine: str = "torch"
+
+
+def _option(name: str, annotation: Any, default: object) -> pyinspect.Parameter:
     return pyinspect.Parameter(name, pyinspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-AUDIT = [
+AUDIT = group(AuditOptions, [
     _option("url", Annotated[str | None, typer.Option(
         "--url", metavar="URL", rich_help_panel=PANEL, show_default="none",
         help="The OpenAI-compatible server: its base (http://host:port or .../v1) or the completions endpoint.")],
@@ -55,7 +80,7 @@ AUDIT = [
         help="Reject when the p-value is below this (exit 1).")], 1e-3),
     _option("paths", Annotated[str | None, typer.Option(
         "--paths", metavar="LIST", rich_help_panel=PANEL, show_default="plain,batched,ngram (+draft, int4)",
-        help=f"--self: the paths to audit, comma-separated, of {', '.join(selfaudit.PATHS)}.")], None),
+        help=f"--self: the paths to audit, comma-separated, of {', '.join(SELF_PATHS)}.")], None),
     _option("draft", Annotated[str | None, typer.Option(
         "--draft", metavar="MODEL", rich_help_panel=PANEL, show_default="none",
         help="--self: the draft model of the 'draft' path.")], None),
@@ -64,8 +89,8 @@ AUDIT = [
         help="Whose logits define the exact distribution: llmgen's torch engine, or llama.cpp's own forward of the "
              "--model GGUF file (to audit a llama.cpp server, whose logits differ slightly from torch's).")],
         "torch"),
-]
-OUTPUT_AUDIT = [p for p in OUTPUT if p.name in ("json", "quiet")]
+])
+OUTPUT_AUDIT = OUTPUT.only("json", "quiet")
 
 
 def _samples_option(param: pyinspect.Parameter) -> pyinspect.Parameter:
@@ -77,12 +102,12 @@ def _samples_option(param: pyinspect.Parameter) -> pyinspect.Parameter:
     return param.replace(annotation=annotation)
 
 
-SAMPLING_AUDIT = [_samples_option(p) if p.name == "n" else p for p in SAMPLING]
+SAMPLING_AUDIT = SAMPLING.swap(_samples_option(next(p for p in SAMPLING.params if p.name == "n")))
 
 
 @with_options(own=AUDIT, sampling=SAMPLING_AUDIT, model_opts=MODEL, output=OUTPUT_AUDIT)
-def audit(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str, Any], model_opts: dict[str, Any],
-          output: dict[str, Any]) -> int:
+def audit(prompt: PromptArg = None, *, own: AuditOptions, sampling: DecodingFlags, model_opts: ModelOptions,
+          output: OutputOptions) -> int:
     """Send N completion requests to an OpenAI-compatible server with the settings you claim (the sampling
     options you give, nothing else), compute with --model's weights the exact distribution those settings
     define, and test the samples with a chi-square test. -n is the number of samples.
@@ -97,40 +122,46 @@ def audit(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str, 
 
       llmgen audit --self -n 400 --top-p 0.9 "Once upon a time"
     """
-    if (own["url"] is None) == (not own["self_audit"]):
+    if (own.url is None) == (not own.self_audit):
         raise UsageError("give --url URL (a server to audit) or --self (llmgen's own paths), one of them")
-    if own["oracle_engine"] not in ORACLES:
-        raise UsageError(f"--oracle-engine must be one of {', '.join(ORACLES)}, not {own['oracle_engine']!r}")
+    if own.oracle_engine not in ORACLES:
+        raise UsageError(f"--oracle-engine must be one of {', '.join(ORACLES)}, not {own.oracle_engine!r}")
     for name, flag in REFUSED.items():
-        if sampling.get(name) not in (None, [], False):
+        if sampling.given.get(name) not in (None, False):
             raise UsageError(f"audit does not test {flag}: drop it")
-    n = sampling["n"] if sampling["n"] is not None else DEFAULT_N
-    claimed = {k: v for k, v in decoding_flags({**sampling, "n": None}).items() if k != "seed"}
-    resolved = common.resolve_settings({**sampling, "n": None})
+    given_n = sampling.given.get("n")
+    n = given_n if isinstance(given_n, int) else DEFAULT_N
+    claimed = {k: v for k, v in sampling.without("n").flags().items() if k != "seed"}
+    resolved = common.resolve_settings(sampling.without("n"))
     config = resolved.config
     if config.num_beams > 1:
         raise UsageError("audit tests sampling; beam search is not sampling")
-    k = own["tokens"] or (3 if own["self_audit"] else 1)
+    k = own.tokens or (3 if own.self_audit else 1)
     paths = _paths(own)
-    if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"), "n": (n, "audit")})
+    if sampling.dump_config:
+        common.dump_config(resolved, {"model": (model_opts.model, "flag or default"), "n": (n, "audit")})
         return 0
     text = common.read_prompt(prompt)
-    loaded = common.load_model(model_opts["model"], model_opts)
+    loaded = common.load_model(model_opts.model, model_opts)
     prompt_ids = [int(i) for i in loaded.tokenizer(text)["input_ids"]]
     if not prompt_ids:
         raise UsageError("the prompt has no tokens")
     if len(prompt_ids) + k > loaded.context_length:
         raise UsageError(f"the prompt ({len(prompt_ids)} tokens) and -k {k} do not fit the model's context "
                          f"({loaded.context_length})")
-    if own["self_audit"]:
+    if own.self_audit:
         return _self(loaded, own, paths, prompt_ids, config, n, k, output)
-    logits_of = ContextLogits(_oracle(loaded, own["oracle_engine"], model_opts["model"]))
-    with common.spinner(f"auditing {own['url']}: {n} requests") if not output["quiet"] else _nothing():
-        report = remote.audit_server(own["url"], own["served_model"], text, prompt_ids, loaded.tokenizer,
-                                     loaded.eos_token_ids, logits_of, config, claimed, n, k, own["alpha"],
+    from llmgen.evaluate import remote
+    from llmgen.evaluate.distribution import ContextLogits
+
+    url = own.url
+    assert url is not None  # checked above: --url or --self
+    logits_of = ContextLogits(_oracle(loaded, own.oracle_engine, model_opts.model))
+    with common.spinner(f"auditing {own.url}: {n} requests") if not output.quiet else _nothing():
+        report = remote.audit_server(url, own.served_model, text, prompt_ids, loaded.tokenizer,
+                                     loaded.eos_token_ids, logits_of, config, claimed, n, k, own.alpha,
                                      config.seed, loaded.ref)
-    _show(report, own["url"], k, output, loaded.tokenizer, by_text=k == 1)
+    _show(report, url, k, output, loaded.tokenizer, by_text=k == 1)
     return 1 if report.verdict.rejected else 0
 
 
@@ -140,14 +171,14 @@ class _nothing:
     def __exit__(self, *exc: object) -> None: ...
 
 
-def _paths(own: dict[str, Any]) -> list[str]:
-    if own["paths"] is None:
-        return ["plain", "batched", "ngram", *(["draft"] if own["draft"] else [])]
-    paths = [p.strip() for p in own["paths"].split(",") if p.strip()]
-    unknown = [p for p in paths if p not in selfaudit.PATHS]
+def _paths(own: AuditOptions) -> list[str]:
+    if own.paths is None:
+        return ["plain", "batched", "ngram", *(["draft"] if own.draft else [])]
+    paths = [p.strip() for p in own.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in SELF_PATHS]
     if unknown or not paths:
-        raise UsageError(f"--paths: {', '.join(unknown) or 'none given'}; choose from {', '.join(selfaudit.PATHS)}")
-    if "draft" in paths and not own["draft"]:
+        raise UsageError(f"--paths: {', '.join(unknown) or 'none given'}; choose from {', '.join(SELF_PATHS)}")
+    if "draft" in paths and not own.draft:
         raise UsageError("--paths draft needs --draft MODEL")
     return paths
 
@@ -165,35 +196,36 @@ def _oracle(loaded: LoadedModel, engine: str, ref: str) -> Any:
     return LlamaCppSequence(resolved.location, context=min(loaded.context_length, 2048))
 
 
-def _self(loaded: LoadedModel, own: dict[str, Any], paths: list[str], prompt_ids: list[int], config: DecodingConfig,
-          n: int, k: int, output: dict[str, Any]) -> int:
-    draft = common.load_model(own["draft"], {"device": "auto", "dtype": "auto", "quant": "auto", "offline": False,
-                                             "allow_pickle": False, "trust_remote_code": False}) \
-        if own["draft"] else None
+def _self(loaded: LoadedModel, own: AuditOptions, paths: list[str], prompt_ids: list[int], config: DecodingConfig,
+          n: int, k: int, output: OutputOptions) -> int:
+    from llmgen.evaluate import selfaudit
+
+    draft = common.load_model(own.draft, ModelOptions()) if own.draft else None  # the defaults, not --model's
     code = 0
     for path in paths:
         model = loaded
         if path == "int4":
-            model = common.load_model(loaded.ref, {"device": "cpu", "dtype": "auto", "quant": "int4", "offline": True,
-                                                   "allow_pickle": False, "trust_remote_code": False})
-        report = selfaudit.audit_path(path, model, draft, prompt_ids, config, n, k, own["alpha"], config.seed)
+            model = common.load_model(loaded.ref, ModelOptions(device="cpu", quant="int4", offline=True))
+        report = selfaudit.audit_path(path, model, draft, prompt_ids, config, n, k, own.alpha, config.seed)
         _show(report, f"llmgen {path}", k, output, loaded.tokenizer, by_text=False)
         code = max(code, 1 if report.verdict.rejected else 0)
     return code
 
 
 def _label(key: Any, tokenizer: Any, by_text: bool) -> str:
+    from llmgen.evaluate import remote
+
     if key == remote.EOS or key == "<pooled>":
         return str(key)
     return json.dumps(key if by_text else tokenizer.decode([key]), ensure_ascii=False)
 
 
-def _show(report: remote.Report, target: str, k: int, output: dict[str, Any], tokenizer: Any, by_text: bool) -> None:
+def _show(report: remote.Report, target: str, k: int, output: OutputOptions, tokenizer: Any, by_text: bool) -> None:
     verdict = report.verdict
     first = verdict.positions[0].test if verdict.positions else None
     over = first.over() if first else []
     under = first.under() if first else []
-    if output["json"]:
+    if output.json:
         row = {"target": target, "n": verdict.n, "k": k, "alpha": verdict.alpha, "p_value": verdict.p_value,
                "rejected": verdict.rejected, "request": report.fields,
                "positions": [{"position": p.position, "p_value": p.test.p_value, "statistic": p.test.statistic,
@@ -203,10 +235,11 @@ def _show(report: remote.Report, target: str, k: int, output: dict[str, Any], to
                "under": [{"token": _label(c.key, tokenizer, by_text), "observed": c.observed,
                           "expected": round(c.expected, 3)} for c in under],
                "explanation": None}
-        if report.explanation is not None:
-            e = report.explanation
-            row["explanation"] = {"name": e.name, "log_likelihood_gain": None if math.isinf(e.gain) else e.gain,
-                                  "p_value": e.p_value}
+        found = report.explanation
+        if found is not None:
+            row["explanation"] = {"name": found.name,
+                                  "log_likelihood_gain": None if math.isinf(found.gain) else found.gain,
+                                  "p_value": found.p_value}
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         sys.stdout.flush()
         return

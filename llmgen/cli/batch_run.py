@@ -15,30 +15,42 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmgen import prompt_file
-from llmgen.cli.options import option
+from llmgen.cli.options import OutputOptions, group, option
 from llmgen.cli.output import Renderer, stderr_console
-from llmgen.decoding import constraints
-from llmgen.decoding.batch import DEFAULT_BATCH_SIZE, Decoder, Row, decode_rows, sample_rows
 from llmgen.decoding.config import Resolved
-from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
-from llmgen.decoding.sequence import SequenceResult, encode_prompt
 from llmgen.errors import LlmgenError, UsageError
 from llmgen.loading.hfutil import first_line
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen import prompt_file
+    from llmgen.decoding.batch import Decoder, Row
+    from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
+    from llmgen.decoding.sequence import SequenceResult
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Many prompts (--input)"
 RECORD_SEPARATOR = "\x1e"
+DEFAULT_BATCH_SIZE = 8  # as decoding.batch.DEFAULT_BATCH_SIZE, which imports torch (test_lazy_imports.py)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    input: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    unordered: bool = False
+    null: bool = False
+    resume: Path | None = None
 
 
 
-BATCH = [
+BATCH = group(BatchOptions, [
     option("input", Annotated[str | None, typer.Option(
         "--input", "-i", metavar="FILE", rich_help_panel=PANEL, show_default="off",
         help="Decode every prompt of FILE ('-' = stdin): one prompt per line, or JSON Lines with \"prompt\" "
@@ -59,7 +71,7 @@ BATCH = [
         "--resume", metavar="FILE", rich_help_panel=PANEL, show_default="off", dir_okay=False,
         help="Append JSON rows to FILE (JSON Lines) instead of stdout, skipping the prompts whose index is already "
              "there (an error row counts as done: delete it to retry).")], None),
-]
+])
 
 
 class RowsFailed(LlmgenError):
@@ -71,8 +83,12 @@ class RowsFailed(LlmgenError):
 def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
              logprobs: LogprobSpec | None = None) -> list[SequenceResult]:
     """The `n` samples as one batch, rendered in sample order."""
+    from llmgen.decoding import constraints
+    from llmgen.decoding.batch import sample_rows
+
     config = resolved.config
     shown = InOrder(renderer, config.n)
+
     def done(row: Row, result: SequenceResult) -> None:
         result.stats["engine"] = loaded.engine.name
         shown.done(row, result)
@@ -99,6 +115,8 @@ class InOrder:
             self.waiting.setdefault(row.key, []).append((piece, logprob))
 
     def done(self, row: Row, result: SequenceResult) -> None:
+        from llmgen.decoding.constraints import warn_incomplete
+
         self.finished[row.key] = result
         while self.live in self.finished:
             self.renderer.end(self.finished.pop(self.live))
@@ -107,7 +125,7 @@ class InOrder:
                 self.renderer.begin(self.live, self.total)
                 for piece, logprob in self.waiting.pop(self.live, []):
                     self.renderer.text(piece, "target", logprob)
-        constraints.warn_incomplete(row.config, result.finish_reason)
+        warn_incomplete(row.config, result.finish_reason)
 
 
 # --- --input FILE --------------------------------------------------------------------------------
@@ -145,10 +163,10 @@ class RowWriter:
     def __init__(self, stream: IO[str] | None, json_mode: bool, null: bool, order: list[int] | None) -> None:
         self.file, self.json_mode, self.null = stream, json_mode, null  # None: sys.stdout at each write
         self.order, self.position = order, 0  # order: the indices in output order (None: as they come)
-        self.held: dict[int, dict[str, Any]] = {}
+        self.held: dict[int, dict[str, object]] = {}
         self.written = 0
 
-    def put(self, index: int, record: dict[str, Any]) -> None:
+    def put(self, index: int, record: dict[str, object]) -> None:
         if self.order is None:
             self._write(record)
             return
@@ -168,11 +186,11 @@ class RowWriter:
         # NOTE: looked up at each write: the progress bar redirects sys.stdout so that rows print above it.
         return sys.stdout if self.file is None else self.file
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, object]) -> None:
         if self.json_mode:
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            text = record.get("text", "")
+            text = str(record.get("text", ""))
             if self.null:
                 self.stream.write(text + "\0")
             else:
@@ -219,7 +237,7 @@ class InputRun:
         self.failed = 0
         self.tokens = 0
 
-    def _head(self, index: int) -> dict[str, Any]:
+    def _head(self, index: int) -> dict[str, object]:
         job = self.by_index[index]
         return {"index": index} if job.id is None else {"index": index, "id": job.id}
 
@@ -231,32 +249,39 @@ class InputRun:
         self.advance(0)
 
     def done(self, row: Row, result: SequenceResult) -> None:
+        from llmgen.decoding.constraints import warn_incomplete
+
         self.tokens += len(result.token_ids)
         self.writer.put(row.key, {**self._head(row.key), **result.as_json()})
-        constraints.warn_incomplete(row.config, result.finish_reason)
+        warn_incomplete(row.config, result.finish_reason)
         self.advance(len(result.token_ids))
 
 
-def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: dict[str, Any],
+def run_input(loaded: Any, resolved: Resolved, batch: BatchOptions, output: OutputOptions,
               logprobs: LogprobSpec | None = None, decoder: Decoder | None = None) -> None:
     """Decode every prompt of --input; raises RowsFailed at the end if any row failed.
 
     With a `decoder` (Ray actors, vLLM), the rows are decoded there instead of in this process, and
     `loaded` is the model's `ModelInfo`; reading, ordering, resuming and writing rows stay the same."""
-    jobs = prompt_file.parse(read_input(batch["input"]), resolved.config)
-    chat, system = output.get("chat"), output.get("system")
+    from llmgen import prompt_file
+    from llmgen.decoding.batch import decode_rows
+    from llmgen.decoding.sequence import encode_prompt
+
+    assert batch.input is not None, "run_input runs --input FILE"
+    jobs = prompt_file.parse(read_input(batch.input), resolved.config)
+    chat, system = output.chat, output.system
     encode_prompt(loaded, "x", chat, system)  # --chat without a template, --system without chat: exit 2 now
-    resume: Path | None = batch["resume"]
+    resume: Path | None = batch.resume
     skip = done_indices(resume) if resume else set()
     jobs = [job for job in jobs if job.index not in skip]
-    order = None if batch["unordered"] else [job.index for job in jobs]
+    order = None if batch.unordered else [job.index for job in jobs]
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stream: IO[str] | None = None
         if resume:
             stream = stack.enter_context(_append(resume))
-        writer = RowWriter(stream, json_mode=output["json"] or resume is not None, null=batch["null"], order=order)
-        run = InputRun(jobs, writer, stack.enter_context(progress_bar(len(jobs))), output["quiet"])
+        writer = RowWriter(stream, json_mode=output.json or resume is not None, null=batch.null, order=order)
+        run = InputRun(jobs, writer, stack.enter_context(progress_bar(len(jobs))), output.quiet)
         rows = prompt_file.job_rows(jobs, loaded, chat, system, logprobs, run.fail)
         try:
             if decoder is not None:
@@ -266,10 +291,10 @@ def run_input(loaded: Any, resolved: Resolved, batch: dict[str, Any], output: di
                     result.stats["engine"] = loaded.engine.name
                     run.done(row, result)
 
-                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch["batch_size"], on_done=local_done)
+                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch.batch_size, on_done=local_done)
         finally:
             writer.drain()
-    if not output["quiet"]:
+    if not output.quiet:
         seconds = time.perf_counter() - started
         print(f"llmgen: {len(jobs)} prompts ({run.failed} failed), {run.tokens} tokens in {seconds:.1f} s, "
               f"{run.tokens / max(seconds, 1e-9):.1f} tok/s", file=sys.stderr, flush=True)

@@ -2,74 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from llmgen.cli import common
-from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, with_options
+from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, DecodingFlags, ModelOptions, OutputOptions, with_options
 from llmgen.cli.output import stderr_console
 from llmgen.decoding.config import DecodingConfig
-from llmgen.errors import IncompatibleDraftError, ModelError, UsageError
+from llmgen.errors import UsageError
+
+if TYPE_CHECKING:
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Benchmark"
-
-
-def _split(values: list[str] | None) -> list[str]:
-    """Repeated options and comma-separated lists both work: --gamma 1,2 --gamma 4."""
-    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
-
-
-def parse_gammas(values: list[str] | None) -> list[int | str]:
-    gammas: list[int | str] = []
-    for item in _split(values) or ["5"]:
-        if item == "auto":
-            gammas.append("auto")
-            continue
-        try:
-            gamma = int(item)
-        except ValueError:
-            raise UsageError(f"--gamma: {item!r} is not an integer or 'auto'") from None
-        if gamma < 1:
-            raise UsageError(f"--gamma: {gamma} must be >= 1")
-        gammas.append(gamma)
-    return list(dict.fromkeys(gammas))
-
-
-def bench_config(resolved: Any) -> DecodingConfig:
-    """The benchmark's settings: greedy and 128 new tokens unless a flag or a preset says otherwise."""
-    config, sources = resolved.config, resolved.sources
-    if config.n != 1:
-        raise UsageError("-n: bench generates one sequence per run")
-    changes: dict[str, Any] = {}
-    if sources["temperature"] == "default":
-        changes["temperature"] = 0.0
-    if sources["max_new_tokens"] == "default":
-        changes["max_new_tokens"] = 128
-    return config.replace(**changes) if changes else config
-
-
-def pick_strategies(requested: list[str], explicit: bool, drafts: list[str], model: str) -> tuple[list[str], list[str]]:
-    """The strategies to run, and notes about default ones skipped (an explicit one missing is an error)."""
-    from llmgen.bench import contenders
-
-    notes = []
-    chosen = []
-    for name in requested:
-        contenders.check_strategy(name)
-        why = contenders.available(name)
-        if why is None and name == "draft" and not drafts and model != "smollm2-135m":
-            why = "no --draft given (the built-in draft 'small' belongs to smollm2-135m)"
-        if why is not None:
-            if explicit:
-                raise UsageError(f"--strategies {name}: {why}")
-            notes.append(f"skipping {name}: {why}")
-            continue
-        chosen.append(name)
-    return list(dict.fromkeys(chosen)), notes
 
 
 @with_options(sampling=SAMPLING, model_opts=MODEL, output=OUTPUT)
@@ -112,7 +62,7 @@ def bench(
                                            "against its ceiling.", rich_help_panel=PANEL)] = False,
     roofline_mb: Annotated[int, typer.Option("--roofline-mb", help="Size of the tensor read that measures "
                                              "bandwidth, in MB.", rich_help_panel=PANEL)] = 1024,
-    sampling: dict[str, Any], model_opts: dict[str, Any], output: dict[str, Any],
+    sampling: DecodingFlags, model_opts: ModelOptions, output: OutputOptions,
 ) -> None:
     """Measure decoding strategies side by side: tokens/s, time to first token, memory, quality.
 
@@ -131,97 +81,57 @@ def bench(
 
     --engine takes a list here: the plain and n-gram rows run on each engine, interleaved, labelled by engine.
     """
+    from llmgen.bench import planning, report, runner
     from llmgen.bench import plot as plotting
     from llmgen.bench import prompts as prompt_sets
-    from llmgen.bench import report, runner
     from llmgen.bench import roofline as roof
 
-    baselines = set(_split([baseline])) - {"none"}
-    if baselines - {"hf", "llamacpp"}:
-        raise UsageError(f"--baseline: {baseline!r} must be none, hf, llamacpp or hf,llamacpp")
+    baselines = planning.parse_baselines(baseline)
     if roofline_mb < 1:
         raise UsageError(f"--roofline-mb must be >= 1, not {roofline_mb}")
     if plot is not None:
         if plot.suffix.lower() != ".png":
             raise UsageError(f"--plot: {str(plot)!r} must end in .png")
         plotting.require()
-    resolved = common.resolve_settings(sampling, model_opts)
-    if resolved.config.constrained:
-        raise UsageError("bench does not take a constraint yet; scripts/bench_constrained.py measures its cost")
-    config = bench_config(resolved)
-    engines = list(dict.fromkeys(_split([model_opts["engine"]]))) or ["auto"]
-    if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+    model_opts = common.model_options(sampling, model_opts)
+    resolved = common.resolve_settings(sampling)
+    config = planning.bench_config(resolved)
+    engines = list(dict.fromkeys(planning.split([model_opts.engine]))) or ["auto"]
+    if sampling.dump_config:
+        common.dump_config(resolved, {"model": (model_opts.model, "flag or default"),
                                       **common.model_settings(model_opts, engine=engines[0])})
         return
     if batch_sizes is not None:
         _batch_sweep(batch_sizes, runs, model_opts, output, plot)
         return
-    gammas = parse_gammas(gamma)
-    drafts = _split(draft)
+    gammas = planning.parse_gammas(gamma)
+    drafts = planning.split(draft)
     explicit = bool(strategies)
-    chosen, notes = pick_strategies(_split(strategies) or ["plain", "int4", "ngram", "draft", "beam"], explicit,
-                                    drafts, model_opts["model"])
+    chosen, notes = planning.pick_strategies(planning.split(strategies) or list(planning.DEFAULT_STRATEGIES),
+                                             explicit, drafts, model_opts.model)
     if roofline and "plain" not in chosen:
         chosen.insert(0, "plain")
-    sets = [prompt_sets.load(ref) for ref in dict.fromkeys(_split(prompts) or ["grounded"])]
+    sets = [prompt_sets.load(ref) for ref in dict.fromkeys(planning.split(prompts) or ["grounded"])]
     # Checked before the (slow) loads: Plan validates the numbers.
     runner.Plan(sets, chosen, gammas, (), runs, warmup, "hf" in baselines, num_beams)
     console = stderr_console()
     for note in notes:
-        if not output["quiet"]:
+        if not output.quiet:
             console.print(f"llmgen bench: {note}", highlight=False)
 
-    loaded = common.load_model(model_opts["model"], model_opts, engines[0])
-    others = [common.load_model(model_opts["model"], model_opts, engine) for engine in engines[1:]]
-    late_notes: list[str] = []  # what only the loaded models tell
-    if roofline and loaded.quant != "none":
-        raise UsageError(f"--roofline measures the float path; drop --quant {loaded.quant}")
-    if loaded.quant != "none":  # the target itself runs in 4 bits
-        if "int4" in chosen:
-            chosen.remove("int4")
-            why = ("the llama.cpp engine runs the file's own quantization" if loaded.engine.name == "llamacpp"
-                   else "the target is already int4")
-            if explicit:
-                raise UsageError(f"--strategies int4: {why}")
-            late_notes.append(f"skipping int4: {why}")
-    int4 = None
-    if "int4" in chosen:
-        try:
-            int4 = common.load_model(model_opts["model"], {**model_opts, "quant": "int4"}, "torch")
-        except ModelError as err:
-            if explicit:
-                raise
-            chosen.remove("int4")
-            late_notes.append(f"skipping int4: {err}")
-    llamacpp_gguf = None
-    if "llamacpp" in baselines:
-        from llmgen.bench import contenders
-        from llmgen.loading.models import resolve
+    def load(ref: str, engine: str, dtype: str | None, quant: str | None) -> LoadedModel:
+        return common.load_model(ref, dataclasses.replace(model_opts, dtype=dtype or model_opts.dtype,
+                                                          quant=quant or model_opts.quant), engine)
 
-        resolved_model = resolve(model_opts["model"])
-        gguf = resolved_model.location if resolved_model.kind == "gguf" else None
-        why = contenders.llamacpp_unavailable(loaded, config, gguf)
-        if why:
-            raise UsageError(f"--baseline llamacpp: {why}")
-        llamacpp_gguf = gguf
-    for note in late_notes:
-        if not output["quiet"]:
+    models = planning.load_models(load, model_opts.model, engines, chosen, explicit, drafts, baselines, config,
+                                  roofline)
+    for note in models.notes:
+        if not output.quiet:
             console.print(f"llmgen bench: {note}", highlight=False)
-    draft_models = []
-    if "draft" in chosen:
-        for ref in drafts or ["small"]:
-            if ref == "self":
-                model = common.load_model(model_opts["model"], {**model_opts, "dtype": "auto", "quant": "int4"}, "torch")
-            else:
-                model = common.load_model(ref, {**model_opts, "dtype": "auto", "quant": "auto"}, engines[0])
-            if model.vocab_size != loaded.vocab_size:
-                raise IncompatibleDraftError(f"draft {ref!r} has a vocabulary of {model.vocab_size} tokens; "
-                                             f"the target {loaded.ref!r} has {loaded.vocab_size}")
-            draft_models.append(model)
-    plan = runner.Plan(sets, chosen, gammas, draft_models, runs, warmup, "hf" in baselines, num_beams,
-                       output["chat"], output["system"], int4, llamacpp_gguf, others)
-    result = _run_with_progress(loaded, config, plan, quiet=output["quiet"])
+    loaded = models.target
+    plan = runner.Plan(sets, models.chosen, gammas, models.drafts, runs, warmup, "hf" in baselines, num_beams,
+                       output.chat, output.system, models.int4, models.llamacpp_gguf, models.others)
+    result = _run_with_progress(loaded, config, plan, quiet=output.quiet)
     roofline_result = None
     if roofline:
         plain_rows = [r for r in result.rows if r.contender.strategy == "plain" and r.contender.engine == "llmgen"]
@@ -230,7 +140,7 @@ def bench(
                                        size_bytes=roofline_mb * 1_000_000)
     if plot is not None:
         plotting.write(result, plot)
-    if output["json"]:
+    if output.json:
         sys.stdout.write(json.dumps(report.as_json(result, roofline_result), ensure_ascii=False) + "\n")
     elif sys.stdout.isatty():
         from rich.console import Console
@@ -241,7 +151,7 @@ def bench(
     else:
         sys.stdout.write(report.markdown(result, roofline_result))
     sys.stdout.flush()
-    if plot is not None and not output["quiet"]:
+    if plot is not None and not output.quiet:
         console.print(f"llmgen bench: wrote {plot}", highlight=False)
 
 
@@ -262,25 +172,25 @@ def _run_with_progress(loaded: Any, config: DecodingConfig, plan: Any, quiet: bo
         return runner.run(loaded, config, plan, on_progress)
 
 
-def _batch_sweep(sizes_text: str, runs: int, model_opts: dict[str, Any], output: dict[str, Any],
+def _batch_sweep(sizes_text: str, runs: int, model_opts: ModelOptions, output: OutputOptions,
                  plot: Path | None) -> None:
     """`--batch-sizes`: the sweep of `llmgen.bench.batch`, as a table, JSON and a plot."""
-    from llmgen.bench import batch, report
+    from llmgen.bench import batch, planning, report
 
     try:
-        sizes = [int(item) for item in _split([sizes_text])]
+        sizes = [int(item) for item in planning.split([sizes_text])]
     except ValueError:
         raise UsageError(f"--batch-sizes: {sizes_text!r} must be a list of integers, e.g. 1,2,4,8,16") from None
     if not sizes or min(sizes) < 1:
         raise UsageError(f"--batch-sizes: {sizes_text!r} must be integers >= 1")
-    loaded = common.load_model(model_opts["model"], model_opts)
+    loaded = common.load_model(model_opts.model, model_opts)
     rows = batch.sweep(loaded, runs, with_hf=loaded.quant == "none", sizes=sizes)
     result = {"model": loaded.ref, "quant": loaded.quant, "cpu": report.machine(loaded.device),
               "threads": __import__("torch").get_num_threads(), "date": report.today(), "runs": runs,
               "sections": {"sweep": rows}}
     if plot is not None:
         batch.plot_sweep([result], plot)
-    if output["json"]:
+    if output.json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     else:
         sys.stdout.write("\n".join([f"### batch-size sweep · {result['date']} · {result['cpu']} · {loaded.ref} "

@@ -5,9 +5,11 @@ options of `speculate`; --raw and beam search are refused."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,13 +17,21 @@ import typer
 
 from llmgen import presets
 from llmgen.cli import common
-from llmgen.cli.chat_repl import Repl, line_reader
-from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, decoding_flags, with_options
-from llmgen.cli.speculate import SPECULATIVE, _load_draft
-from llmgen.decoding import beam, constraints
-from llmgen.decoding.chat import ChatSession, Conversation, Speculative
+from llmgen.cli.options import (
+    LOGPROBS,
+    MODEL,
+    OUTPUT,
+    SAMPLING,
+    DecodingFlags,
+    ModelOptions,
+    OutputOptions,
+    ProbsOptions,
+    group,
+    with_options,
+)
+from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft
 from llmgen.decoding.config import DEFAULTS, Resolved, canonical_key, resolve
-from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
+from llmgen.decoding.plan import check_drafting
 from llmgen.errors import ConfigError, UsageError
 
 CLEAR = object()  # `/set KEY none`: forget the flag
@@ -38,27 +48,36 @@ def _plain_by_default(param: inspect.Parameter) -> inspect.Parameter:
 
 
 # The same option objects as speculate's (one flag, one definition); --compare and --trace stay there.
-DRAFT = [_plain_by_default(p) for p in SPECULATIVE if p.name in DRAFT_OPTIONS]
+DRAFT = SPECULATIVE.only(*DRAFT_OPTIONS)
+DRAFT = DRAFT.swap(_plain_by_default(DRAFT.params[0]))
 
-CHAT = [
+
+@dataclass(frozen=True)
+class ChatOptions:
+    history: Path | None = None
+
+
+CHAT = group(ChatOptions, [
     inspect.Parameter("history", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Path | None, typer.Option(
             "--history", metavar="FILE.json", show_default="none", rich_help_panel="Prompt and output",
             help="Start from a saved transcript (OpenAI-style messages, as /save writes them).")]),
-]
+])
 
 
 class Settings:
     """The decoding settings of a chat: a preset and the flags, merged again whenever either changes
     (/set, /preset), through the same `config.resolve` as the command line."""
 
-    def __init__(self, preset: presets.Preset | None, flags: dict[str, Any]) -> None:
+    def __init__(self, preset: presets.Preset | None, flags: dict[str, object]) -> None:
         self.preset = preset
         self.flags = flags
         self.resolved = self._resolve(preset, flags)
 
     @staticmethod
-    def _resolve(preset: presets.Preset | None, flags: dict[str, Any]) -> Resolved:
+    def _resolve(preset: presets.Preset | None, flags: dict[str, object]) -> Resolved:
+        from llmgen.decoding import constraints
+
         resolved = resolve(preset.values if preset else None, preset.name if preset else None, flags)
         check_chat(resolved)
         constraints.check_options(resolved.config)
@@ -66,6 +85,7 @@ class Settings:
 
     def set(self, key: str, text: str) -> str:
         """`/set KEY VALUE`: VALUE parsed as the flag's type; returns the name of the field set."""
+        name: str | None
         if key.replace("-", "_") == "greedy":
             flags = {k: v for k, v in self.flags.items() if k != "temperature"}
             flags["greedy"] = parse_value("greedy", text, bool)
@@ -102,7 +122,7 @@ def parse_value(name: str, text: str, kind: type) -> Any:
         try:
             return shlex.split(text)
         except ValueError as err:
-            raise ConfigError(f"invalid value for {name.replace('_', '-')}: {text!r}: {err}") from None
+            raise ConfigError.invalid(name, f"{text!r}: {err}") from None
     try:
         if kind is bool:
             if text.lower() in ("true", "on", "yes", "1"):
@@ -116,12 +136,14 @@ def parse_value(name: str, text: str, kind: type) -> Any:
             return float(text)
     except ValueError:
         what = {bool: "true or false", int: "an integer", float: "a number"}.get(int if name == "seed" else kind)
-        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {text!r} must be {what}") from None
+        raise ConfigError.invalid(name, f"{text!r} must be {what}") from None
     return text
 
 
 def check_chat(resolved: Resolved) -> None:
     """What a chat cannot do: beam search, and more than one reply per turn."""
+    from llmgen.decoding import beam
+
     config, sources = resolved.config, resolved.sources
     if config.num_beams > 1:
         raise UsageError(f"chat does not do beam search: num_beams must be 1 (it is {config.num_beams}, "
@@ -132,8 +154,8 @@ def check_chat(resolved: Resolved) -> None:
 
 
 @with_options(chat_opts=CHAT, spec=DRAFT, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS)
-def chat(*, chat_opts: dict[str, Any], spec: dict[str, Any], sampling: dict[str, Any], model_opts: dict[str, Any],
-         output: dict[str, Any], probs: dict[str, Any]) -> int:
+def chat(*, chat_opts: ChatOptions, spec: SpeculativeOptions, sampling: DecodingFlags, model_opts: ModelOptions,
+         output: OutputOptions, probs: ProbsOptions) -> int:
     """Talk with the model; the KV cache of earlier turns is kept, so each turn prefills only what is new.
 
     Type /help for the commands. A message between two lines of \"\"\" spans several lines.
@@ -150,34 +172,37 @@ def chat(*, chat_opts: dict[str, Any], spec: dict[str, Any], sampling: dict[str,
 
       llmgen chat --draft small --gamma 4 --seed 1 --history talk.json
     """
-    if output["chat"] is False:
+    from llmgen.cli.chat_repl import Repl, line_reader
+    from llmgen.decoding.chat import ChatSession, Conversation, Speculative
+    from llmgen.decoding.speculative import check_compatible
+
+    if output.chat is False:
         raise UsageError("chat always applies the chat template; --raw is for 'llmgen generate'")
-    preset = presets.load(sampling["preset"]) if sampling.get("preset") else None
-    settings = Settings(preset, decoding_flags(sampling))
-    if model_opts["threads"] is None and preset is not None and preset.threads is not None:
-        model_opts["threads"], model_opts["threads_source"] = preset.threads, f"preset {preset.name}"
-    draft_ref = spec["draft"]
-    gamma = parse_gamma(spec["gamma"]) if draft_ref else "auto"
-    NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
-    logprobs = common.logprob_spec(probs, output["json"])
-    conversation = Conversation.load(chat_opts["history"]) if chat_opts["history"] else Conversation()
-    if output["system"] is not None:
-        conversation.system = output["system"] or None
-    if sampling["dump_config"]:
-        common.dump_config(settings.resolved, {"model": (model_opts["model"], "flag or default"),
+    preset = presets.load(sampling.preset) if sampling.preset else None
+    settings = Settings(preset, sampling.flags())
+    if model_opts.threads is None and preset is not None and preset.threads is not None:
+        model_opts = dataclasses.replace(model_opts, threads=preset.threads, threads_source=f"preset {preset.name}")
+    draft_ref = spec.draft
+    gamma = check_drafting(spec.gamma if draft_ref else "auto", spec.ngram_max, spec.ngram_min)
+    logprobs = common.logprob_spec(probs, output.json)
+    conversation = Conversation.load(chat_opts.history) if chat_opts.history else Conversation()
+    if output.system is not None:
+        conversation.system = output.system or None
+    if sampling.dump_config:
+        common.dump_config(settings.resolved, {"model": (model_opts.model, "flag or default"),
                                                **common.model_settings(model_opts),
                                                "draft": (draft_ref, "flag or default")})
         return 0
-    target = common.load_model(model_opts["model"], model_opts)
+    target = common.load_model(model_opts.model, model_opts)
     speculative = None
     if draft_ref:
-        draft = _load_draft(draft_ref, spec["draft_dtype"], spec["draft_quant"], model_opts, spec["draft_engine"])
+        draft = _load_draft(draft_ref, spec.draft_dtype, spec.draft_quant, model_opts, spec.draft_engine)
         if draft is not None:
             check_compatible(target, draft)
-        speculative = Speculative(draft, gamma, spec["ngram_max"], spec["ngram_min"])
+        speculative = Speculative(draft, gamma, spec.ngram_max, spec.ngram_min)
     session = ChatSession(target, conversation, speculative)
     interactive = sys.stdin is not None and sys.stdin.isatty()
     repl = Repl(session, settings, output, probs, logprobs, line_reader(interactive), interactive,
-                {"model": model_opts["model"], "draft": draft_ref, "gamma": gamma if draft_ref else None})
+                {"model": model_opts.model, "draft": draft_ref, "gamma": gamma if draft_ref else None})
     return repl.run()
 

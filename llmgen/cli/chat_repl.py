@@ -16,19 +16,31 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.table import Table
 
 from llmgen.cli import common
+from llmgen.cli.options import OutputOptions, ProbsOptions
 from llmgen.cli.output import Renderer, format_stats, stderr_console
 from llmgen.decoding import constraints
 from llmgen.decoding.chat import ChatSession, Conversation
-from llmgen.decoding.config import FIELDS
+from llmgen.decoding.config import FIELDS, Resolved
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.sequence import SequenceResult
 from llmgen.errors import LlmgenError, UsageError
 from llmgen.loading.hfutil import first_line
+
+
+class Settings(Protocol):
+    """What the REPL needs of a chat's settings (`chat.Settings`): the resolved ones, /set and /preset."""
+
+    resolved: Resolved
+
+    def set(self, key: str, text: str) -> str: ...
+
+    def use_preset(self, ref: str) -> str: ...
+
 
 LineReader = Callable[[str], str]  # returns a line without its newline; raises EOFError, KeyboardInterrupt
 FENCE = '"""'
@@ -98,8 +110,8 @@ def _typed_so_far() -> str:
 
 
 class Repl:
-    def __init__(self, session: ChatSession, settings: Any, output: dict[str, Any], probs: dict[str, Any],
-                 logprobs: LogprobSpec | None, read: LineReader, interactive: bool, about: dict[str, Any]) -> None:
+    def __init__(self, session: ChatSession, settings: Settings, output: OutputOptions, probs: ProbsOptions,
+                 logprobs: LogprobSpec | None, read: LineReader, interactive: bool, about: dict[str, object]) -> None:
         self.session = session
         self.settings = settings
         self.output = output
@@ -109,8 +121,8 @@ class Repl:
         self.interactive = interactive
         self.about = about  # model, draft, gamma: shown by /show
         self.err = stderr_console()
-        self.last_stats: dict[str, Any] | None = None
-        self.totals = {"turns": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0,
+        self.last_stats: dict[str, object] | None = None
+        self.totals: dict[str, float] = {"turns": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0,
                        "prefill_seconds": 0.0}
 
     # --- the loop -------------------------------------------------------------------------------
@@ -193,7 +205,7 @@ class Repl:
             return False
         except KeyboardInterrupt:
             text = self.session.conversation.messages[-1]["content"]  # the partial reply, kept by the session
-            if self.output["json"]:
+            if self.output.json:
                 self.write_row(text, {"finish_reason": "interrupted"})
             else:
                 sys.stdout.write("\n")
@@ -202,7 +214,7 @@ class Repl:
             return True
         self.record(result.stats)
         constraints.warn_incomplete(config, result.finish_reason)
-        if self.output["json"]:
+        if self.output.json:
             self.write_row(result.text, {**result.stats, "finish_reason": result.finish_reason}, result.logprobs)
         else:
             renderer.end(result)
@@ -211,24 +223,25 @@ class Repl:
                 sys.stdout.flush()
         return True
 
-    def write_row(self, text: str, stats: dict[str, Any], logprobs: list[dict[str, Any]] | None = None) -> None:
-        row: dict[str, Any] = {"turn": self.session.turns, "role": "assistant", "content": text, "stats": stats}
+    def write_row(self, text: str, stats: dict[str, object], logprobs: list[dict[str, object]] | None = None) -> None:
+        row: dict[str, object] = {"turn": self.session.turns, "role": "assistant", "content": text, "stats": stats}
         if logprobs is not None:
             row["logprobs"] = logprobs
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
     def renderer(self) -> Renderer:
-        if self.output["json"]:
+        if self.output.json:
             return Renderer(True)
         legend = self.session.speculative is not None and self.totals["turns"] == 0
         return common.make_renderer(self.output, self.probs, self.logprobs, self.session.target.tokenizer, legend)
 
-    def record(self, stats: dict[str, Any]) -> None:
+    def record(self, stats: dict[str, object]) -> None:
         self.last_stats = stats
         self.totals["turns"] += 1
         for key in ("prompt_tokens", "cached_tokens", "generated_tokens", "prefill_seconds"):
-            self.totals[key] += stats.get(key) or 0
+            value = stats.get(key)
+            self.totals[key] += value if isinstance(value, (int, float)) else 0
 
     # --- /commands ------------------------------------------------------------------------------
 
@@ -290,8 +303,8 @@ class Repl:
         if self.last_stats:
             for label, value in format_stats(self.last_stats):
                 table.add_row(label, value)
-        for key, value in self.totals.items():
-            table.add_row(f"session {key.replace('_', ' ')}", f"{value:.3f}" if isinstance(value, float) else str(value))
+        for key, total in self.totals.items():
+            table.add_row(f"session {key.replace('_', ' ')}", f"{total:.3f}" if isinstance(total, float) else str(total))
         self.err.print(table)
 
     def cmd_save(self, arg: str) -> None:

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from llmgen import presets
-from llmgen.cli.options import decoding_flags
+from llmgen.cli.options import DecodingFlags, ModelOptions, OutputOptions, ProbsOptions
 from llmgen.cli.output import Renderer, stderr_console
 from llmgen.cli.output import make_renderer as output_renderer
-from llmgen.decoding import constraints
-from llmgen.decoding.batch import row_generator
 from llmgen.decoding.config import FIELDS, Resolved, resolve
-from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.sequence import SequenceResult, TokenSource, encode_prompt, run_sequence
 from llmgen.errors import ModelError, PromptError, UsageError
 from llmgen.loading import models
-from llmgen.loading.models import LoadedModel
+from llmgen.loading.hfutil import verbose
 from llmgen.loading.threads import check_threads
+
+# NOTE: what needs torch is imported inside the functions that run a model, so that `--help` and the
+# settings checks import neither torch nor transformers (tests/cli/test_lazy_imports.py checks it).
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import LogprobSpec, Mode
+    from llmgen.decoding.sequence import SequenceResult, TokenSource
+    from llmgen.loading.models import LoadedModel
+
+    # (prompt ids, the sequence's torch.Generator, its index) -> a token source and its extra statistics
+    SourceFactory = Callable[[list[int], Any, int], tuple[TokenSource, Callable[[], dict[str, object]]]]
 
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 
@@ -60,38 +67,42 @@ def read_prompt(prompt: str | None) -> str:
     return text
 
 
-def resolve_settings(sampling: dict[str, Any], model_opts: dict[str, Any] | None = None) -> Resolved:
-    """The decoding settings: flags > preset > defaults. A preset's `threads` fills `model_opts["threads"]`
-    when --threads is not given."""
-    preset_ref = sampling.get("preset")
-    preset = presets.load(preset_ref) if preset_ref else None
-    if model_opts is not None:
-        check_threads(model_opts.get("threads"))
-        model_opts["threads_source"] = "flag" if model_opts.get("threads") is not None else "default"
-        if model_opts.get("threads") is None and preset is not None and preset.threads is not None:
-            model_opts["threads"], model_opts["threads_source"] = preset.threads, f"preset {preset.name}"
-    resolved = resolve(preset.values if preset else None, preset.name if preset else None,
-                       decoding_flags(sampling))
+def model_options(sampling: DecodingFlags, model_opts: ModelOptions) -> ModelOptions:
+    """The --model options with their threads settled: --threads, else the preset's `threads`, else none
+    (the engine's default); `threads_source` says which."""
+    check_threads(model_opts.threads)
+    preset = presets.load(sampling.preset) if sampling.preset else None
+    if model_opts.threads is None and preset is not None and preset.threads is not None:
+        return dataclasses.replace(model_opts, threads=preset.threads, threads_source=f"preset {preset.name}")
+    return dataclasses.replace(model_opts, threads_source="flag" if model_opts.threads is not None else "default")
+
+
+def resolve_settings(sampling: DecodingFlags) -> Resolved:
+    """The decoding settings: flags > preset > defaults."""
+    preset = presets.load(sampling.preset) if sampling.preset else None
+    resolved = resolve(preset.values if preset else None, preset.name if preset else None, sampling.flags())
+    from llmgen.decoding import constraints
+
     constraints.check_options(resolved.config)  # one at a time, a schema file that exists, llguidance installed
     return resolved
 
 
-def model_settings(model_opts: dict[str, Any], prefix: str = "", ref: str | None = None,
-                   engine: str | None = None) -> dict[str, tuple[Any, str]]:
+def model_settings(model_opts: ModelOptions, prefix: str = "", ref: str | None = None,
+                   engine: str | None = None) -> dict[str, tuple[object, str]]:
     """What --dump-config shows of a model: its reference, the engine that will run it, the threads."""
-    ref = ref or model_opts["model"]
-    requested = engine or model_opts.get("engine", "auto")
+    ref = ref or model_opts.model
+    requested = engine or model_opts.engine
     try:
-        chosen = models.choose_engine(requested, models.resolve(ref), model_opts.get("quant", "auto"))
+        chosen = models.choose_engine(requested, models.resolve(ref), model_opts.quant)
     except ModelError:
         chosen = requested  # a model that cannot be resolved fails when it is loaded, not here
-    threads = model_opts.get("threads")
-    source = model_opts.get("threads_source", "flag" if threads is not None else "default")
+    threads = model_opts.threads
+    source = model_opts.threads_source or ("flag" if threads is not None else "default")
     return {f"{prefix}engine": (chosen, "flag" if requested != "auto" else "auto"),
             f"{prefix}threads": (threads if threads is not None else models.physical_cores(), source)}
 
 
-def dump_config(resolved: Resolved, extra: dict[str, tuple[Any, str]] | None = None) -> None:
+def dump_config(resolved: Resolved, extra: dict[str, tuple[object, str]] | None = None) -> None:
     for name in FIELDS:
         value = getattr(resolved.config, name)
         print(f"{name} = {_toml_value(value)}  # {resolved.sources[name]}")
@@ -120,54 +131,60 @@ def spinner(description: str) -> Iterator[None]:
         yield
 
 
-def load_model(ref: str, model_opts: dict[str, Any], engine: str | None = None) -> LoadedModel:
+def libraries_speak(model_opts: ModelOptions) -> contextlib.AbstractContextManager[None]:
+    """--verbose: transformers' and llama.cpp's own bars and log lines reach stderr while loading."""
+    return verbose() if model_opts.verbose else contextlib.nullcontext()
+
+
+def load_model(ref: str, model_opts: ModelOptions, engine: str | None = None) -> LoadedModel:
     """Load `ref` with the --model options; `engine` overrides --engine (the draft's --draft-engine)."""
-    return models.load(ref, device=model_opts["device"], dtype=model_opts["dtype"], quant=model_opts["quant"],
-                       offline=model_opts["offline"], allow_pickle=model_opts["allow_pickle"],
-                       trust_remote_code=model_opts["trust_remote_code"], progress=spinner,
-                       engine=engine or model_opts.get("engine", "auto"), threads=model_opts.get("threads"))
+    with libraries_speak(model_opts):
+        return models.load(ref, device=model_opts.device, dtype=model_opts.dtype, quant=model_opts.quant,
+                           offline=model_opts.offline, allow_pickle=model_opts.allow_pickle,
+                           trust_remote_code=model_opts.trust_remote_code, progress=spinner,
+                           engine=engine or model_opts.engine, threads=model_opts.threads)
 
 
-def prompt_ids(loaded: LoadedModel, text: str, output: dict[str, Any],
-               template_kwargs: dict[str, Any] | None = None) -> list[int]:
+def prompt_ids(loaded: LoadedModel, text: str, output: OutputOptions,
+               template_kwargs: dict[str, object] | None = None) -> list[int]:
     """Chat template when asked (default: when the tokenizer has one), else `tokenizer(text)` as is."""
-    return encode_prompt(loaded, text, output.get("chat"), output.get("system"), template_kwargs)
+    from llmgen.decoding.sequence import encode_prompt
+
+    return encode_prompt(loaded, text, output.chat, output.system, template_kwargs)
 
 
-def logprob_spec(probs: dict[str, Any], json_mode: bool) -> LogprobSpec | None:
+def logprob_spec(probs: ProbsOptions, json_mode: bool) -> LogprobSpec | None:
     """What --logprobs, --logprobs-mode and --show-probs ask for; None when nothing is.
 
     --show-probs counts only when tokens stream to a terminal; there it defaults to the processed
     distribution (the one each token was drawn from), and --show-alternatives asks for 5 alternatives.
     Checked before any model is loaded.
     """
-    top, mode = probs["logprobs"], probs["logprobs_mode"]
-    shown = (probs["show_probs"] or probs["show_alternatives"]) and not json_mode and sys.stdout.isatty()
-    if mode is not None:
-        LogprobSpec(0, mode)  # an unknown mode is refused even when nothing else asks for logprobs
+    from llmgen.decoding.logprobs import LogprobSpec
+
+    top = probs.logprobs
+    shown = (probs.show_probs or probs.show_alternatives) and not json_mode and sys.stdout.isatty()
+    # an unknown mode is refused (by LogprobSpec) even when nothing else asks for logprobs
+    mode = None if probs.logprobs_mode is None else LogprobSpec(0, cast("Mode", probs.logprobs_mode)).mode
     if top is None and not shown:
         if mode is not None:
             raise UsageError("--logprobs-mode needs --logprobs N (or --show-probs on a terminal)")
         return None
     spec = LogprobSpec(0 if top is None else top, mode or ("processed" if shown else "raw"))
-    if shown and probs["show_alternatives"] and spec.top < 5:
+    if shown and probs.show_alternatives and spec.top < 5:
         spec = LogprobSpec(5, spec.mode)
     return spec
 
 
-def make_renderer(output: dict[str, Any], probs: dict[str, Any], spec: LogprobSpec | None, tokenizer: Any,
+def make_renderer(output: OutputOptions, probs: ProbsOptions, spec: LogprobSpec | None, tokenizer: Any,
                   legend: bool = False) -> Renderer:
     """The renderer for where stdout goes; the probability view on a terminal when asked."""
-    if (probs["show_probs"] or probs["show_alternatives"]) and spec is not None and not output["json"] \
+    if (probs.show_probs or probs.show_alternatives) and spec is not None and not output.json \
             and sys.stdout.isatty():
         from llmgen.cli.probs_view import ProbsRenderer
 
-        return ProbsRenderer(output["quiet"], tokenizer, spec.mode, probs["show_alternatives"])
-    return output_renderer(output["json"], output["quiet"], legend)
-
-
-# (prompt ids, the sequence's torch.Generator, its index) -> a token source and its extra statistics
-SourceFactory = Callable[[list[int], Any, int], tuple[TokenSource, Callable[[], dict[str, Any]]]]
+        return ProbsRenderer(output.quiet, tokenizer, spec.mode, probs.show_alternatives)
+    return output_renderer(output.json, output.quiet, legend)
 
 
 def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
@@ -178,6 +195,10 @@ def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: R
     `-n 2 --seed S` gives as its second sequence what `-n 1` gives with the second row's seed.
     `make_source` returns a token source and a function giving extra statistics once it is done.
     """
+    from llmgen.decoding import constraints
+    from llmgen.decoding.batch import row_generator
+    from llmgen.decoding.sequence import run_sequence
+
     config = resolved.config
     results = []
     for index in range(config.n):

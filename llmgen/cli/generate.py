@@ -4,28 +4,38 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmgen.cli import backend_run, batch_run, common
-from llmgen.cli.backend_run import BACKEND, RAY
-from llmgen.cli.batch_run import BATCH
-from llmgen.cli.options import BEAM, LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, with_options
+from llmgen.cli.backend_run import BACKEND, RAY, BackendOptions, RayOptions
+from llmgen.cli.batch_run import BATCH, BatchOptions
+from llmgen.cli.options import (
+    BEAM,
+    LOGPROBS,
+    MODEL,
+    OUTPUT,
+    SAMPLING,
+    DecodingFlags,
+    ModelOptions,
+    OutputOptions,
+    ProbsOptions,
+    PromptArg,
+    with_options,
+)
 from llmgen.cli.output import TerminalRenderer, beam_progress
-from llmgen.decoding import beam, constraints
 from llmgen.decoding.config import Resolved
-from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.plan import plan_generate
-from llmgen.decoding.processors.tables import tables_for
-from llmgen.decoding.sequence import token_budget
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import LogprobSpec
+    from llmgen.loading.models import LoadedModel
 
 
 @with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH,
               backend=BACKEND, ray=RAY)
-def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[str, Any],
-             model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any],
-             batch: dict[str, Any], backend: dict[str, Any], ray: dict[str, Any]) -> None:
+def generate(prompt: PromptArg = None, *, sampling: DecodingFlags, beams: DecodingFlags,
+             model_opts: ModelOptions, output: OutputOptions, probs: ProbsOptions,
+             batch: BatchOptions, backend: BackendOptions, ray: RayOptions) -> None:
     """Generate text from PROMPT with the target model.
 
     -n N decodes the N samples as one batch, each row with its own random stream (from --seed and its index).
@@ -50,15 +60,21 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
 
       llmgen generate --logprobs 5 --json -N 16 "The capital of France is"
     """
-    resolved = common.resolve_settings({**sampling, **beams}, model_opts)
+    from llmgen.decoding import beam, constraints
+    from llmgen.decoding.plain import plain_tokens
+    from llmgen.decoding.processors.tables import tables_for
+
+    sampling = sampling.merged(beams)
+    model_opts = common.model_options(sampling, model_opts)
+    resolved = common.resolve_settings(sampling)
     notes = beam.check_combination(resolved)
-    spec = common.logprob_spec(probs, output["json"] or batch["input"] is not None)
+    spec = common.logprob_spec(probs, output.json or batch.input is not None)
     backend_name, engine_options = backend_run.choose(sampling, backend)
-    plan = plan_generate(resolved.config, prompt_given=prompt is not None, input_given=batch["input"] is not None,
-                         backend=backend_name, ray=ray["ray"], logprobs=spec is not None,
-                         show_probs=probs["show_probs"] or probs["show_alternatives"])
-    if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+    plan = plan_generate(resolved.config, prompt_given=prompt is not None, input_given=batch.input is not None,
+                         backend=backend_name, ray=ray.ray, logprobs=spec is not None,
+                         show_probs=probs.show_probs or probs.show_alternatives)
+    if sampling.dump_config:
+        common.dump_config(resolved, {"model": (model_opts.model, "flag or default"),
                                       **common.model_settings(model_opts)})
         return
     for note in notes:
@@ -72,12 +88,12 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
             backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options)
         return
     if plan.strategy == "input":
-        loaded = common.load_model(model_opts["model"], model_opts)
-        decoder = backend_run.ray_decoder(ray, model_opts, batch["batch_size"]) if plan.where == "ray" else None
+        loaded = common.load_model(model_opts.model, model_opts)
+        decoder = backend_run.ray_decoder(ray, model_opts, batch.batch_size) if plan.where == "ray" else None
         batch_run.run_input(loaded, resolved, batch, output, spec, decoder)
         return
     text = common.read_prompt(prompt)
-    loaded = common.load_model(model_opts["model"], model_opts)
+    loaded = common.load_model(model_opts.model, model_opts)
     ids = common.prompt_ids(loaded, text, output, resolved.config.template_kwargs())
     if plan.strategy == "beam":
         run_beam_search(loaded, ids, resolved, output, spec)
@@ -97,11 +113,14 @@ def generate(prompt: PromptArg = None, *, sampling: dict[str, Any], beams: dict[
     common.run_all(loaded, ids, resolved, renderer, plain)
 
 
-def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, output: dict[str, Any],
+def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, output: OutputOptions,
                     spec: LogprobSpec | None = None) -> None:
     """Beams cannot stream: live progress on a terminal, then the `n` best hypotheses, best first."""
+    from llmgen.decoding import beam, constraints
+    from llmgen.decoding.sequence import token_budget
+
     config = resolved.config
-    renderer = common.output_renderer(output["json"], output["quiet"])
+    renderer = common.output_renderer(output.json, output.quiet)
     with beam_progress(loaded.tokenizer, isinstance(renderer, TerminalRenderer)) as show:
         on_step = None if show is None else (lambda s: show(s.step, s.finished, s.best_token_ids))
         found = beam.beam_search(loaded.engine, ids, config, loaded.eos_token_ids,

@@ -65,7 +65,7 @@ class HumanArgument(TyperArgument):
         return f"{name}..." if self.nargs != 1 else name
 
 
-_HUMAN = {TyperOption: HumanOption, TyperArgument: HumanArgument}
+_HUMAN: dict[type, type] = {TyperOption: HumanOption, TyperArgument: HumanArgument}
 
 
 def _humanize(params: list[Any]) -> list[Any]:

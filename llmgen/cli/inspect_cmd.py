@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -14,17 +15,37 @@ from rich.console import Console
 from rich.table import Table
 
 from llmgen.cli import common
-from llmgen.cli.options import BEAM, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
-from llmgen.decoding.inspection import StepView, check_room, inspect_steps
-from llmgen.decoding.processors.tables import build_tables
-from llmgen.decoding.sampling import make_generator
+from llmgen.cli.options import (
+    BEAM,
+    MODEL,
+    OUTPUT,
+    SAMPLING,
+    DecodingFlags,
+    ModelOptions,
+    OutputOptions,
+    PromptArg,
+    group,
+    option,
+    with_options,
+)
 from llmgen.errors import UsageError
+
+if TYPE_CHECKING:
+    from llmgen.decoding.inspection import StepView
 
 PANEL = "Inspect"
 
 
+@dataclass(frozen=True)
+class InspectOptions:
+    top: int = 15
+    steps: int = 1
+    continue_text: str | None = None
+    plot: Path | None = None
 
-INSPECT = [
+
+
+INSPECT = group(InspectOptions, [
     option("top", Annotated[int, typer.Option(
         "--top", metavar="N", min=1, rich_help_panel=PANEL,
         help="Candidates shown: the N most likely under the raw distribution (and the chosen token).")], 15),
@@ -40,12 +61,12 @@ INSPECT = [
         "--plot", metavar="FILE", rich_help_panel=PANEL, show_default="none",
         help="Also write a PNG of the first step: one bar chart per stage (needs the extra llmgen\\[plot]: "
              "matplotlib).")], None),
-]
+])
 
 
 @with_options(own=INSPECT, sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT)
-def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str, Any], beams: dict[str, Any],
-             model_opts: dict[str, Any], output: dict[str, Any]) -> None:
+def inspect(prompt: PromptArg = None, *, own: InspectOptions, sampling: DecodingFlags, beams: DecodingFlags,
+             model_opts: ModelOptions, output: OutputOptions) -> None:
     """Show the next-token distribution at each stage of the chain: raw, penalties, temperature, top_k, top_p,
     min_p, in the order of --samplers, and each other stage (mask, DRY, typical-p, XTC, Mirostat...) when it is
     on. The numbers come from the functions decoding uses; stages that are off are listed as off.
@@ -56,7 +77,13 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
 
       llmgen inspect --greedy --steps 3 --continue " Paris" --json "The capital of France is"
     """
-    resolved = common.resolve_settings({**sampling, **beams}, model_opts)
+    from llmgen.decoding.inspection import check_room, inspect_steps
+    from llmgen.decoding.processors.tables import build_tables
+    from llmgen.decoding.sampling import make_generator
+
+    sampling = sampling.merged(beams)
+    model_opts = common.model_options(sampling, model_opts)
+    resolved = common.resolve_settings(sampling)
     config = resolved.config
     if config.num_beams > 1:
         raise UsageError("inspect shows the sampling chain, and beam search is not part of it: drop --num-beams")
@@ -64,7 +91,7 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
         raise UsageError("inspect does not show a constraint's mask yet: drop the constraint option")
     if config.n > 1:
         raise UsageError("inspect follows one sequence: drop -n")
-    plot: Path | None = own["plot"]
+    plot: Path | None = own.plot
     if plot is not None:
         if plot.suffix.lower() != ".png":
             raise UsageError(f"--plot: {str(plot)!r} must end in .png")
@@ -72,32 +99,32 @@ def inspect(prompt: PromptArg = None, *, own: dict[str, Any], sampling: dict[str
             import matplotlib  # noqa: F401
         except ModuleNotFoundError:
             raise UsageError("--plot needs matplotlib: pip install 'llmgen[plot]' (or pip install matplotlib)") from None
-    if sampling["dump_config"]:
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+    if sampling.dump_config:
+        common.dump_config(resolved, {"model": (model_opts.model, "flag or default"),
                                       **common.model_settings(model_opts)})
         return
     text = common.read_prompt(prompt)
-    loaded = common.load_model(model_opts["model"], model_opts)
+    loaded = common.load_model(model_opts.model, model_opts)
     ids = common.prompt_ids(loaded, text, output, config.template_kwargs())
     forced: list[int] = []
-    if own["continue_text"]:
-        forced = list(loaded.tokenizer(own["continue_text"], add_special_tokens=False)["input_ids"])
-    check_room(len(ids), len(forced), own["steps"], loaded.context_length)
+    if own.continue_text:
+        forced = list(loaded.tokenizer(own.continue_text, add_special_tokens=False)["input_ids"])
+    check_room(len(ids), len(forced), own.steps, loaded.context_length)
     generator = make_generator(config.seed, loaded.device)
     tokenizer = loaded.tokenizer
     console = Console(highlight=False)
     first: StepView | None = None
     tables = build_tables(config, loaded.tokenizer, loaded.eos_token_ids)
-    for step in inspect_steps(loaded.engine.sequence(), ids, forced, config, generator, own["steps"],
+    for step in inspect_steps(loaded.engine.sequence(), ids, forced, config, generator, own.steps,
                               loaded.eos_token_ids, tables):
         first = first or step
-        if output["json"]:
-            sys.stdout.write(json.dumps(step_json(step, tokenizer, own["top"]), ensure_ascii=False) + "\n")
+        if output.json:
+            sys.stdout.write(json.dumps(step_json(step, tokenizer, own.top), ensure_ascii=False) + "\n")
             sys.stdout.flush()
         else:
-            console.print(step_table(step, tokenizer, own["top"]))
+            console.print(step_table(step, tokenizer, own.top))
     if plot is not None and first is not None:
-        write_plot(first, tokenizer, own["top"], plot)
+        write_plot(first, tokenizer, own.top, plot)
 
 
 def token_text(tokenizer: Any, token: int) -> str:
@@ -110,7 +137,7 @@ def candidates(step: StepView, top: int) -> list[int]:
     return ids if step.chosen in ids else [*ids, step.chosen]
 
 
-def step_json(step: StepView, tokenizer: Any, top: int) -> dict[str, Any]:
+def step_json(step: StepView, tokenizer: Any, top: int) -> dict[str, object]:
     stages = []
     for stage in step.stages:
         values, ids = stage.probs.topk(min(top, stage.kept))

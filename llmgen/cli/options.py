@@ -1,21 +1,28 @@
 """Command-line options shared by several commands, each declared exactly once.
 
-`with_options(GROUP, ...)` adds a group's parameters to a command's signature (Typer reads the
-signature), and hands the values to the command as one dict per group. A decoding option left out
-on the command line arrives as None, so that a preset can fill it in: explicit flag > preset > default.
+`with_options(name=GROUP, ...)` adds a group's parameters to a command's signature (Typer reads the
+signature), and hands the values to the command as one frozen dataclass per group (`ModelOptions`,
+`OutputOptions`, ...). A decoding option left out on the command line arrives as None and is left out of
+`DecodingFlags.given`, so that a preset can fill it in: explicit flag > preset > default.
+
+A command may take part of a group (`MODEL.only("model")`) or swap one option's declaration
+(`SAMPLING.swap(param)`); the fields it does not declare keep their dataclass defaults.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Generic, TypeVar
 
 import typer
 
 from llmgen.decoding.config import DEFAULTS, FIELDS
 from llmgen.errors import UsageError
+from llmgen.loading.registry import DEFAULT_MODEL
 
 
 def _help(name: str) -> str:
@@ -31,11 +38,103 @@ def _default(name: str) -> str:
     return "none" if value in (None, ()) else str(value)
 
 
-def option(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
-    """One option of a group: a keyword parameter that typer reads from the command's signature."""
+def option(name: str, annotation: Any, default: object = None) -> inspect.Parameter:
+    """One option of a group: a keyword parameter that typer reads from the command's signature.
+
+    `annotation` is `Annotated[type, typer.Option(...)]`, which typer reads (Any: typing's special form)."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OptionGroup(Generic[T]):
+    """Options declared together: the parameters typer reads, and how their values become one `T`."""
+
+    params: tuple[inspect.Parameter, ...]
+    build: Callable[[dict[str, object]], T]
+
+    def only(self, *names: str) -> OptionGroup[T]:
+        """The same group with only these options; the others keep their defaults in `T`."""
+        return OptionGroup(tuple(p for p in self.params if p.name in names), self.build)
+
+    def swap(self, param: inspect.Parameter) -> OptionGroup[T]:
+        """The same group with one option declared differently (another default shown, another help)."""
+        return OptionGroup(tuple(param if p.name == param.name else p for p in self.params), self.build)
+
+
+def group(kind: type[T], params: Sequence[inspect.Parameter]) -> OptionGroup[T]:
+    """A group whose values are the fields of the dataclass `kind`, by name."""
+    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    unknown = [p.name for p in params if p.name not in names]
+    assert not unknown, f"{kind.__name__} has no field for {unknown}"
+    return OptionGroup(tuple(params), lambda values: kind(**values))
+
+
+@dataclass(frozen=True)
+class DecodingFlags:
+    """The decoding options of SAMPLING (or BEAM): those given on the command line, by field name."""
+
+    given: Mapping[str, object] = field(default_factory=dict)
+    greedy: bool = False
+    preset: str | None = None
+    dump_config: bool = False
+
+    def flags(self) -> dict[str, object]:
+        """What `config.resolve` takes: the options given, `greedy` included (it means temperature 0)."""
+        flags = dict(self.given)
+        if self.greedy:
+            if flags.get("temperature", 0) != 0:
+                raise UsageError("--greedy means temperature 0; do not combine it with --temperature")
+            flags["greedy"] = True
+        return flags
+
+    def merged(self, other: DecodingFlags) -> DecodingFlags:
+        """These flags and `other`'s (BEAM's beside SAMPLING's)."""
+        return dataclasses.replace(self, given={**self.given, **other.given}, greedy=self.greedy or other.greedy)
+
+    def without(self, name: str) -> DecodingFlags:
+        return dataclasses.replace(self, given={k: v for k, v in self.given.items() if k != name})
+
+
+def _decoding_flags(values: dict[str, object]) -> DecodingFlags:
+    """None (or an empty list) means 'not given'."""
+    given = {k: v for k, v in values.items() if k in FIELDS and v is not None and v != []}
+    preset = values.get("preset")
+    return DecodingFlags(given, bool(values.get("greedy")), preset if isinstance(preset, str) else None,
+                         bool(values.get("dump_config")))
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    quant: str = "auto"
+    engine: str = "auto"
+    threads: int | None = None
+    offline: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    verbose: bool = False
+    threads_source: str | None = None  # not an option: where `threads` came from (flag, a preset, default)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    chat: bool | None = None
+    system: str | None = None
+    json: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ProbsOptions:
+    logprobs: int | None = None
+    logprobs_mode: str | None = None
+    show_probs: bool = False
+    show_alternatives: bool = False
 
 
 def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling", metavar: str | None = None
@@ -48,7 +147,7 @@ def _decoding(name: str, type_: Any, *flags: str, panel: str = "Sampling", metav
 TOKENS, MORE, REASONING = "Token controls", "More samplers (llama.cpp, HF)", "Reasoning"
 
 
-SAMPLING = [
+SAMPLING = OptionGroup((
     _decoding("temperature", float, "--temperature", "-t"),
     option("greedy", Annotated[bool, typer.Option("--greedy", help="Shorthand for --temperature 0.",
                                                    rich_help_panel="Sampling")], False),
@@ -102,12 +201,12 @@ SAMPLING = [
     option("dump_config", Annotated[bool, typer.Option(
         "--dump-config", help="Print the resolved settings and where each came from, then exit.",
         rich_help_panel="Sampling")], False),
-]
+), _decoding_flags)
 
 BEAM_HELP = ("Beam search is deterministic: there is no beam sampling, so --temperature (other than 0), "
              "--top-k, --top-p and --min-p are refused with it. Penalties apply per beam, to that beam's tokens.")
 
-BEAM = [
+BEAM = OptionGroup((
     option("num_beams", Annotated[int | None, typer.Option(
         "--num-beams", help=f"{_help('num_beams')} {BEAM_HELP}", show_default=_default("num_beams"),
         rich_help_panel="Beam search")]),
@@ -118,12 +217,12 @@ BEAM = [
              "finished and the best running beam, scored at its current length, cannot beat the worst of them "
              "(a heuristic). never: stop only when no running beam can possibly beat them.")]),
     _decoding("no_repeat_ngram_size", int, "--no-repeat-ngram-size", panel="Beam search"),
-]
+), _decoding_flags)
 
-MODEL = [
+MODEL = group(ModelOptions, [
     option("model", Annotated[str, typer.Option(
         "--model", "-m", envvar="LLMGEN_MODEL", rich_help_panel="Model",
-        help="Alias (see 'llmgen models list'), model directory, .gguf file or hub id.")], "smollm2-135m"),
+        help="Alias (see 'llmgen models list'), model directory, .gguf file or hub id.")], DEFAULT_MODEL),
     option("device", Annotated[str, typer.Option(
         "--device", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", rich_help_panel="Model")],
         "auto"),
@@ -154,9 +253,13 @@ MODEL = [
     option("trust_remote_code", Annotated[bool, typer.Option(
         "--trust-remote-code", help="Allow models whose config asks for their own Python code.",
         rich_help_panel="Model")], False),
-]
+    option("verbose", Annotated[bool, typer.Option(
+        "--verbose", rich_help_panel="Model",
+        help="Let the libraries' own progress bars and log lines through while the model loads (transformers' "
+             "GGUF conversion, llama.cpp's log); without it llmgen shows its own progress on stderr.")], False),
+])
 
-OUTPUT = [
+OUTPUT = group(OutputOptions, [
     option("chat", Annotated[bool | None, typer.Option(
         "--chat/--raw", show_default="chat if the tokenizer has a chat template",
         help="Chat applies the tokenizer's chat template; raw tokenizes the prompt as it is.",
@@ -168,9 +271,9 @@ OUTPUT = [
         rich_help_panel="Prompt and output")], False),
     option("quiet", Annotated[bool, typer.Option(
         "--quiet", "-q", help="No statistics on stderr.", rich_help_panel="Prompt and output")], False),
-]
+])
 
-LOGPROBS = [
+LOGPROBS = group(ProbsOptions, [
     option("logprobs", Annotated[int | None, typer.Option(
         "--logprobs", metavar="N", show_default="off", rich_help_panel="Probabilities",
         help="Give each generated token's log-probability and its N most likely alternatives (0 to 20), in the "
@@ -187,26 +290,29 @@ LOGPROBS = [
         "--show-alternatives", rich_help_panel="Probabilities",
         help="As --show-probs, and after the text a table of the uncertain tokens (p < 0.5) with their top "
              "alternatives.")], False),
-]
+])
 
 PromptArg = Annotated[str | None, typer.Argument(
     help="The prompt. Read from stdin when it is '-' or absent and stdin is not a terminal.",
     show_default=False)]
 
 
-def with_options(**groups: list[inspect.Parameter]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add each group's parameters to the command; the command receives `group_name=dict_of_values`."""
+def with_options(**groups: OptionGroup[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add each group's parameters to the command; the command receives `group_name=the_group's_dataclass`.
+
+    Any: a command's own signature, which typer reads; mypy checks the command's body against its annotations.
+    """
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name not in groups]
 
         @functools.wraps(func)
-        def wrapper(**kwargs: Any) -> Any:
-            for group, params in groups.items():
-                kwargs[group] = {p.name: kwargs.pop(p.name) for p in params}
+        def wrapper(**kwargs: object) -> object:
+            for name, grouped in groups.items():
+                kwargs[name] = grouped.build({p.name: kwargs.pop(p.name) for p in grouped.params})
             return func(**kwargs)
 
-        params = own + [p for group in groups.values() for p in group]
+        params = own + [p for grouped in groups.values() for p in grouped.params]
         params.sort(key=lambda p: p.kind)  # positional arguments first
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
@@ -214,13 +320,3 @@ def with_options(**groups: list[inspect.Parameter]) -> Callable[[Callable[..., A
         return wrapper
 
     return decorate
-
-
-def decoding_flags(values: dict[str, Any]) -> dict[str, Any]:
-    """The decoding options the user actually gave (None means 'not given')."""
-    flags = {k: v for k, v in values.items() if k in FIELDS and v is not None and not (isinstance(v, list) and v == [])}
-    if values.get("greedy"):
-        if flags.get("temperature", 0) != 0:
-            raise UsageError("--greedy means temperature 0; do not combine it with --temperature")
-        flags["greedy"] = True
-    return flags

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -22,8 +22,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from llmgen.decoding.logprobs import TokenLogprob
-from llmgen.decoding.sequence import SequenceResult
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import TokenLogprob
+    from llmgen.decoding.sequence import SequenceResult
 
 # How each token origin is shown on a terminal (speculative decoding colours them).
 ORIGIN_STYLES = {"target": "", "accepted": "green", "resampled": "bold red", "bonus": "cyan"}
@@ -35,7 +36,7 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
+def format_stats(stats: dict[str, object]) -> list[tuple[str, str]]:
     """Human-readable (label, value) rows for the statistics we know how to describe."""
     rows: list[tuple[str, str]] = []
     fmt = {
@@ -61,8 +62,9 @@ def format_stats(stats: dict[str, Any]) -> list[tuple[str, str]]:
     for key, (label, pattern) in fmt.items():
         if stats.get(key) is not None:
             rows.append((label, pattern.format(stats[key])))
-    if stats.get("acceptance_histogram"):
-        rows.append(("accepted per round (0..gamma)", " ".join(str(c) for c in stats["acceptance_histogram"])))
+    histogram = stats.get("acceptance_histogram")
+    if isinstance(histogram, (list, tuple)) and histogram:
+        rows.append(("accepted per round (0..gamma)", " ".join(str(c) for c in histogram)))
     return rows
 
 

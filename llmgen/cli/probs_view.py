@@ -13,14 +13,16 @@ next word, so `--show-probs "Write a haiku"` would take the prompt as its value.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
 from llmgen.cli.output import TerminalRenderer
-from llmgen.decoding.logprobs import TokenLogprob
-from llmgen.decoding.sequence import SequenceResult
+
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import TokenLogprob
+    from llmgen.decoding.sequence import SequenceResult
 
 # (lowest p of the band, style, label), most likely first.
 BANDS = ((0.9, "", "p ≥ 0.9"), (0.5, "cyan", "0.5–0.9"), (0.2, "yellow", "0.2–0.5"), (0.0, "red", "< 0.2"))

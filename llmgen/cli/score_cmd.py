@@ -4,33 +4,50 @@ reference configuration the KL divergence between the two (`evaluate/divergence.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect as pyinspect
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from llmgen import prompt_file
 from llmgen.cli import common
-from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, with_options
+from llmgen.cli.options import MODEL, OUTPUT, SAMPLING, DecodingFlags, ModelOptions, OutputOptions, group, with_options
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import PromptError, UsageError
 from llmgen.evaluate import corpus
-from llmgen.evaluate.divergence import Divergence, GreedyDiff, divergence, greedy_diff
-from llmgen.evaluate.scoring import Score, score_ids
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.evaluate.divergence import Divergence, GreedyDiff
+    from llmgen.evaluate.scoring import Score
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Score"
 REFERENCE_PANEL = "Reference (KL divergence)"
 ENGINES = ("torch",)  # NOTE: the one place --reference-engine is wired; `llamacpp` joins when the loader takes --engine
 
 
-def _option(name: str, annotation: Any, default: Any) -> pyinspect.Parameter:
+@dataclass(frozen=True)
+class ScoreOptions:
+    file: Path | None = None
+    input: Path | None = None
+    corpus_name: str | None = None
+    top: int = 0
+    window: int | None = None
+    stride: int | None = None
+    reference: str | None = None
+    reference_quant: str | None = None
+    reference_engine: str | None = None
+    greedy_diff: str | None = None
+
+
+def _option(name: str, annotation: Any, default: object) -> pyinspect.Parameter:
     return pyinspect.Parameter(name, pyinspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
@@ -43,10 +60,10 @@ def _raw_by_default(param: pyinspect.Parameter) -> pyinspect.Parameter:
     return param.replace(annotation=annotation)
 
 
-OUTPUT_SCORE = [_raw_by_default(p) if p.name == "chat" else p for p in OUTPUT]
-LENGTH = [p for p in SAMPLING if p.name == "max_new_tokens"]  # the greedy continuation's length, for --greedy-diff
+OUTPUT_SCORE = OUTPUT.swap(_raw_by_default(next(p for p in OUTPUT.params if p.name == "chat")))
+LENGTH = SAMPLING.only("max_new_tokens")  # the greedy continuation's length, for --greedy-diff
 
-SCORE = [
+SCORE = group(ScoreOptions, [
     _option("file", Annotated[Path | None, typer.Option(
         "--file", metavar="F", rich_help_panel=PANEL, show_default="none",
         help="Score the whole of file F as one text.")], None),
@@ -81,7 +98,7 @@ SCORE = [
         "--greedy-diff", metavar="PROMPT", rich_help_panel=REFERENCE_PANEL, show_default="off",
         help="Also decode PROMPT greedily with both (--max-new-tokens tokens) and report where they part, the "
              "top-1/top-2 logit margin there, and the positions whose margin is below the measured noise.")], None),
-]
+])
 
 TextArg = Annotated[str | None, typer.Argument(
     help="The text to score; '-' reads stdin (as does no argument when stdin is not a terminal).",
@@ -89,8 +106,8 @@ TextArg = Annotated[str | None, typer.Argument(
 
 
 @with_options(own=SCORE, length=LENGTH, model_opts=MODEL, output=OUTPUT_SCORE)
-def score(text: TextArg = None, *, own: dict[str, Any], length: dict[str, Any], model_opts: dict[str, Any],
-          output: dict[str, Any]) -> None:
+def score(text: TextArg = None, *, own: ScoreOptions, length: DecodingFlags, model_opts: ModelOptions,
+          output: OutputOptions) -> None:
     """Score a text: each token's log-probability, the negative log-likelihood and the perplexity. With a
     reference, the KL divergence between the two configurations on every token.
 
@@ -104,22 +121,25 @@ def score(text: TextArg = None, *, own: dict[str, Any], length: dict[str, Any], 
 
       llmgen score --input texts.txt --json --stride 256
     """
-    reference_on = any(own[k] is not None for k in ("reference", "reference_quant", "reference_engine"))
-    if own["greedy_diff"] is not None and not reference_on:
+    from llmgen.evaluate.divergence import Divergence, divergence, greedy_diff
+    from llmgen.evaluate.scoring import score_ids
+
+    reference_on = any(getattr(own, k) is not None for k in ("reference", "reference_quant", "reference_engine"))
+    if own.greedy_diff is not None and not reference_on:
         raise UsageError("--greedy-diff compares two configurations: give --reference, --reference-quant or "
                          "--reference-engine")
-    if own["reference_engine"] not in (None, *ENGINES):
-        raise UsageError(f"--reference-engine must be one of {', '.join(ENGINES)}, not {own['reference_engine']!r}")
-    if own["window"] is not None and own["window"] < 2:
-        raise UsageError(f"--window must be at least 2 tokens, not {own['window']}")
-    if own["stride"] is not None and own["stride"] < 1:
-        raise UsageError(f"--stride must be at least 1, not {own['stride']}")
+    if own.reference_engine not in (None, *ENGINES):
+        raise UsageError(f"--reference-engine must be one of {', '.join(ENGINES)}, not {own.reference_engine!r}")
+    if own.window is not None and own.window < 2:
+        raise UsageError(f"--window must be at least 2 tokens, not {own.window}")
+    if own.stride is not None and own.stride < 1:
+        raise UsageError(f"--stride must be at least 1, not {own.stride}")
     texts = _texts(text, own)  # [(id or None, text, system or None)], checked before any model is loaded
-    loaded = common.load_model(model_opts["model"], model_opts)
+    loaded = common.load_model(model_opts.model, model_opts)
     reference = _load_reference(own, model_opts) if reference_on else None
-    window = min(own["window"] or loaded.context_length, loaded.context_length,
+    window = min(own.window or loaded.context_length, loaded.context_length,
                  reference.context_length if reference else loaded.context_length)
-    stride = own["stride"] or max(1, window // 2)
+    stride = own.stride or max(1, window // 2)
     if stride >= window:
         raise UsageError(f"--stride must be less than the window ({window} tokens), not {stride}")
     console = Console(highlight=False)
@@ -127,14 +147,14 @@ def score(text: TextArg = None, *, own: dict[str, Any], length: dict[str, Any], 
         ids = _encode(loaded, body, output, system)
         if reference is not None:
             _check_same_tokens(loaded, reference, body, output, system, ids)
-            result: Score | Divergence = divergence(reference.engine.sequence, loaded.engine.sequence, ids, window,
-                                                    stride)
-            scored = result.candidate
+            compared = divergence(reference.engine.sequence, loaded.engine.sequence, ids, window, stride)
+            result: Score | Divergence = compared
+            scored = compared.candidate
         else:
-            result = scored = score_ids(loaded.engine.sequence, ids, window, stride, own["top"])
-        if own["top"] and reference is not None:
-            scored = score_ids(loaded.engine.sequence, ids, window, stride, own["top"])
-        if output["json"]:
+            result = scored = score_ids(loaded.engine.sequence, ids, window, stride, own.top)
+        if own.top and reference is not None:
+            scored = score_ids(loaded.engine.sequence, ids, window, stride, own.top)
+        if output.json:
             row = {"index": index, **({"id": row_id} if row_id is not None else {}),
                    **score_json(scored, loaded.tokenizer)}
             if isinstance(result, Divergence):
@@ -142,43 +162,46 @@ def score(text: TextArg = None, *, own: dict[str, Any], length: dict[str, Any], 
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
             sys.stdout.flush()
         else:
-            if own["top"]:
+            if own.top:
                 console.print(token_table(scored, loaded.tokenizer))
             console.print(summary_table(index if len(texts) > 1 else None, scored,
                                         result if isinstance(result, Divergence) else None))
-    if own["greedy_diff"] is not None and reference is not None:
-        prompt = _encode(loaded, own["greedy_diff"], output, None)
-        steps = length["max_new_tokens"] or DecodingConfig().max_new_tokens
+    if own.greedy_diff is not None and reference is not None:
+        prompt = _encode(loaded, own.greedy_diff, output, None)
+        given = length.given.get("max_new_tokens")
+        steps = given if isinstance(given, int) and given else DecodingConfig().max_new_tokens
         diff = greedy_diff(reference.engine.sequence, loaded.engine.sequence, prompt, steps,
                            loaded.eos_token_ids)
-        if output["json"]:
+        if output.json:
             sys.stdout.write(json.dumps({"greedy_diff": greedy_json(diff, loaded.tokenizer)}, ensure_ascii=False)
                              + "\n")
         else:
             console.print(greedy_text(diff, loaded.tokenizer))
 
 
-def _texts(text: str | None, own: dict[str, Any]) -> list[tuple[Any, str, str | None]]:
-    sources = [name for name, given in (("TEXT", text is not None), ("--file", own["file"] is not None),
-                                        ("--input", own["input"] is not None),
-                                        ("--corpus", own["corpus_name"] is not None)) if given]
+def _texts(text: str | None, own: ScoreOptions) -> list[tuple[Any, str, str | None]]:
+    sources = [name for name, given in (("TEXT", text is not None), ("--file", own.file is not None),
+                                        ("--input", own.input is not None),
+                                        ("--corpus", own.corpus_name is not None)) if given]
     if len(sources) > 1:
         raise UsageError(f"give one text to score: {' and '.join(sources)} were both given")
-    if own["file"] is not None:
-        body = _read(own["file"], "--file")
+    if own.file is not None:
+        body = _read(own.file, "--file")
         if not body.strip():
-            raise PromptError(f"--file {own['file']}: the text is empty")
+            raise PromptError(f"--file {own.file}: the text is empty")
         return [(None, body, None)]
-    if own["input"] is not None:
-        jobs = prompt_file.parse(_read(own["input"], "--input"), DecodingConfig())
+    if own.input is not None:
+        from llmgen import prompt_file
+
+        jobs = prompt_file.parse(_read(own.input, "--input"), DecodingConfig())
         bad = next((job for job in jobs if job.error), None)
         if bad is not None:
-            raise UsageError(f"--input {own['input']}, line {bad.index + 1}: {bad.error}")
+            raise UsageError(f"--input {own.input}, line {bad.index + 1}: {bad.error}")
         if not jobs:
-            raise PromptError(f"--input {own['input']}: the file holds no text")
+            raise PromptError(f"--input {own.input}: the file holds no text")
         return [(job.id, job.prompt, job.system) for job in jobs]
-    if own["corpus_name"] is not None or (text is None and sys.stdin is not None and sys.stdin.isatty()):
-        return [(own["corpus_name"] or corpus.DEFAULT, corpus.load(own["corpus_name"] or corpus.DEFAULT), None)]
+    if own.corpus_name is not None or (text is None and sys.stdin is not None and sys.stdin.isatty()):
+        return [(own.corpus_name or corpus.DEFAULT, corpus.load(own.corpus_name or corpus.DEFAULT), None)]
     return [(None, common.read_prompt(text), None)]
 
 
@@ -189,23 +212,23 @@ def _read(path: Path, flag: str) -> str:
         raise UsageError(f"{flag}: cannot read {path}: {err.strerror}") from None
 
 
-def _encode(loaded: LoadedModel, text: str, output: dict[str, Any], system: str | None) -> list[int]:
+def _encode(loaded: LoadedModel, text: str, output: OutputOptions, system: str | None) -> list[int]:
     """Raw: the text's own tokens (any length: the window slides). Chat: one user turn, as generate sends it."""
-    if output.get("chat"):
-        return common.prompt_ids(loaded, text, {**output, "system": system or output.get("system")})
-    if system or output.get("system"):
+    if output.chat:
+        return common.prompt_ids(loaded, text, dataclasses.replace(output, system=system or output.system))
+    if system or output.system:
         raise UsageError("--system needs --chat")
     return [int(i) for i in loaded.tokenizer(text)["input_ids"]]
 
 
-def _load_reference(own: dict[str, Any], model_opts: dict[str, Any]) -> LoadedModel:
+def _load_reference(own: ScoreOptions, model_opts: ModelOptions) -> LoadedModel:
     """The reference configuration: --reference (default --model), --reference-quant (default --quant), and
     --reference-engine (torch: the only engine the loader builds today)."""
-    options = {**model_opts, "quant": own["reference_quant"] or model_opts["quant"]}
-    return common.load_model(own["reference"] or model_opts["model"], options)
+    options = dataclasses.replace(model_opts, quant=own.reference_quant or model_opts.quant)
+    return common.load_model(own.reference or model_opts.model, options)
 
 
-def _check_same_tokens(loaded: LoadedModel, reference: LoadedModel, text: str, output: dict[str, Any],
+def _check_same_tokens(loaded: LoadedModel, reference: LoadedModel, text: str, output: OutputOptions,
                        system: str | None, ids: list[int]) -> None:
     if _encode(reference, text, output, system) != ids:
         raise UsageError(f"{reference.ref!r} and {loaded.ref!r} tokenize the text differently: "
@@ -216,9 +239,9 @@ def _piece(tokenizer: Any, token: int) -> str:
     return tokenizer.decode([token])
 
 
-def score_json(scored: Score, tokenizer: Any) -> dict[str, Any]:
+def score_json(scored: Score, tokenizer: Any) -> dict[str, object]:
     """OpenAI's echo layout: every token, the first one's logprob null (nothing predicts it)."""
-    row: dict[str, Any] = {
+    row: dict[str, object] = {
         "ids": scored.ids, "tokens": [_piece(tokenizer, t) for t in scored.ids],
         "logprobs": [None, *(round(t.logprob, 6) for t in scored.tokens)],
         "count": len(scored.tokens), "nll": round(scored.nll, 6), "mean_nll": round(scored.mean_nll, 6),
@@ -229,7 +252,7 @@ def score_json(scored: Score, tokenizer: Any) -> dict[str, Any]:
     return row
 
 
-def divergence_json(result: Divergence, tokenizer: Any) -> dict[str, Any]:
+def divergence_json(result: Divergence, tokenizer: Any) -> dict[str, object]:
     position, p_ref, p_cand = result.largest_drop
     return {"nll": round(result.reference.nll, 6), "perplexity": round(result.reference.perplexity, 6),
             "kl_mean": result.mean_kl, "kl_max": result.max_kl, "top1_agreement": result.top1_agreement,
@@ -238,7 +261,7 @@ def divergence_json(result: Divergence, tokenizer: Any) -> dict[str, Any]:
             "kl": [None, *(t.kl for t in result.tokens)]}
 
 
-def greedy_json(diff: GreedyDiff, tokenizer: Any) -> dict[str, Any]:
+def greedy_json(diff: GreedyDiff, tokenizer: Any) -> dict[str, object]:
     return {"reference": tokenizer.decode(diff.reference), "candidate": tokenizer.decode(diff.candidate),
             "reference_ids": diff.reference, "candidate_ids": diff.candidate, "first_divergence": diff.first,
             "margin_reference": diff.margin_reference, "margin_candidate": diff.margin_candidate,

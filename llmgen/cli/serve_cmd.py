@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import inspect
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 
 from llmgen.cli import common
-from llmgen.cli.options import MODEL, with_options
-from llmgen.cli.speculate import SPECULATIVE, _load_draft
-from llmgen.decoding.speculative import NgramProposer, check_compatible, parse_gamma
+from llmgen.cli.options import MODEL, DecodingFlags, ModelOptions, group, with_options
+from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft
+from llmgen.decoding.plan import check_drafting
 from llmgen.errors import UsageError
 
 PANEL = "Server"
 INSTALL_HINT = "llmgen serve needs its extra: pip install 'llmgen[serve]'"
 
 
-def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch: int = 16
+    model_name: str | None = None
+    grace: float = 10.0
+    preset: str | None = None
+
+
+def _option(name: str, annotation: Any, default: object) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-SERVER = [
+SERVER = group(ServerOptions, [
     _option("host", Annotated[str, typer.Option(
         "--host", rich_help_panel=PANEL,
         help="The address to bind. The default serves this machine only; 0.0.0.0 serves every interface.")],
@@ -43,19 +55,17 @@ SERVER = [
     _option("preset", Annotated[str | None, typer.Option(
         "--preset", "-p", rich_help_panel=PANEL, show_default="none",
         help="A preset (name or TOML file): the settings a request's own fields override.")], None),
-]
+])
 
-_SPEC = {p.name: p for p in SPECULATIVE}
-DRAFT = [
+_SPEC = {p.name: p for p in SPECULATIVE.params}
+DRAFT = SPECULATIVE.only("draft", "gamma", "ngram_max", "ngram_min", "draft_dtype", "draft_quant").swap(
     _option("draft", Annotated[str | None, typer.Option(
         "--draft", "-d", rich_help_panel="Speculative decoding", show_default="none (plain decoding)",
-        help=_SPEC["draft"].annotation.__metadata__[0].help)], None),
-    *(_SPEC[name] for name in ("gamma", "ngram_max", "ngram_min", "draft_dtype", "draft_quant")),
-]
+        help=_SPEC["draft"].annotation.__metadata__[0].help)], None))
 
 
 @with_options(server=SERVER, model_opts=MODEL, spec=DRAFT)
-def serve(*, server: dict[str, Any], model_opts: dict[str, Any], spec: dict[str, Any]) -> None:
+def serve(*, server: ServerOptions, model_opts: ModelOptions, spec: SpeculativeOptions) -> None:
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) and /health.
 
     Concurrent requests are rows of one batch: a request joins it at the next step and leaves when done.
@@ -78,33 +88,34 @@ def serve(*, server: dict[str, Any], model_opts: dict[str, Any], spec: dict[str,
         if err.name in ("uvicorn", "starlette"):
             raise UsageError(INSTALL_HINT) from None
         raise
-    if server["max_batch"] < 1:
-        raise UsageError(f"--max-batch must be at least 1, got {server['max_batch']}")
-    if not 0 < server["port"] < 65536:
-        raise UsageError(f"--port must be from 1 to 65535, got {server['port']}")
-    if server["grace"] < 0:
-        raise UsageError(f"--grace must be >= 0 seconds, got {server['grace']}")
-    resolved = common.resolve_settings({"preset": server["preset"]})
+    if server.max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {server.max_batch}")
+    if not 0 < server.port < 65536:
+        raise UsageError(f"--port must be from 1 to 65535, got {server.port}")
+    if server.grace < 0:
+        raise UsageError(f"--grace must be >= 0 seconds, got {server.grace}")
+    from llmgen.decoding.speculative import check_compatible
+
+    resolved = common.resolve_settings(DecodingFlags(preset=server.preset))
     drafting = None
-    if spec["draft"]:
-        gamma = parse_gamma(spec["gamma"])
-        NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
-    loaded = common.load_model(model_opts["model"], model_opts)
-    if spec["draft"]:
-        draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts)
+    if spec.draft:
+        gamma = check_drafting(spec.gamma, spec.ngram_max, spec.ngram_min)
+    loaded = common.load_model(model_opts.model, model_opts)
+    if spec.draft:
+        draft = _load_draft(spec.draft, spec.draft_dtype, spec.draft_quant, model_opts)
         if draft is not None:
             check_compatible(loaded, draft)
-        drafting = Drafting(draft, gamma, spec["ngram_max"], spec["ngram_min"])
-    service = http.build_service(loaded, server["model_name"] or model_opts["model"], resolved.config,
-                                 server["max_batch"], server["api_key"], drafting)
-    where = f"http://{server['host']}:{server['port']}"
+        drafting = Drafting(draft, gamma, spec.ngram_max, spec.ngram_min)
+    service = http.build_service(loaded, server.model_name or model_opts.model, resolved.config,
+                                 server.max_batch, server.api_key, drafting)
+    where = f"http://{server.host}:{server.port}"
     print(f"llmgen: serving {service.model_id!r} at {where}/v1 (engine {loaded.engine.name}, "
-          f"up to {server['max_batch']} rows; Ctrl-C stops)", file=sys.stderr, flush=True)
+          f"up to {server.max_batch} rows; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        http.serve(service, server["host"], server["port"], server["grace"])
+        http.serve(service, server.host, server.port, server.grace)
     except OSError as err:
-        raise UsageError(f"cannot listen on {server['host']}:{server['port']}: {err.strerror or err}") from None
+        raise UsageError(f"cannot listen on {server.host}:{server.port}: {err.strerror or err}") from None
     except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind
         if exit_.code:
-            raise UsageError(f"cannot listen on {server['host']}:{server['port']} (is the port in use?)") from None
+            raise UsageError(f"cannot listen on {server.host}:{server.port} (is the port in use?)") from None
     print("llmgen: server stopped", file=sys.stderr, flush=True)

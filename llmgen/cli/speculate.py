@@ -3,34 +3,63 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from llmgen.backends.vllm import Draft
 from llmgen.cli import backend_run, common
-from llmgen.cli.backend_run import BACKEND
-from llmgen.cli.options import LOGPROBS, MODEL, OUTPUT, SAMPLING, PromptArg, option, with_options
+from llmgen.cli.backend_run import BACKEND, BackendOptions, EngineOptions
+from llmgen.cli.options import (
+    LOGPROBS,
+    MODEL,
+    OUTPUT,
+    SAMPLING,
+    DecodingFlags,
+    ModelOptions,
+    OutputOptions,
+    ProbsOptions,
+    PromptArg,
+    group,
+    option,
+    with_options,
+)
 from llmgen.cli.output import Renderer
-from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import plain_tokens
-from llmgen.decoding.processors.tables import tables_for
-from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.sequence import SequenceResult, run_sequence
-from llmgen.decoding.speculative import NGRAM, NgramProposer, Round, check_compatible, make_source, parse_gamma
+from llmgen.decoding.config import DecodingConfig, Resolved
+from llmgen.decoding.plan import NGRAM, SELF, check_speculate_on_vllm, plan_speculate
 from llmgen.errors import ModelError, UsageError
 from llmgen.loading import models
-from llmgen.loading.models import LoadedModel
+
+if TYPE_CHECKING:
+    from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
+    from llmgen.decoding.sequence import SequenceResult
+    from llmgen.decoding.speculative import Round
+    from llmgen.loading.models import LoadedModel
 
 PANEL = "Speculative decoding"
-SELF = "self"
+
+
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    draft: str | None = None
+    gamma: str = "auto"
+    ngram_max: int = 4
+    ngram_min: int = 2
+    draft_dtype: str = "auto"
+    draft_quant: str = "auto"
+    draft_engine: str = "auto"
+    compare: bool = False
+    trace: Path | None = None
+
 
 
 
 # The options only `speculate` has; the sampling, model and output options are shared with `generate`.
-SPECULATIVE = [
+SPECULATIVE = group(SpeculativeOptions, [
     option(name, annotation, default)
     for name, annotation, default in (
         ("draft", Annotated[str | None, typer.Option(
@@ -72,13 +101,13 @@ SPECULATIVE = [
             help="Write one JSON line per round: proposed tokens, p(x) and q(x), accepted or not, "
                  "and the token that replaced the first rejection (or the bonus token).")], None),
     )
-]
+])
 
 
 @with_options(spec=SPECULATIVE, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, backend=BACKEND)
-def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[str, Any],
-              model_opts: dict[str, Any], output: dict[str, Any], probs: dict[str, Any],
-              backend: dict[str, Any]) -> None:
+def speculate(prompt: PromptArg = None, *, spec: SpeculativeOptions, sampling: DecodingFlags,
+              model_opts: ModelOptions, output: OutputOptions, probs: ProbsOptions,
+              backend: BackendOptions) -> None:
     """Generate text from PROMPT with speculative decoding: the draft proposes, the target verifies.
 
     The output has exactly the target's distribution, under every sampling option. With --logprobs, each
@@ -94,81 +123,79 @@ def speculate(prompt: PromptArg = None, *, spec: dict[str, Any], sampling: dict[
 
       llmgen speculate -d small -g 4 --compare --trace rounds.jsonl --temperature 0.7 "Tell me a story."
     """
-    resolved = common.resolve_settings(sampling, model_opts)
+    from llmgen.decoding.speculative import check_compatible, make_source
+
+    model_opts = common.model_options(sampling, model_opts)
+    resolved = common.resolve_settings(sampling)
     config = resolved.config
-    if config.num_beams > 1:
-        raise UsageError("speculative decoding does not do beam search: num_beams must be 1 "
-                         f"(it is {config.num_beams}, from {resolved.sources['num_beams']})")
-    if config.no_repeat_ngram_size > 0:
-        raise UsageError("speculate does not support no_repeat_ngram_size "
-                         f"(set to {config.no_repeat_ngram_size} by {resolved.sources['no_repeat_ngram_size']})")
-    if not spec["draft"]:
-        raise UsageError("--draft is required: 'ngram', or a draft model (e.g. --draft small)")
-    gamma = parse_gamma(spec["gamma"])
-    logprobs = common.logprob_spec(probs, output["json"])
-    NgramProposer(spec["ngram_max"], spec["ngram_min"])  # validates the bounds before any loading
-    if sampling["dump_config"]:
-        draft_settings = {} if spec["draft"] == NGRAM else common.model_settings(
-            model_opts, "draft_", model_opts["model"] if spec["draft"] == SELF else spec["draft"], spec["draft_engine"])
-        common.dump_config(resolved, {"model": (model_opts["model"], "flag or default"),
+    gamma = plan_speculate(config, resolved.sources, draft=spec.draft, gamma=spec.gamma,
+                           ngram_max=spec.ngram_max, ngram_min=spec.ngram_min)
+    draft_ref = spec.draft
+    assert draft_ref is not None  # plan_speculate refuses a missing --draft
+    logprobs = common.logprob_spec(probs, output.json)
+    if sampling.dump_config:
+        draft_settings = {} if spec.draft == NGRAM else common.model_settings(
+            model_opts, "draft_", model_opts.model if spec.draft == SELF else spec.draft, spec.draft_engine)
+        common.dump_config(resolved, {"model": (model_opts.model, "flag or default"),
                                       **common.model_settings(model_opts),
-                                      "draft": (spec["draft"], "flag"), **draft_settings,
+                                      "draft": (spec.draft, "flag"), **draft_settings,
                                       "gamma": (gamma, "flag or default")})
         return
     backend_name, engine_options = backend_run.choose(sampling, backend)
     if backend_name == "vllm":
-        _speculate_on_vllm(prompt, resolved, spec, gamma, logprobs, model_opts, output, engine_options)
+        _speculate_on_vllm(prompt, resolved, draft_ref, spec, gamma, logprobs, model_opts, output, engine_options)
         return
     text = common.read_prompt(prompt)
-    target = common.load_model(model_opts["model"], model_opts)
-    draft = _load_draft(spec["draft"], spec["draft_dtype"], spec["draft_quant"], model_opts, spec["draft_engine"])
+    target = common.load_model(model_opts.model, model_opts)
+    draft = _load_draft(draft_ref, spec.draft_dtype, spec.draft_quant, model_opts, spec.draft_engine)
     if draft is not None:
         check_compatible(target, draft)
     ids = common.prompt_ids(target, text, output, resolved.config.template_kwargs())
     renderer = common.make_renderer(output, probs, logprobs, target.tokenizer, legend=True)
-    if spec["compare"]:
+    if spec.compare:
         renderer = WithBaseline(renderer, target, config)
-    with _trace_file(spec["trace"]) as trace:
+    with _trace_file(spec.trace) as trace:
         def speculative(prompt_ids: list[int], generator: Any, sequence: int) -> Any:
             on_round = _trace_writer(trace, sequence, target.tokenizer) if trace else None
             return make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
-                               ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"], on_round=on_round,
+                               ngram_max=spec.ngram_max, ngram_min=spec.ngram_min, on_round=on_round,
                                logprobs=logprobs)
 
         common.run_all(target, ids, resolved, renderer, speculative)
 
 
-def _speculate_on_vllm(prompt: str | None, resolved: Any, spec: dict[str, Any], gamma: Any, logprobs: Any,
-                       model_opts: dict[str, Any], output: dict[str, Any], engine_options: dict[str, Any]) -> None:
+def _speculate_on_vllm(prompt: str | None, resolved: Resolved, draft_ref: str, spec: SpeculativeOptions,
+                       gamma: int | Literal["auto"],
+                       logprobs: LogprobSpec | None, model_opts: ModelOptions, output: OutputOptions,
+                       engine_options: EngineOptions) -> None:
     """vLLM's own speculative decoding with the same draft: n-gram, or a draft model's directory."""
-    if logprobs is not None:
-        raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
-    if spec["draft"] == NGRAM:
-        draft = Draft("ngram", gamma, ngram_max=spec["ngram_max"], ngram_min=spec["ngram_min"])
-    elif spec["draft"] == SELF or spec["draft_quant"] not in ("auto", "none"):
-        raise UsageError("--backend vllm: an int4 draft (--draft self, --draft-quant int4) is llmgen's own CPU path")
+    from llmgen.backends.vllm import Draft
+
+    check_speculate_on_vllm(draft=draft_ref, draft_quant=spec.draft_quant, logprobs=logprobs is not None)
+    if draft_ref == NGRAM:
+        draft = Draft("ngram", gamma, ngram_max=spec.ngram_max, ngram_min=spec.ngram_min)
     else:
-        reference = models.resolve(spec["draft"])
+        reference = models.resolve(draft_ref)
         if reference.quant not in (None, "none"):
-            raise UsageError(f"--backend vllm: the draft {spec['draft']!r} is an int4 alias (llmgen's own CPU path)")
-        draft = Draft("model", gamma, model=str(models.model_path(reference, model_opts["offline"], common.spinner)))
+            raise UsageError(f"--backend vllm: the draft {draft_ref!r} is an int4 alias (llmgen's own CPU path)")
+        draft = Draft("model", gamma, model=str(models.model_path(reference, model_opts.offline, common.spinner)))
     backend_run.run_vllm(common.read_prompt(prompt), resolved, model_opts, output, engine_options, draft)
 
 
-def _load_draft(ref: str, dtype: str, quant: str, model_opts: dict[str, Any],
+def _load_draft(ref: str, dtype: str, quant: str, model_opts: ModelOptions,
                 engine: str = "auto") -> LoadedModel | None:
     if ref == NGRAM:
         return None
     if ref == SELF:  # the target's own weights, in 4 bits unless asked otherwise
-        ref, quant = model_opts["model"], "int4" if quant == "auto" and engine != "llamacpp" else quant
+        ref, quant = model_opts.model, "int4" if quant == "auto" and engine != "llamacpp" else quant
     try:
-        return common.load_model(ref, {**model_opts, "dtype": dtype, "quant": quant}, engine)
+        return common.load_model(ref, dataclasses.replace(model_opts, dtype=dtype, quant=quant), engine)
     except ModelError as err:
         raise ModelError(f"--draft: {err}") from None
 
 
 @contextlib.contextmanager
-def _trace_file(path: Path | None) -> Any:
+def _trace_file(path: Path | None) -> Iterator[IO[str] | None]:
     if path is None:
         yield None
         return
@@ -204,7 +231,7 @@ class WithBaseline(Renderer):
     def begin(self, index: int, total: int) -> None:
         self.inner.begin(index, total)
 
-    def text(self, piece: str, origin: str, logprob: Any = None) -> None:
+    def text(self, piece: str, origin: str, logprob: TokenLogprob | None = None) -> None:
         self.inner.text(piece, origin, logprob)
 
     def end(self, result: SequenceResult) -> None:
@@ -212,8 +239,13 @@ class WithBaseline(Renderer):
         self.inner.end(result)
 
 
-def plain_baseline(target: LoadedModel, result: SequenceResult, config: DecodingConfig) -> dict[str, Any]:
+def plain_baseline(target: LoadedModel, result: SequenceResult, config: DecodingConfig) -> dict[str, object]:
     """Plain decoding of as many tokens as `result` has, same settings; its speed and the speedup."""
+    from llmgen.decoding.plain import plain_tokens
+    from llmgen.decoding.processors.tables import tables_for
+    from llmgen.decoding.sampling import make_generator
+    from llmgen.decoding.sequence import run_sequence
+
     count = max(1, len(result.token_ids))
     plain_config = config.replace(max_new_tokens=count, ignore_eos=True, stop=(), n=1)
     generator = make_generator(config.seed, target.device)

@@ -244,7 +244,7 @@ class DecodingConfig:
 
 def _check(ok: bool, name: str, value: Any, why: str) -> None:
     if not ok:
-        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} {why}")
+        raise ConfigError.invalid(name, f"{value!r} {why}")
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(DecodingConfig)}
@@ -280,7 +280,7 @@ def parse_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
         try:
             if key.replace("-", "_") == "greedy":
                 if not isinstance(value, bool):
-                    raise ConfigError(f"invalid value for greedy: {value!r} must be true or false")
+                    raise ConfigError.invalid("greedy", f"{value!r} must be true or false")
                 if value:
                     values["temperature"] = 0.0
                 continue
@@ -289,7 +289,7 @@ def parse_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"unknown key {key!r}")
             values[name] = coerce(name, value)
         except ConfigError as err:
-            err.key = key  # type: ignore[attr-defined]
+            err.key = key
             raise
     return values
 
@@ -308,11 +308,11 @@ def coerce(name: str, value: Any) -> Any:
             return (value,)
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
-        raise ConfigError(f"invalid value for stop: {value!r} must be a string or a list of strings")
+        raise ConfigError.invalid("stop", f"{value!r} must be a string or a list of strings")
     if name == "choice":
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
             return tuple(value)
-        raise ConfigError(f"invalid value for choice: {value!r} must be a list of non-empty strings")
+        raise ConfigError.invalid("choice", f"{value!r} must be a list of non-empty strings")
     if name in ("schema", "regex", "grammar"):
         if isinstance(value, str) and value:
             return value
@@ -320,34 +320,34 @@ def coerce(name: str, value: Any) -> Any:
             import json
 
             return json.dumps(value)
-        raise ConfigError(f"invalid value for {name}: {value!r} must be a non-empty string")
+        raise ConfigError.invalid(name, f"{value!r} must be a non-empty string")
     if name == "seed":
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
-        raise ConfigError(f"invalid value for seed: {value!r} must be an integer")
+        raise ConfigError.invalid("seed", f"{value!r} must be an integer")
     if name == "early_stopping" and isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} must be true or false")
+        raise ConfigError.invalid(name, f"{value!r} must be true or false")
     if isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} must be an integer")
+        raise ConfigError.invalid(name, f"{value!r} must be an integer")
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} must be a number")
+        raise ConfigError.invalid(name, f"{value!r} must be a number")
     if isinstance(default, str):
         if isinstance(value, str):
             return value
-        raise ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} must be a string ({kind})")
+        raise ConfigError.invalid(name, f"{value!r} must be a string ({kind})")
     return value
 
 
 def _bad(name: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(f"invalid value for {name.replace('_', '-')}: {value!r} {why}")
+    return ConfigError.invalid(name, f"{value!r} {why}")
 
 
 def _coerce_list(name: str, value: Any) -> tuple:

@@ -1,4 +1,4 @@
-"""What `generate` will run, decided from the settings before any model is loaded.
+"""What `generate` and `speculate` will run, decided from the settings before any model is loaded.
 
     strategy   where     when
     input      local     --input FILE: continuous batching of the file's rows in this process
@@ -9,15 +9,22 @@
     single     local     one sequence (plain decoding)
     single     vllm      one prompt (its -n samples or its beams) through vLLM
 
+`speculate` runs locally or on vLLM; its draft is 'ngram', 'self' or a model (`plan_speculate`,
+`check_speculate_on_vllm`).
+
 Every combination that cannot run is refused here, in one line, with the reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
+
+NGRAM, SELF = "ngram", "self"  # the drafts that are not a model reference (NGRAM as speculative.runner's)
 
 
 @dataclass(frozen=True)
@@ -53,3 +60,39 @@ def plan_generate(config: DecodingConfig, *, prompt_given: bool, input_given: bo
     if config.num_beams > 1:
         return Plan("beam", "local")
     return Plan("samples" if config.n > 1 else "single", "local")
+
+
+
+def plan_speculate(config: DecodingConfig, sources: Mapping[str, str], *, draft: str | None, gamma: str,
+                   ngram_max: int, ngram_min: int) -> int | Literal["auto"]:
+    """Checks `speculate`'s settings on any backend; returns the parsed --gamma. Raises UsageError.
+
+    `sources` names where each setting came from (`Resolved.sources`), for the message.
+    """
+    if config.num_beams > 1:
+        raise UsageError("speculative decoding does not do beam search: num_beams must be 1 "
+                         f"(it is {config.num_beams}, from {sources['num_beams']})")
+    if config.no_repeat_ngram_size > 0:
+        raise UsageError("speculate does not support no_repeat_ngram_size "
+                         f"(set to {config.no_repeat_ngram_size} by {sources['no_repeat_ngram_size']})")
+    if not draft:
+        raise UsageError("--draft is required: 'ngram', or a draft model (e.g. --draft small)")
+    return check_drafting(gamma, ngram_max, ngram_min)
+
+
+def check_drafting(gamma: str, ngram_max: int, ngram_min: int) -> int | Literal["auto"]:
+    """--gamma and the n-gram bounds, as speculate, chat and serve take them; returns the parsed --gamma."""
+    # NOTE: imported here so that this module stays free of torch (`llmgen speculate --help` imports it)
+    from llmgen.decoding.speculative import NgramProposer, parse_gamma
+
+    parsed = parse_gamma(gamma)
+    NgramProposer(ngram_max, ngram_min)  # validates the bounds before any loading
+    return parsed
+
+
+def check_speculate_on_vllm(*, draft: str, draft_quant: str, logprobs: bool) -> None:
+    """What `speculate --backend vllm` refuses besides `plan_speculate`'s checks (vLLM's own drafting)."""
+    if logprobs:
+        raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
+    if draft != NGRAM and (draft == SELF or draft_quant not in ("auto", "none")):
+        raise UsageError("--backend vllm: an int4 draft (--draft self, --draft-quant int4) is llmgen's own CPU path")

@@ -14,7 +14,7 @@ tokenizer; if they do not, the vocabularies differ and the audit refuses.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,7 @@ class Report:
     fields: dict[str, Any]  # what each request carried
 
 
-def check_enough(n: int, expected: dict[Hashable, float]) -> None:
+def check_enough(n: int, expected: Mapping[Hashable, float]) -> None:
     needed = needed_samples(expected)
     if n < needed:
         raise UsageError(f"-n {n} is too few for the test to say anything about this claim: it needs at least "

@@ -20,8 +20,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmgen.errors import ModelError
 from llmgen.loading import gguf_check
 from llmgen.loading.hfutil import first_line, quiet, warn
@@ -162,8 +160,10 @@ def _conversion_lock(target: Path) -> Iterator[None]:
 
 
 def _read_gguf(gguf: Path) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model: Any  # transformers' PreTrainedModel: its quantization markers are cleared below
     with quiet():
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -182,6 +182,7 @@ def load_float(resolved: Resolved, *, device: str, dtype: str, offline: bool, al
     dt = pick_dtype(resolved.dtype if dtype == "auto" and resolved.dtype else dtype, dev)
     from transformers import AutoModelForCausalLM
 
+    model: Any  # transformers' PreTrainedModel, whose stubs make `.to(device)` an error
     with quiet():
         tokenizer = load_tokenizer(ref, path, trust_remote_code)
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -53,7 +53,7 @@ class LoadedModel:
     @property
     def vocab_size(self) -> int:
         if self.model is None:  # the llama.cpp engine
-            return int(self.engine.model.vocab_size)
+            return int(cast(Any, self.engine).model.vocab_size)  # llama_cpp's Llama
         if self.quant != "none":
             return int(self.model.vocab_size)
         return int(self.model.get_output_embeddings().weight.shape[0])

@@ -8,23 +8,10 @@ llmgen needs from the loading layer are re-exported here.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 from llmgen.errors import UsageError
 from llmgen.loading.gguf_cache import ProgressHook, convert_gguf, gguf_cache_path
-from llmgen.loading.hf import (
-    DTYPES,
-    check_directory,
-    context_length,
-    eos_ids,
-    load_float,
-    load_tokenizer,
-    model_info,
-    model_path,
-    pick_device,
-    pick_dtype,
-)
-from llmgen.loading.int4 import load_int4
-from llmgen.loading.loaded import LoadedModel, ModelInfo
 from llmgen.loading.registry import (
     BUILTIN,
     DEFAULT_MODEL,
@@ -38,6 +25,38 @@ from llmgen.loading.registry import (
 from llmgen.loading.threads import check_threads, physical_cores
 from llmgen.userdirs import cache_dir, config_dir
 
+if TYPE_CHECKING:
+    from llmgen.loading.hf import (
+        DTYPES,
+        check_directory,
+        context_length,
+        eos_ids,
+        load_tokenizer,
+        model_info,
+        model_path,
+        pick_device,
+        pick_dtype,
+    )
+    from llmgen.loading.loaded import LoadedModel, ModelInfo
+
+# NOTE: the names that need torch or transformers are imported on first use (PEP 562), so that
+# `llmgen --help`, `models list` and a llama.cpp run import neither of them here.
+_LAZY = {"hf": ("DTYPES", "check_directory", "context_length", "eos_ids", "load_tokenizer", "model_info",
+                "model_path", "pick_device", "pick_dtype"),
+         "loaded": ("LoadedModel", "ModelInfo")}
+
+
+def __getattr__(name: str) -> Any:
+    for module, names in _LAZY.items():
+        if name in names:
+            import importlib
+
+            value = getattr(importlib.import_module(f"llmgen.loading.{module}"), name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 ENGINES = ("auto", "torch", "llamacpp")
 
 __all__ = ["DEFAULT_MODEL", "DTYPES", "LoadedModel", "ProgressHook", "Resolved", "RegistryEntry", "cache_dir",
@@ -45,6 +64,7 @@ __all__ = ["DEFAULT_MODEL", "DTYPES", "LoadedModel", "ProgressHook", "Resolved",
            "registry", "resolve", "QUANTS", "load_tokenizer", "model_path", "context_length", "eos_ids",
            "check_directory", "BUILTIN", "model_info", "ModelInfo", "ENGINES", "choose_engine",
            "physical_cores"]
+
 
 def choose_engine(engine: str, resolved: Resolved, quant: str = "auto") -> str:
     """The engine that runs `resolved`: "auto" is llama.cpp for a GGUF file (an alias of one included) when
@@ -88,7 +108,11 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", offline: bool =
     if quant not in QUANTS:
         raise UsageError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")
     if quant == "int4":
+        from llmgen.loading.int4 import load_int4
+
         return load_int4(resolved, device=device, offline=offline, allow_pickle=allow_pickle,
                          trust_remote_code=trust_remote_code, progress=progress, started=started)
+    from llmgen.loading.hf import load_float
+
     return load_float(resolved, device=device, dtype=dtype, offline=offline, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, progress=progress, started=started)

@@ -155,6 +155,7 @@ async def _generate(service: Service, request: Request, *, kind: str) -> Respons
         echoed = [await asyncio.wrap_future(service.scheduler.call(partial(_prompt_logprobs, service, ids, text, req)))
                   for ids, text in zip(prompts, texts)]
     if req.score_only:
+        assert echoed is not None  # score_only is echo with max_tokens 0
         return JSONResponse(_Answer.scored(service, req, echoed, [len(ids) for ids in prompts]))
     constraint = await run_in_threadpool(_constraint, service, req.config)
     rows = [Row(next_key(), list(ids), req.config, row_generator(req.config.seed, j, service.loaded.device),
@@ -225,6 +226,7 @@ def _prompt_logprobs(service: Service, ids: list[int], text: str | None, req: pr
         entries = to_json(token_logprobs(logits, None, ids[1:], req.logprobs), tokenizer)
     first = tokenizer.decode(ids[:1])
     rest = responses.completion_logprobs(entries, len(first))
+    assert rest is not None  # entries is a list
     return {"text": text, "logprobs": {"tokens": [first, *rest["tokens"]],
                                        "token_logprobs": [None, *rest["token_logprobs"]],
                                        "top_logprobs": [None, *rest["top_logprobs"]],
@@ -264,22 +266,34 @@ class _Answer:
     def finished(self) -> bool:
         return all(r is not None for r in self.results)
 
+    def _running(self) -> tuple[Job, asyncio.Queue]:
+        """The job and its events; a `scored` answer has neither and is never awaited."""
+        assert self.job is not None and self.events is not None
+        return self.job, self.events
+
+    def _done(self) -> list[SequenceResult]:
+        done = [r for r in self.results if r is not None]
+        assert len(done) == len(self.results)  # called once every row has finished
+        return done
+
     async def whole(self, request: Request) -> dict[str, Any]:
+        job, events = self._running()
+
         async def watch() -> None:  # as Starlette's streaming responses do: the next message is the disconnect
             while (await request.receive())["type"] != "http.disconnect":
                 pass
-            self.job.cancel()
+            job.cancel()
 
         watcher = asyncio.create_task(watch())
         try:
             while not self.finished:
-                self._take(await self.events.get())
+                self._take(await events.get())
         finally:
             watcher.cancel()
             if not self.finished:
-                self.job.cancel()
+                job.cancel()
         build = responses.chat_response if self.req.kind == "chat" else responses.completion_response
-        answer = build(self.ident, self.created, self.service.model_id, self.service.fingerprint, self.results,
+        answer = build(self.ident, self.created, self.service.model_id, self.service.fingerprint, self._done(),
                        self.prompt_lengths, self.req.logprobs is not None)
         if self.echoed is not None:
             for choice in answer["choices"]:
@@ -310,6 +324,7 @@ class _Answer:
         """Server-sent events: a first chunk per choice (chat: the role), one per piece of text, one with
         the finish reason; with include_usage a last chunk with the usage; then `data: [DONE]`."""
         req, s = self.req, self.service
+        job, events = self._running()
         chat = req.kind == "chat"
         head = (self.ident, self.created, s.model_id, s.fingerprint)
         offsets = [0] * len(self.results)
@@ -330,7 +345,7 @@ class _Answer:
                     yield responses.sse(responses.chat_chunk(*head, index, {"role": "assistant", "content": ""},
                                                              None, None, req.include_usage))
             while not self.finished:
-                event = await self.events.get()
+                event = await events.get()
                 if event[0] == "error":
                     yield responses.sse(APIError(event[1], status=500, type="server_error").body())
                     return
@@ -347,8 +362,8 @@ class _Answer:
                     yield chunk(event[1], None, None, responses.finish_reason(result))
             if req.include_usage:
                 yield responses.sse(responses.usage_chunk(*head, req.kind,
-                                                          responses.usage(self.prompt_lengths, self.results)))
+                                                          responses.usage(self.prompt_lengths, self._done())))
             yield responses.sse("[DONE]")
         finally:
             if not self.finished:  # the client went away (Starlette cancelled the stream), or shutdown
-                self.job.cancel()
+                job.cancel()

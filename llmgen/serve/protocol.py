@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.logprobs import MAX_TOP, LogprobSpec
+from llmgen.decoding.logprobs import MAX_TOP, LogprobSpec, Mode
 from llmgen.errors import ConfigError
 
 
@@ -160,11 +160,8 @@ def to_config(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> Deco
     try:
         config = base.replace(**changes)
     except ConfigError as err:  # a range check of DecodingConfig: name the request's field, not llmgen's flag
-        message = str(err)
-        name = _param_of(message)
-        param = budget_name if name == "max_new_tokens" else name
-        if name is not None:
-            message = message.replace(name.replace("_", "-"), param, 1)
+        param = budget_name if err.field == "max_new_tokens" else err.field
+        message = str(err) if param is None else f"invalid value for {param}: {err.reason}"
         raise APIError(message, param=param) from None
     given = [name for name in ("schema", "json_object", "regex", "choice") if getattr(config, name) not in (None, False, ())]
     if len(given) > 1:
@@ -201,14 +198,8 @@ def _coerce(target: str, value: Any, param: str) -> Any:
     try:
         return coerce(target, value)
     except ConfigError as err:
-        message = str(err).split(": ", 1)[-1]
+        message = err.reason if err.reason is not None else str(err)
         raise APIError(f"invalid value for {param}: {message}", param=param) from None
-
-
-def _param_of(message: str) -> str | None:
-    if message.startswith("invalid value for "):
-        return message[len("invalid value for "):].split(":", 1)[0].replace("-", "_")
-    return None
 
 
 def _check_known(body: Mapping[str, Any], known: frozenset[str]) -> None:
@@ -269,7 +260,7 @@ def _prompts(value: Any) -> list[str | list[int]]:
                    param="prompt")
 
 
-def _mode(body: Mapping[str, Any]) -> str:
+def _mode(body: Mapping[str, Any]) -> Mode:
     mode = body.get("logprobs_mode", "raw")
     if mode not in ("raw", "processed"):
         raise APIError(f"logprobs_mode must be \"raw\" or \"processed\", not {mode!r}", param="logprobs_mode")

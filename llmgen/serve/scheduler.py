@@ -297,6 +297,7 @@ class Scheduler:
         """Decode `row` speculatively while it is alone; return it to join the batch when another row
         arrives (at the end of a round), or None when it finished here."""
         drafting, limits = self.drafting, self.limits
+        assert drafting is not None  # rows decode speculatively only with --draft
         self._enter(row)
         self.counters.speculative += 1
         row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,

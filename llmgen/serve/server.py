@@ -60,7 +60,9 @@ class _Server(uvicorn.Server):
 def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                 grace: float = DEFAULT_GRACE_SECONDS, log_level: str = "warning") -> _Server:
     config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=grace + BACKSTOP_SECONDS, lifespan="on", access_log=False)
+                            # NOTE: uvicorn annotates int, and waits any number of seconds (asyncio.wait_for)
+                            timeout_graceful_shutdown=grace + BACKSTOP_SECONDS,  # type: ignore[arg-type]
+                            lifespan="on", access_log=False)
     return _Server(config, service, grace)
 
 

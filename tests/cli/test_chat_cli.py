@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmgen.cli import main
+from llmgen.cli.options import OutputOptions, ProbsOptions
 from llmgen.decoding.chat import ChatSession, Conversation, reference_reply
 from llmgen.decoding.config import DecodingConfig
 from llmgen.loading import models
@@ -174,7 +175,8 @@ def test_ctrl_c_during_a_reply_keeps_the_text_and_returns_to_the_prompt(char_mod
 
     session = ChatSession(models.load(str(char_model)))
     settings = Settings(None, {"max_new_tokens": 20, "ignore_eos": True, "seed": 1})
-    repl = chat_repl.Repl(session, settings, {"json": json_mode, "quiet": True}, {}, None, read, True, {})
+    repl = chat_repl.Repl(session, settings, OutputOptions(json=json_mode, quiet=True), ProbsOptions(), None, read, True,
+                          {})
     monkeypatch.setattr(chat_repl, "_typed_so_far", lambda: "")
     assert repl.run() == 0
     messages = session.conversation.messages

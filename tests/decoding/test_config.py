@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmgen.decoding.config import DEFAULTS, DecodingConfig, resolve
+from llmgen.decoding.config import DEFAULTS, DecodingConfig, parse_keys, resolve
 from llmgen.errors import ConfigError
 
 
@@ -48,3 +48,16 @@ def test_greedy_shorthand_and_type_checks() -> None:
         resolve({"top_k": 2.5}, "p", {})
     with pytest.raises(ConfigError, match="unknown key"):
         resolve({"top_q": 1}, "p", {})
+
+
+@pytest.mark.parametrize("make,field,reason", [
+    (lambda: DecodingConfig(top_p=2.0), "top_p", "2.0 must be in (0, 1] (1.0 = off)"),
+    (lambda: parse_keys({"max-new-tokens": "many"}), "max_new_tokens", "'many' must be an integer"),
+    (lambda: parse_keys({"stop": 3}), "stop", "3 must be a string or a list of strings"),
+])
+def test_a_config_error_names_its_field_as_data(make, field, reason) -> None:
+    """Front-ends (serve, presets) name the field in their own words from `field` and `reason`, not the text."""
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert (info.value.field, info.value.reason) == (field, reason)
+    assert str(info.value) == f"invalid value for {field.replace('_', '-')}: {reason}"

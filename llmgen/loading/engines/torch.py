@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from llmgen.errors import ModelError
-from llmgen.loading.engines.base import SerialRows
+from llmgen.loading.engines.base import RowsCache, SerialRows
 
 
 class CachedLM:
@@ -174,10 +174,11 @@ def _pad_left(states: Tensor, width: int) -> Tensor:
     return torch.nn.functional.pad(states, (0, 0, missing, 0))
 
 
-Rows = RowCache | SerialRows  # what `batch.py` decodes with on this engine
+TorchRows = RowCache | SerialRows  # this engine's rows
+Rows = RowsCache  # what `batch.py` decodes with, on any engine (the protocol of `base.py`)
 
 
-def row_cache(model: Any) -> Rows:
+def row_cache(model: Any) -> TorchRows:
     """The row cache for `model`: one left-padded batch for a transformers model and for the lean int4
     Llama (whose cache shows the same layers); one cache per row for any other model with its own cache."""
     batched = not hasattr(model, "new_cache") or getattr(model, "batched_rows", False)
@@ -196,5 +197,5 @@ class TorchEngine:
     def sequence(self) -> CachedLM:
         return CachedLM(self.model)
 
-    def rows(self) -> Rows:
+    def rows(self) -> TorchRows:
         return row_cache(self.model)

@@ -32,8 +32,8 @@ class Int4Linear(nn.Module):
 
     def __init__(self, blocks: Int4Blocks) -> None:
         super().__init__()
-        self._pack(lambda start, stop: blocks.codes[start:stop], *blocks.codes.shape, blocks.scale, blocks.zero,
-                   blocks.repeat)
+        n, k = blocks.codes.shape
+        self._pack(lambda start, stop: blocks.codes[start:stop], n, k, blocks.scale, blocks.zero, blocks.repeat)
 
     @classmethod
     def from_nibbles(cls, nibbles: Tensor, scale: Tensor, zero: Tensor, repeat: int) -> Int4Linear:

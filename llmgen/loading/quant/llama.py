@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,7 @@ class StaticCache:
 
     `layers[i].keys` / `.values` are the valid part, [B, kv_heads, length, head_dim], and can be assigned
     (rows selected, columns cut or padded) as on a transformers `DynamicCache` layer: that is what
-    `rowcache.RowCache` does to a batch of left-padded rows, with this model as with a transformers one.
+    `engines.torch.RowCache` does to a batch of left-padded rows, with this model as with a transformers one.
     """
 
     def __init__(self, shape: Shape, batch: int | None = None, capacity: int = 256) -> None:
@@ -190,6 +190,9 @@ class _CacheLayer:
 
 
 class Layer(nn.Module):
+    norm_attention: Tensor  # buffers, declared for the type checker (nn.Module's __getattr__ is untyped)
+    norm_mlp: Tensor
+
     def __init__(self, qkv: nn.Module, o: nn.Module, gate_up: nn.Module, down: nn.Module,
                  norm_attention: Tensor, norm_mlp: Tensor) -> None:
         super().__init__()
@@ -200,6 +203,9 @@ class Layer(nn.Module):
 
 class LeanLlama(nn.Module):
     """A Llama causal LM over given linear layers; called like a transformers model."""
+
+    norm: Tensor  # buffers, declared for the type checker
+    inv_freq: Tensor
 
     def __init__(self, config: Any, embed: Callable[[Tensor], Tensor], layers: list[Layer], norm: Tensor,
                  head: nn.Module, generation_config: Any = None, quant: str = "none") -> None:
@@ -224,7 +230,7 @@ class LeanLlama(nn.Module):
     def vocab_size(self) -> int:
         return self.shape.vocab
 
-    batched_rows = True  # `rowcache.RowCache` can decode left-padded rows with this model and its cache
+    batched_rows = True  # `engines.torch.RowCache` can decode left-padded rows with this model and its cache
 
     def new_cache(self, batch: int | None = None) -> StaticCache:
         return StaticCache(self.shape, batch)
@@ -252,7 +258,7 @@ class LeanLlama(nn.Module):
         mask = self._mask(start, k, attention_mask)
         h = self.embed(input_ids)  # [B, k, D] float32
         q_size, kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(cast("list[Layer]", self.layers)):
             x = rms_norm(h, layer.norm_attention, s.eps)
             q, key, value = layer.qkv(x).split((q_size, kv_size, kv_size), dim=-1)
             q = q.view(batch, k, s.heads, s.head_dim).transpose(1, 2)  # [B, H, k, hd]

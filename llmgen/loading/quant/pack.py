@@ -220,7 +220,10 @@ def build(packed: Packed, config: Any, generation_config: Any = None,
         return Int4Linear.from_nibbles(t[f"{name}.codes"], t[f"{name}.scale"], t[f"{name}.zero"],
                                        int(t[f"{name}.repeat"][0]))
 
-    layers = [Layer(*(make(f"layers.{i}.{n}") for n in LINEARS),
-                    t[f"layers.{i}.norm_attention"], t[f"layers.{i}.norm_mlp"]) for i in range(shape.layers)]
+    def layer(i: int) -> Layer:
+        qkv, o, gate_up, down = (make(f"layers.{i}.{n}") for n in LINEARS)
+        return Layer(qkv, o, gate_up, down, t[f"layers.{i}.norm_attention"], t[f"layers.{i}.norm_mlp"])
+
+    layers = [layer(i) for i in range(shape.layers)]
     return LeanLlama(config, Int8Embedding(t["embed.q"], t["embed.d"]), layers, t["norm"], make("head"),
                      generation_config, quant="int4")
