@@ -46,6 +46,7 @@ REFUSED = {"stop": "--stop", "schema": "--schema", "json_object": "--json-object
 @dataclass(frozen=True)
 class AuditOptions:
     url: str | None = None
+    determinism: str | None = None
     self_audit: bool = False
     served_model: str | None = None
     tokens: int | None = None
@@ -64,6 +65,11 @@ AUDIT = group(AuditOptions, [
         "--url", metavar="URL", rich_help_panel=PANEL, show_default="none",
         help="The OpenAI-compatible server: its base (http://host:port or .../v1) or the completions endpoint.")],
         None),
+    _option("determinism", Annotated[str | None, typer.Option(
+        "--determinism", metavar="URL", rich_help_panel=PANEL, show_default="none",
+        help="Instead of the chi-square test: send a set of prompts to this OpenAI-compatible server alone, then "
+             "inside -n concurrent requests (default 16; staggered, of mixed lengths), greedy and seeded, and count "
+             "the answers that differ (exit 1 if any do). PROMPT, if given, joins the set.")], None),
     _option("self_audit", Annotated[bool, typer.Option(
         "--self", rich_help_panel=PANEL,
         help="Audit llmgen's own paths in this process instead: plain, batched, ngram (speculative), draft "
@@ -121,7 +127,13 @@ def audit(prompt: PromptArg = None, *, own: AuditOptions, sampling: DecodingFlag
       llmgen audit --url http://127.0.0.1:8080 --oracle-engine llamacpp -n 400 --temperature 1 --top-k 40 --top-p 0.95 --min-p 0.05 "Once upon a time"
 
       llmgen audit --self -n 400 --top-p 0.9 "Once upon a time"
+
+      llmgen audit --determinism http://127.0.0.1:8080 -n 16
     """
+    if own.determinism is not None:
+        given_n = sampling.given.get("n")
+        return _determinism(own.determinism, own.served_model, prompt, given_n if isinstance(given_n, int) else None,
+                            output)
     if (own.url is None) == (not own.self_audit):
         raise UsageError("give --url URL (a server to audit) or --self (llmgen's own paths), one of them")
     if own.oracle_engine not in ORACLES:
@@ -163,6 +175,30 @@ def audit(prompt: PromptArg = None, *, own: AuditOptions, sampling: DecodingFlag
                                      config.seed, loaded.ref)
     _show(report, url, k, output, loaded.tokenizer, by_text=k == 1)
     return 1 if report.verdict.rejected else 0
+
+
+def _determinism(url: str, model: str | None, prompt: str | None, n: int | None, output: OutputOptions) -> int:
+    """`--determinism URL`: the same requests alone and under load (`evaluate/determinism.py`)."""
+    from llmgen.evaluate import determinism
+    from llmgen.evaluate.client import completions_url
+
+    endpoint = completions_url(url)
+    prompts = ((prompt,) if prompt else ()) + determinism.PROMPTS
+    concurrency = n or 16
+    with common.spinner(f"determinism of {url}: {len(prompts)} prompts alone, then {concurrency} at once") \
+            if not output.quiet else _nothing():
+        report = determinism.audit(endpoint, model, prompts=prompts, concurrency=concurrency)
+    if output.json:
+        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
+        return 0 if report.ok else 1
+    verdict = "[green]deterministic[/green]" if report.ok else "[red]not deterministic[/red]"
+    console = Console(highlight=False)
+    console.print(f"{url}: {verdict}: {len(report.differences)} of {report.compared} answers differ between alone "
+                  f"and {report.concurrency} concurrent requests ({report.max_tokens} tokens, greedy and seeded)")
+    for d in report.differences:
+        console.print(f"  {d.mode} prompt {d.prompt}: parts at {d.unit} {d.at}: alone {d.alone!r} / "
+                      f"batched {d.batched!r}", markup=False)
+    return 0 if report.ok else 1
 
 
 class _nothing:

@@ -98,8 +98,10 @@ def model_settings(model_opts: ModelOptions, prefix: str = "", ref: str | None =
         chosen = requested  # a model that cannot be resolved fails when it is loaded, not here
     threads = model_opts.threads
     source = model_opts.threads_source or ("flag" if threads is not None else "default")
+    invariant, why = models.batch_invariance(chosen)
     return {f"{prefix}engine": (chosen, "flag" if requested != "auto" else "auto"),
-            f"{prefix}threads": (threads if threads is not None else models.physical_cores(), source)}
+            f"{prefix}threads": (threads if threads is not None else models.physical_cores(), source),
+            f"{prefix}batch_invariant": (invariant, why)}
 
 
 def dump_config(resolved: Resolved, extra: dict[str, tuple[object, str]] | None = None) -> None:

@@ -103,7 +103,8 @@ def complete(url: str, model: str | None, prompt: str, max_tokens: int, fields: 
         raise ServerError(f"{url} answered without choices[0].text: is it an OpenAI-compatible completions "
                           "endpoint?")
     choice = choices[0]
-    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    raw_usage = payload.get("usage")
+    usage = raw_usage if isinstance(raw_usage, dict) else {}
     ids = choice.get("token_ids")
     return Completion(choice["text"], choice.get("finish_reason"),
                       [int(i) for i in ids] if isinstance(ids, list) else None,

@@ -58,12 +58,24 @@ def __getattr__(name: str) -> Any:
 
 
 ENGINES = ("auto", "torch", "llamacpp")
+TORCH_BATCHES = ("torch engine: batched rows run other matmul shapes than a row alone, so they equal HF's "
+                 "batched generate() and may part from a row alone at a near-tie")
+
+
+def batch_invariance(engine: str) -> tuple[bool, str]:
+    """Whether `engine` ("torch" or "llamacpp") gives a row the same logits alone and in any batch, and why;
+    `--dump-config` and serve's `/v1/models` show it."""
+    if engine == "llamacpp":
+        from llmgen.loading import llamacpp
+
+        return llamacpp.batch_invariance() if llamacpp.available() else (False, llamacpp.INSTALL)
+    return False, TORCH_BATCHES
 
 __all__ = ["DEFAULT_MODEL", "DTYPES", "LoadedModel", "ProgressHook", "Resolved", "RegistryEntry", "cache_dir",
            "config_dir", "convert_gguf", "gguf_cache_path", "is_cached", "load", "pick_device", "pick_dtype",
            "registry", "resolve", "QUANTS", "load_tokenizer", "model_path", "context_length", "eos_ids",
            "check_directory", "BUILTIN", "model_info", "ModelInfo", "ENGINES", "choose_engine",
-           "physical_cores"]
+           "physical_cores", "batch_invariance"]
 
 
 def choose_engine(engine: str, resolved: Resolved, quant: str = "auto") -> str:

@@ -36,6 +36,7 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.logprobs import to_json, token_logprobs
 from llmgen.decoding.sequence import SequenceResult, check_prompt
 from llmgen.errors import LlmgenError
+from llmgen.loading.models import batch_invariance
 from llmgen.serve import protocol, responses
 from llmgen.serve.protocol import APIError
 from llmgen.serve.scheduler import Job, Scheduler, next_key
@@ -118,8 +119,10 @@ async def _health(service: Service, request: Request) -> Response:
 
 
 def _model_card(service: Service) -> dict[str, Any]:
+    invariant, why = batch_invariance(service.loaded.engine.name)
     return {"id": service.model_id, "object": "model", "created": service.created, "owned_by": "llmgen",
-            "max_model_len": service.loaded.context_length}
+            "max_model_len": service.loaded.context_length, "engine": service.loaded.engine.name,
+            "batch_invariant": invariant, "batch_invariance": why}
 
 
 async def _models(service: Service, request: Request) -> Response:
