@@ -80,9 +80,8 @@ class GGUFTokenizer(Tokenizer):
             if not spm or "<0x41>" in vocab:
                 self._spelled = frozenset()
             else:
-                lib, unknown = self.lib, int(self.lib.llama_vocab_unk(self.vocab))
-                pieces = [text for text, i in vocab.items()  # normal tokens only: "<s>" spells no "<"
-                          if i != unknown and not lib.llama_vocab_is_control(self.vocab, i)]
+                normal = self.lib.LLAMA_TOKEN_ATTR_NORMAL  # not "<unk>", "<s>": they spell no "<"
+                pieces = [text for text, i in vocab.items() if self.lib.llama_vocab_get_attr(self.vocab, i) & normal]
                 self._spelled = frozenset("".join(pieces).replace("\u2581", " "))
         if self._spelled:
             missing = sorted(set(text) - self._spelled)

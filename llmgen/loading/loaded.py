@@ -9,6 +9,7 @@ from typing import Any, cast
 import torch
 
 from llmgen.loading.engines.base import Engine
+from llmgen.loading.tokenizer import Tokenizer
 from llmgen.loading.engines.torch import TorchEngine
 
 
@@ -19,7 +20,7 @@ class ModelInfo:
     Every `LoadedModel` has one (`.info`); a run whose weights live elsewhere (`--backend vllm`) loads
     only this (`hf.model_info`)."""
 
-    tokenizer: Any
+    tokenizer: Tokenizer  # loading/tokenizer.py: a transformers tokenizer or GGUFTokenizer
     eos_token_ids: frozenset[int]
     context_length: int
     ref: str = ""
@@ -31,7 +32,7 @@ class ModelInfo:
 class LoadedModel:
     ref: str
     model: Any  # a transformers PreTrainedModel (torch engine); None on the llama.cpp engine
-    tokenizer: Any
+    tokenizer: Tokenizer  # loading/tokenizer.py: a transformers tokenizer or GGUFTokenizer
     device: torch.device
     dtype: torch.dtype
     context_length: int
