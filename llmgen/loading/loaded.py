@@ -9,8 +9,8 @@ from typing import Any, cast
 import torch
 
 from llmgen.loading.engines.base import Engine
-from llmgen.loading.tokenizer import Tokenizer
 from llmgen.loading.engines.torch import TorchEngine
+from llmgen.loading.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
