@@ -1,7 +1,9 @@
-"""What a context-dependent stage may read: the row's tokens, Mirostat's surprises, the tokenizer's tables.
+"""What a stage that reads a row's history may read (`RowView`): its tokens, Mirostat's surprises, the tables.
 
-A stage is a pure function of (logits, context). Nothing here is updated by the chain: each step's
-`Context` is built from the sequence as it stands, so a rejected speculative round needs no rollback.
+A stage is a pure function of (logits, rows). The chain updates nothing here: decoding loops pass each
+row's `decoding.history.History` (which owns the row's tokens), and a speculative round passes
+frozen `Context`s of the rows ahead (history + the first i draft tokens), so a rejected round needs
+no rollback.
 
 - `prompt`, `generated`: the row's tokens. In a speculative round, row i's `generated` includes the
   first i draft tokens (as the penalty counts do, `decoding/counts.py`).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -37,9 +40,28 @@ class TokenTables:
     think_close: tuple[int, ...] = ()  # "</think>"
 
 
+class RowView(Protocol):
+    """What the stages read of one row: a `Context`, or a `decoding.history.History`."""
+
+    @property
+    def prompt(self) -> Sequence[int]: ...
+
+    @property
+    def generated(self) -> Sequence[int]: ...
+
+    @property
+    def surprises(self) -> Sequence[float]: ...
+
+    @property
+    def tables(self) -> TokenTables | None: ...
+
+    @property
+    def tokens(self) -> list[int]: ...
+
+
 @dataclass(frozen=True)
 class Context:
-    """One row's context. `tokens` = prompt + generated."""
+    """One row's history, frozen (a `RowView`). `tokens` = prompt + generated."""
 
     prompt: Sequence[int]
     generated: Sequence[int]
