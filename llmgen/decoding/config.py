@@ -197,7 +197,7 @@ class DecodingConfig:
         return bool(self.logit_bias or self.min_tokens or self.bad_words or self.allowed_token_ids
                     or self.reasoning_budget >= 0)
 
-    @property
+    @functools.cached_property
     def needs_context(self) -> bool:
         """Stages that read the tokens themselves (not just their counts): token controls, DRY, Mirostat."""
         return self.uses_token_controls or any(s.reads_history and s.runs(self) for s in STAGES)

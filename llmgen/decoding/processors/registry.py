@@ -173,16 +173,25 @@ TRUNCATIONS = frozenset(s.name for s in STAGES if s.truncates)
 STAGE_ALIASES = {alias: s.name for s in STAGES for alias in s.aliases}
 
 
+def options(stage: Stage) -> list[tuple[str, Any, str]]:
+    """The stage's settings as command-line flags, its switches first: (flag, default, help). What the
+    CLI's option groups, the inspect panel and the docs can be derived from."""
+    from llmgen.decoding.config import ALIASES, DEFAULTS, FIELDS, LIST_FIELDS  # NOTE: config.py reads this module
+
+    flag = {field: alias for alias, field in ALIASES.items() if field in LIST_FIELDS}  # a list's singular flag
+    return [(f"--{flag.get(name, name).replace('_', '-')}", getattr(DEFAULTS, name), FIELDS[name].metadata["help"])
+            for name in (*stage.switches, *stage.params)]
+
+
 def docs_table() -> str:
     """The stages as a Markdown table (docs/samplers.md), in the default order."""
-    lines = ["| stage | aliases | on when (off value) | also reads | llama.cpp order | what it does |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | flags (default) | aliases | llama.cpp order | what it does |", "|---|---|---|---|---|"]
     for s in STAGES:
-        switches = ", ".join(f"`{name}` != {off!r}" for name, off in s.switches.items())
-        lines.append(f"| `{s.name}` | {', '.join(s.aliases)} | {switches} | {', '.join(s.params)} | "
+        flags = ", ".join(f"`{flag} {default!r}`" for flag, default, _ in options(s))
+        lines.append(f"| {s.name} | {flags} | {', '.join(s.aliases)} | "
                      f"{'' if s.llamacpp is None else LLAMACPP_ORDER.index(s.name) + 1} | {s.help} |")
     return "\n".join(lines)
 
 
 __all__ = ["BY_NAME", "DEFAULT_ORDER", "LLAMACPP_ORDER", "NAMED_ORDERS", "STAGES", "STAGE_ALIASES", "STAGE_NAMES",
-           "TRUNCATIONS", "WARPERS", "Stage", "Step", "docs_table"]
+           "TRUNCATIONS", "WARPERS", "Stage", "Step", "docs_table", "options"]
