@@ -4,7 +4,7 @@ The semantics are those of HF `generate(num_beams=B, do_sample=False)`; the code
 
 1. One forward of the B running beams (`RowsCache.step`); the cache holds one row per beam.  logits [B, V]
 2. log_probs = log_softmax(logits), then, for each beam on that beam's own tokens:
-   - the penalties of `processors.py` (repetition, then frequency/presence), counted over the beam's
+   - the penalties of `processors/penalties.py` (repetition, then frequency/presence), counted over the beam's
      generated tokens (or prompt + generated, with `penalty_scope = "all"`), last `penalty_window` only;
    - n-gram blocking: every token that would complete an n-gram already present in the beam
      (prompt included, as in HF) gets -inf.

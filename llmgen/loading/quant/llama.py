@@ -106,7 +106,7 @@ class StaticCache:
 
     `layers[i].keys` / `.values` are the valid part, [B, kv_heads, length, head_dim], and can be assigned
     (rows selected, columns cut or padded) as on a transformers `DynamicCache` layer: that is what
-    `rowcache.RowCache` does to a batch of left-padded rows, with this model as with a transformers one.
+    `engines.torch.RowCache` does to a batch of left-padded rows, with this model as with a transformers one.
     """
 
     def __init__(self, shape: Shape, batch: int | None = None, capacity: int = 256) -> None:
@@ -224,7 +224,7 @@ class LeanLlama(nn.Module):
     def vocab_size(self) -> int:
         return self.shape.vocab
 
-    batched_rows = True  # `rowcache.RowCache` can decode left-padded rows with this model and its cache
+    batched_rows = True  # `engines.torch.RowCache` can decode left-padded rows with this model and its cache
 
     def new_cache(self, batch: int | None = None) -> StaticCache:
         return StaticCache(self.shape, batch)
