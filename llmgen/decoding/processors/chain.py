@@ -136,7 +136,7 @@ def process_chained(logits: Tensor, counts: Tensor | None, config: DecodingConfi
     `contexts[i].generated` includes them. With Mirostat, row i's mu needs the surprises of those
     draft tokens under rows 0..i-1, so the rows run one after another; otherwise all at once."""
     chain = compile_chain(config, logits.shape[-1])
-    if not BY_NAME["mirostat"].runs(config):
+    if not config.runs("mirostat"):
         return chain(logits, counts, allowed, contexts)
     assert contexts is not None  # Mirostat reads the history
     rows: list[Tensor] = []

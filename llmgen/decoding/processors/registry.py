@@ -3,7 +3,8 @@
 `STAGES` lists the records in the default order. From them come the default and llama.cpp orders,
 the stage names and their aliases (`--samplers`), which stages are on for given settings, which are
 warpers (off in greedy mode), which truncate, which read a row's history, the chain itself
-(`chain.compile_chain` binds each record once per settings) and the docs table (`docs_table`).
+(`chain.compile_chain` binds each record once per settings) and each stage's flags (`options`;
+`tests/decoding/test_registry.py` checks docs/samplers.md against them).
 
 Adding a sampler stage: its module in `processors/` (pure over logits and the rows, with its math in
 the docstring) and its record here; its settings are fields of `config.DecodingConfig`.
@@ -175,23 +176,10 @@ STAGE_ALIASES = {alias: s.name for s in STAGES for alias in s.aliases}
 
 def options(stage: Stage) -> list[tuple[str, Any, str]]:
     """The stage's settings as command-line flags, its switches first: (flag, default, help). What the
-    CLI's option groups, the inspect panel and the docs can be derived from."""
+    CLI's option groups, the inspect panel and the docs table can be derived from."""
     from llmgen.decoding.config import ALIASES, DEFAULTS, FIELDS, LIST_FIELDS  # NOTE: config.py reads this module
 
     flag = {field: alias for alias, field in ALIASES.items() if field in LIST_FIELDS}  # a list's singular flag
     return [(f"--{flag.get(name, name).replace('_', '-')}", getattr(DEFAULTS, name), FIELDS[name].metadata["help"])
             for name in (*stage.switches, *stage.params)]
 
-
-def docs_table() -> str:
-    """The stages as a Markdown table (docs/samplers.md), in the default order."""
-    lines = ["| stage | flags (default) | aliases | llama.cpp order | what it does |", "|---|---|---|---|---|"]
-    for s in STAGES:
-        flags = ", ".join(f"`{flag} {default!r}`" for flag, default, _ in options(s))
-        lines.append(f"| {s.name} | {flags} | {', '.join(s.aliases)} | "
-                     f"{'' if s.llamacpp is None else LLAMACPP_ORDER.index(s.name) + 1} | {s.help} |")
-    return "\n".join(lines)
-
-
-__all__ = ["BY_NAME", "DEFAULT_ORDER", "LLAMACPP_ORDER", "NAMED_ORDERS", "STAGES", "STAGE_ALIASES", "STAGE_NAMES",
-           "TRUNCATIONS", "WARPERS", "Stage", "Step", "docs_table", "options"]
