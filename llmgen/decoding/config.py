@@ -26,6 +26,7 @@ from llmgen.decoding.processors.registry import (
     STAGE_NAMES,
     STAGES,
     WARPERS,
+    Stage,
 )
 from llmgen.errors import ConfigError
 
@@ -253,6 +254,14 @@ ALIASES = {"num_return_sequences": "n", "bad_word": "bad_words", "stop_token_id"
 # Fields that hold a list of values (a flag repeated, a TOML array); each coerced by `_coerce_list`.
 LIST_FIELDS = ("stop", "choice", "logit_bias", "stop_token_ids", "bad_words", "allowed_token_ids",
                "dry_sequence_breakers", "samplers", "chat_template_kwargs")
+
+
+def stage_options(stage: Stage) -> list[tuple[str, Any, str]]:
+    """A stage's settings as command-line flags, its switches first: (flag, default, help). What the
+    CLI's option groups, the inspect panel and the docs table can be derived from."""
+    flag = {field: alias for alias, field in ALIASES.items() if field in LIST_FIELDS}  # a list's singular flag
+    return [(f"--{flag.get(name, name).replace('_', '-')}", getattr(DEFAULTS, name), FIELDS[name].metadata["help"])
+            for name in (*stage.switches, *stage.params)]
 
 
 def canonical_key(key: str) -> str | None:

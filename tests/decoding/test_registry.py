@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.config import DecodingConfig, stage_options
 from llmgen.decoding.processors.chain import compile_chain
 from llmgen.decoding.processors.registry import (
     LLAMACPP_ORDER,
@@ -18,7 +18,6 @@ from llmgen.decoding.processors.registry import (
     STAGES,
     TRUNCATIONS,
     WARPERS,
-    options,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "samplers.md"
@@ -64,5 +63,5 @@ def test_docs_name_every_stage_in_order_with_its_flags() -> None:
     rows = [line for line in text.splitlines() if re.match(r"\| [a-z_]+ \| `--", line)]
     assert [row.split(" | ")[0].lstrip("| ") for row in rows] == list(STAGE_NAMES)
     for stage, row in zip(STAGES, rows):
-        for flag, _, _ in options(stage):
+        for flag, _, _ in stage_options(stage):
             assert re.search(f"`{re.escape(flag)}[ `]", row), (stage.name, flag)

@@ -9,6 +9,7 @@ penalty counts, one `RowView` per row); none mutates its input.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,10 +17,10 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.processors.context import Context, RowView
+from llmgen.decoding.processors.context import Context, RowView, Step
 from llmgen.decoding.processors.controls import apply_mask, apply_token_controls
 from llmgen.decoding.processors.mirostat import surprise
-from llmgen.decoding.processors.registry import BY_NAME, Stage, Step
+from llmgen.decoding.processors.registry import BY_NAME, Stage
 from llmgen.decoding.processors.truncation import NEG_INF
 from llmgen.decoding.processors.xtc import mixture
 
@@ -71,7 +72,7 @@ class Chain:
             step, stage = link.step, link.stage
             on = step is not None and not (stage.reads_counts and counts is None)
             if step is not None and on and stage.chance is not None:  # applied with probability p: the exact mixture (`xtc.py`)
-                p = stage.chance(self.config)
+                p = getattr(self.config, stage.chance)
                 branches = [(w * b, branch) for w, branch in branches
                             for b, branch in ((1 - p, branch), (p, step(branch, counts, rows))) if w * b > 0]
             elif step is not None and on:
@@ -91,9 +92,20 @@ def compile_chain(config: DecodingConfig, vocab: int) -> Chain:
     """The stages of `config.samplers`, each bound once; kept per settings and vocabulary size."""
     order = [BY_NAME[name] for name in config.samplers]
     return Chain(config, tuple(
-        Link(stage, stage.bind(config) if stage.runs(config, vocab) else None,
+        Link(stage, bind(stage, config) if stage.runs(config, vocab) else None,
              stage.truncates and all(later.warper for later in order[at + 1:]))
         for at, stage in enumerate(order)))
+
+
+def bind(stage: Stage, config: DecodingConfig) -> Step:
+    """The record's function, from its module, bound to the settings (`registry.Stage.apply`)."""
+    module, name = stage.apply.rsplit(".", 1)
+    function = getattr(importlib.import_module(f"llmgen.decoding.processors.{module}"), name)
+    if stage.setting is None:
+        step: Step = function(config)
+        return step
+    value = getattr(config, stage.setting)
+    return lambda logits, counts, rows: function(logits, value)
 
 
 def _compact(branches: list[tuple[float, Tensor]]) -> tuple[list[tuple[float, Tensor]], Tensor | None]:

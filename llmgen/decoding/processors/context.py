@@ -17,7 +17,7 @@ The penalty counts c[j] (`token_counts` over `penalty_context`) are computed by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
+from llmgen.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,18 @@ class Context:
     @property
     def tokens(self) -> list[int]:
         return [*self.prompt, *self.generated]
+
+
+# One stage, bound to its settings (`chain.compile_chain`): (logits [rows, vocab], the penalty counts
+# [rows, vocab] or None, one view of each row's history or None) -> logits [rows, vocab]. It never
+# mutates its input.
+Step = Callable[[Tensor, Tensor | None, "Sequence[RowView] | None"], Tensor]
+
+
+def need_rows(rows: Sequence[RowView] | None, name: str) -> Sequence[RowView]:
+    if rows is None:
+        raise UsageError(f"the {name} stage needs each row's history (decoding.history.History)")
+    return rows
 
 
 def penalty_context(prompt_ids: Sequence[int], generated_ids: Sequence[int], config: DecodingConfig) -> list[int]:

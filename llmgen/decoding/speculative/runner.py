@@ -1,6 +1,6 @@
 """From loaded models to a speculative token source (`make_source`, one call per sequence: fresh
-caches, fresh statistics). `generation.stream` and `generation.generate` are the way in; `speculate`
-is `generate` with a draft, kept for its callers.
+caches, fresh statistics). `generation.stream` and `generation.generate` are the way in;
+`speculate` runs one whole sequence for the tests that call it (generation builds on this module).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from llmgen.decoding.constraints import Matcher, new_matcher
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.processors import TokenTables
 from llmgen.decoding.processors.tables import tables_for
-from llmgen.decoding.sequence import OnText, SequenceResult, TokenSource, token_budget
+from llmgen.decoding.sampling import make_generator
+from llmgen.decoding.sequence import OnText, SequenceResult, TokenSource, run_sequence, token_budget
 from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, GammaPolicy
 from llmgen.decoding.speculative.loop import OnRound, speculative_tokens
 from llmgen.decoding.speculative.proposers import DraftModelProposer, ForcedFirst, NgramProposer, Proposer
@@ -112,7 +113,10 @@ def speculate(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequen
               generator: torch.Generator | None = None, on_text: OnText | None = None,
               on_round: OnRound | None = None, logprobs: LogprobSpec | None = None) -> SequenceResult:
     """Generate one sequence with speculative decoding; `result.stats` holds timings and the counts."""
-    from llmgen.decoding.generation import Speculation, generate  # NOTE: generation builds on this module
-
-    return generate(target, prompt_ids, config, speculation=Speculation(draft, gamma, ngram_max, ngram_min),
-                    generator=generator, on_text=on_text, on_round=on_round, logprobs=logprobs)
+    generator = generator or make_generator(config.seed, target.device)
+    source, extra = make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
+                                ngram_max=ngram_max, ngram_min=ngram_min, on_round=on_round, logprobs=logprobs)
+    result = run_sequence(source, target.tokenizer, prompt_ids, config, target.eos_token_ids,
+                          target.context_length, on_text)
+    result.stats.update(extra())
+    return result
