@@ -46,8 +46,7 @@ import torch  # noqa: E402
 from llmgen.bench.batch import interleaved, plot_sweep, prompts_of, summary, sweep  # noqa: E402
 from llmgen.decoding.batch import Row, decode_rows, row_generator, sample_rows  # noqa: E402
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
-from llmgen.decoding.plain import CachedLM, plain_tokens  # noqa: E402
-from llmgen.decoding.sequence import run_sequence  # noqa: E402
+from llmgen.decoding.generation import generate, stream  # noqa: E402
 from llmgen.loading import models  # noqa: E402
 from llmgen.loading.engines.torch import row_cache  # noqa: E402
 
@@ -72,7 +71,7 @@ def warm_up(loaded: models.LoadedModel, with_hf: bool = True) -> None:
     config = DecodingConfig(top_p=0.9, max_new_tokens=4, seed=SEED)
     decode_rows(row_cache(loaded.model), [Row(i, p, config, row_generator(SEED, i)) for i, p in enumerate(prompts)],
                 loaded.info)
-    list(zip(range(4), (t.id for t in plain_tokens(CachedLM(loaded.model), prompts[0], config, row_generator(SEED, 0)))))
+    list(zip(range(4), stream(loaded, prompts[0], config, row_generator(SEED, 0))))
     if not with_hf:
         return
     ids = torch.tensor([prompts[0]])
@@ -120,10 +119,7 @@ def bench_input(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
     def one_at_a_time(run: int) -> int:
         total = 0
         for i, p in enumerate(prompts):
-            tokens = (t.id for t in plain_tokens(CachedLM(loaded.model), p, config, row_generator(SEED, i)))
-            result = run_sequence(((t, "target") for t in tokens), loaded.tokenizer, p, config,
-                                  loaded.eos_token_ids, loaded.context_length)
-            total += len(result.token_ids)
+            total += len(generate(loaded, p, config, generator=row_generator(SEED, i)).token_ids)
         return total
 
     return summary(interleaved(runs, {"batch 8": batched, "one at a time": one_at_a_time}),

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
 from llmgen.decoding.constraints import compile_constraint  # noqa: E402
-from llmgen.decoding.plain import CachedLM, plain_tokens  # noqa: E402
+from llmgen.decoding.generation import generate, stream  # noqa: E402
 from llmgen.decoding.sampling import make_generator  # noqa: E402
 from llmgen.decoding.sequence import run_sequence  # noqa: E402
 from llmgen.loading import models  # noqa: E402
@@ -121,15 +121,12 @@ def micro(loaded) -> dict:
     return out
 
 
-def decode_rate(loaded, config: DecodingConfig, constrained: bool) -> tuple[float, int]:
+def decode_rate(loaded, config: DecodingConfig) -> tuple[float, int]:
+    """Plain decoding's tok/s and tokens; constrained when `config` has a schema."""
     ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                                tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    matcher = None
-    if constrained:
-        matcher = compile_constraint(config, loaded.tokenizer, loaded.eos_token_ids, loaded.vocab_size).matcher()
-    source = plain_tokens(CachedLM(loaded.model), ids, config, make_generator(0), None, matcher)
-    result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
+    result = generate(loaded, ids, config, generator=make_generator(0))
     return result.stats["tokens_per_second"], len(result.token_ids)
 
 
@@ -150,12 +147,13 @@ def forced_draft(loaded, rounds: int, max_new_tokens: int) -> dict:
             matcher = constraint.matcher()
             stats = SpeculativeStats()
             if name == "plain":
-                source = plain_tokens(CachedLM(loaded.model), ids, config, make_generator(0), None, matcher)
+                source = stream(loaded, ids, config, make_generator(0), matcher=matcher).tokens
             else:
                 proposer = NgramProposer(4, 2)
                 if name == "ngram+forced":
                     proposer = ForcedFirst(proposer, matcher)
-                source = speculative_tokens(CachedLM(loaded.model), proposer, ids, config, make_generator(0),
+                # NOTE: the loop itself: `generation.stream` always proposes the forced tokens first
+                source = speculative_tokens(loaded.engine.sequence(), proposer, ids, config, make_generator(0),
                                             FixedGamma(5), max_new_tokens, stats, matcher=matcher)
             result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
             entry = out.setdefault(name, {"rates": [], "tokens": len(result.token_ids), "text": result.text})
@@ -167,15 +165,17 @@ def forced_draft(loaded, rounds: int, max_new_tokens: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--micro-only", action="store_true")
     parser.add_argument("--forced", action="store_true", help="also: forced tokens as a free draft")
-    args = parser.parse_args()
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="default: %(default)s")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "bench-constrained.json")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    loaded = models.load(models.DEFAULT_MODEL)
+    loaded = models.load(args.model)
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": 1,
               "vocab": loaded.vocab_size, "mask": micro(loaded)}
     if not args.micro_only:
@@ -185,7 +185,7 @@ def main() -> None:
         lengths = {}
         for _ in range(args.rounds):
             for name, config in (("plain", plain), ("schema", schema)):
-                rate, lengths[name] = decode_rate(loaded, config, name == "schema")
+                rate, lengths[name] = decode_rate(loaded, config)
                 rates[name].append(rate)
         report["decode"] = {name: {"tokens_per_second": round(statistics.median(r), 2), "rounds": r,
                                    "tokens": lengths[name]} for name, r in rates.items()}
@@ -193,8 +193,7 @@ def main() -> None:
                                           / report["decode"]["plain"]["tokens_per_second"], 3)
     if args.forced:
         report["forced_draft"] = forced_draft(loaded, args.rounds, args.max_new_tokens)
-    out = ROOT / "docs" / "results" / "bench-constrained.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
 

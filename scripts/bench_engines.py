@@ -18,7 +18,7 @@ import time
 from llmgen.bench.prompts import load as load_prompts
 from llmgen.decoding.batch import Row, decode_rows, row_generator
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.generation import stream
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import encode_prompt
 from llmgen.loading import models
@@ -47,8 +47,8 @@ def invariance(loaded, prompts: list[list[int]], new: int) -> list[int | None]:
                 on_done=lambda row, result: batched.__setitem__(row.key, result.token_ids))
     first: list[int | None] = []
     for i, prompt in enumerate(prompts):
-        stream = (t.id for t in plain_tokens(loaded.engine.sequence(), prompt, config, make_generator(0)))
-        alone = [next(stream) for _ in range(new)]
+        tokens = (t.id for t in stream(loaded, prompt, config, make_generator(0)))
+        alone = [next(tokens) for _ in range(new)]
         first.append(next((j for j, (a, b) in enumerate(zip(alone, batched[i])) if a != b), None))
     return first
 

@@ -31,7 +31,6 @@ import torch  # noqa: E402
 
 from llmgen.bench import contenders, loadtime, prompts, report, runner  # noqa: E402
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
-from llmgen.decoding.plain import CachedLM  # noqa: E402
 from llmgen.loading import models  # noqa: E402
 
 MB = 1024 * 1024
@@ -54,8 +53,8 @@ def agreement(target: models.LoadedModel, int4: models.LoadedModel, result: runn
             continue
         positions = slice(len(ids) - 1, len(sequence) - 1)
         with torch.inference_mode():
-            a = CachedLM(target.model).forward(sequence, all_logits=True)[positions].argmax(-1)
-            b = CachedLM(int4.model).forward(sequence, all_logits=True)[positions].argmax(-1)
+            a = target.engine.sequence().forward(sequence, all_logits=True)[positions].argmax(-1)
+            b = int4.engine.sequence().forward(sequence, all_logits=True)[positions].argmax(-1)
         agree = int((a == b).sum())
         per_prompt.append(agree / len(a))
         same += agree
@@ -88,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="grounded prompts only, no sampling section")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, help="torch threads (and llama.cpp's); default: torch's own")
+    parser.add_argument("--draft", default="small", help="the int4 draft (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     target = models.load(args.model)
     int4 = models.load(args.model, quant="int4")
-    small = models.load("small")
+    small = models.load(args.draft)
     resolved = models.resolve(args.model)
     gguf = resolved.location if resolved.kind == "gguf" else None
     greedy = DecodingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)

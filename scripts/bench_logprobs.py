@@ -30,11 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
+from llmgen.decoding.generation import generate  # noqa: E402
 from llmgen.decoding.logprobs import LogprobSpec, token_logprobs  # noqa: E402
-from llmgen.decoding.plain import CachedLM, plain_tokens  # noqa: E402
 from llmgen.decoding.processors import process  # noqa: E402
 from llmgen.decoding.sampling import make_generator  # noqa: E402
-from llmgen.decoding.sequence import run_sequence  # noqa: E402
 from llmgen.loading import models  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -49,8 +48,7 @@ def cpu_model() -> str:
 
 
 def decode_speed(loaded: models.LoadedModel, ids: list[int], config: DecodingConfig, spec: LogprobSpec | None) -> float:
-    source = plain_tokens(CachedLM(loaded.model), ids, config, make_generator(0, loaded.device), spec)
-    result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
+    result = generate(loaded, ids, config, generator=make_generator(0, loaded.device), logprobs=spec)
     return result.stats["tokens_per_second"]
 
 

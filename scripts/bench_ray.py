@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--model", help="default: llmgen's default model")
     args = parser.parse_args()
     texts = list(prompt_sets.load("open").prompts)
     texts = (texts * (args.prompts // len(texts) + 1))[:args.prompts]
@@ -57,7 +58,7 @@ def main() -> int:
         path = Path(tmp) / "prompts.jsonl"
         path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
         common = ["generate", "--input", str(path), "--json", "--greedy", "-q", "-N", str(args.max_new_tokens),
-                  "--ignore-eos"]
+                  "--ignore-eos", *(["-m", args.model] if args.model else [])]
         sides = {"1 process x 2 threads": (common, 2),
                  "Ray, 2 actors x 1 thread": ([*common, "--ray", "local", "--ray-actors", "2", "--ray-threads", "1"], 1)}
         seconds: dict[str, list[float]] = {name: [] for name in sides}

@@ -11,7 +11,7 @@ Sections (medians of runs that alternate between the sides, A B, B A, ...):
 - n8: `generate -n 8` (`sample_rows`) against HF `generate(num_return_sequences=8)`, top-p 0.9,
   64 new tokens per row (EOS ignored; HF through min_new_tokens).
 - input: 16 prompts of the open set, top-p 0.9, up to 32 new tokens, `--input` at batch 4
-  (`decode_rows`) against one at a time (`plain_tokens` + `run_sequence`).
+  (`decode_rows`) against one at a time (`generation.generate`).
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ import torch  # noqa: E402
 from llmgen.bench.batch import interleaved, prompts_of, summary  # noqa: E402
 from llmgen.decoding.batch import Row, decode_rows, row_generator, sample_rows  # noqa: E402
 from llmgen.decoding.config import DecodingConfig  # noqa: E402
-from llmgen.decoding.plain import plain_tokens  # noqa: E402
+from llmgen.decoding.generation import generate, stream  # noqa: E402
 from llmgen.decoding.processors import Context, process, token_counts, top_p_sorted  # noqa: E402
 from llmgen.decoding.processors.tables import build_tables  # noqa: E402
 from llmgen.decoding.processors.truncation import apply_top_p  # noqa: E402
-from llmgen.decoding.sequence import run_sequence  # noqa: E402
 from llmgen.loading import models  # noqa: E402
 
 SEED = 1234
-ALL_ON = DecodingConfig(logit_bias=((42, 1.0),), min_tokens=4, bad_words=("the end",), presence_penalty=0.3,
+ALL_ON = DecodingConfig(logit_bias=((4, 1.0),), min_tokens=4, bad_words=("the end",), presence_penalty=0.3,
                         repetition_penalty=1.1, dry_multiplier=0.8, top_n_sigma=3.0, temperature=0.9,
                         dynatemp_range=0.3, top_k=200, typical_p=0.95, top_p=0.9, min_p=0.02, epsilon_cutoff=1e-4,
                         eta_cutoff=1e-4, xtc_probability=0.3, mirostat=2)
@@ -61,7 +60,7 @@ def timed(fn: Any, reps: int) -> float:
 def bench_chain(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
     prompt = prompts_of(loaded, 1)[0]
     lm = loaded.engine.sequence()
-    tokens = (t.id for t in plain_tokens(lm, prompt, DecodingConfig(top_p=0.9, seed=SEED), row_generator(SEED, 0)))
+    tokens = (t.id for t in stream(loaded, prompt, DecodingConfig(top_p=0.9, seed=SEED), row_generator(SEED, 0), lm=lm))
     generated = [next(tokens) for _ in range(64)]
     step_logits = lm.forward([generated[-1]])  # [1, vocab]: the next position's logits
     vocab = step_logits.shape[-1]
@@ -120,9 +119,7 @@ def bench_input(loaded: models.LoadedModel, runs: int) -> dict[str, Any]:
     def one_at_a_time(run: int) -> int:
         total = 0
         for i, p in enumerate(prompts):
-            tokens = (t.id for t in plain_tokens(loaded.engine.sequence(), p, config, row_generator(SEED, i)))
-            total += len(run_sequence(((t, "target") for t in tokens), loaded.tokenizer, p, config,
-                                      loaded.eos_token_ids, loaded.context_length).token_ids)
+            total += len(generate(loaded, p, config, generator=row_generator(SEED, i)).token_ids)
         return total
 
     return summary(interleaved(runs, {"batch 4": batched, "one at a time": one_at_a_time}), "batch 4",
@@ -134,9 +131,10 @@ def main() -> None:
     parser.add_argument("--sections", default="chain,n8,input")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="default: %(default)s")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    loaded = models.load(models.DEFAULT_MODEL)
+    loaded = models.load(args.model)
     # warm-up of every path
     bench_chain(loaded, 1)
     results: dict[str, Any] = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),

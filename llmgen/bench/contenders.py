@@ -11,8 +11,8 @@ For HF `generate()` the marks come from a streamer, which HF calls with each new
 once after an assisted round). Beam search streams nothing in either library (a beam's tokens are
 final only at the end), so beam rows measure end to end: decode tokens/s = generated / total time.
 
-llmgen's plain decoding always exists. Speculative decoding and beam search are imported when a
-contender is built, so the benchmark works on an installation that lacks them (`available()`).
+llmgen's plain and speculative decoding run through `decoding.generation`, as `llmgen generate`
+does. Beam search is imported when a contender is built (`adapters.py`, `available()`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 
 from llmgen.bench.stats import PeakMemory
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import plain_tokens
-from llmgen.decoding.processors.tables import tables_for
+from llmgen.decoding.generation import Speculation, stream
 from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.sequence import TokenSource, run_sequence, token_budget
+from llmgen.decoding.sequence import run_sequence, token_budget
+from llmgen.decoding.speculative.runner import parse_gamma
 from llmgen.decoding.stats import Timer
 from llmgen.errors import UsageError
 from llmgen.loading.models import LoadedModel
@@ -127,16 +127,14 @@ def measure(device: torch.device, body: Callable[[], Marks], prompt_tokens: int,
 
 # --- llmgen ---------------------------------------------------------------------------------------
 
-def _run_source(loaded: LoadedModel, config: DecodingConfig, ids: list[int],
-                make_source: Callable[[torch.Generator], tuple[TokenSource, Callable[[], dict]]],
-                ) -> Marks:
-    """One sequence through `run_sequence`, the same loop and stop rules as `llmgen generate`."""
+def _run_source(loaded: LoadedModel, config: DecodingConfig, ids: list[int], speculation: Speculation | None) -> Marks:
+    """One sequence through `generation.stream` and `run_sequence`, as `llmgen generate` runs it."""
     generator = make_generator(config.seed if config.seed is not None else 0, loaded.device)
-    source, extra = make_source(generator)
-    result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
+    tokens = stream(loaded, ids, config, generator, speculation=speculation)
+    result = run_sequence(tokens.tokens, loaded.tokenizer, ids, config, loaded.eos_token_ids, loaded.context_length)
     stats = result.stats
     return Marks(stats["prefill_seconds"], stats["tokens_per_second"] or None,
-                 _strip_eos(result.token_ids, loaded), extra())
+                 _strip_eos(result.token_ids, loaded), tokens.stats())
 
 
 def _strip_eos(tokens: list[int], loaded: LoadedModel) -> list[int]:
@@ -146,11 +144,7 @@ def _strip_eos(tokens: list[int], loaded: LoadedModel) -> list[int]:
 def plain(loaded: LoadedModel, config: DecodingConfig, label: str = "plain",
           strategy: str = "plain") -> Contender:
     def run_once(ids: list[int]) -> RunRecord:
-        def make_source(generator: torch.Generator) -> Any:
-            tables = tables_for(config, loaded.tokenizer, loaded.eos_token_ids)
-            return plain_tokens(loaded.engine.sequence(), ids, config, generator, tables=tables), dict
-
-        return measure(loaded.device, lambda: _run_source(loaded, config, ids, make_source), len(ids))
+        return measure(loaded.device, lambda: _run_source(loaded, config, ids, None), len(ids))
 
     return Contender(label, strategy, "llmgen", run_once, settings=_settings(config))
 
@@ -158,13 +152,10 @@ def plain(loaded: LoadedModel, config: DecodingConfig, label: str = "plain",
 def speculative(loaded: LoadedModel, config: DecodingConfig, draft: LoadedModel | None, gamma: int | str,
                 label: str) -> Contender:
     """Speculative decoding with a model draft, or with the n-gram draft when `draft` is None."""
-    from llmgen.bench import adapters
+    speculation = Speculation(draft, parse_gamma(gamma))
 
     def run_once(ids: list[int]) -> RunRecord:
-        def make_source(generator: torch.Generator) -> Any:
-            return adapters.speculative_source(loaded, draft, ids, config, gamma, generator)
-
-        return measure(loaded.device, lambda: _run_source(loaded, config, ids, make_source), len(ids))
+        return measure(loaded.device, lambda: _run_source(loaded, config, ids, speculation), len(ids))
 
     strategy = "ngram" if draft is None else "draft"
     return Contender(label, strategy, "llmgen", run_once, gamma=gamma,

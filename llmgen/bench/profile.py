@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.generation import stream
 from llmgen.decoding.sampling import make_generator
 from llmgen.loading.models import LoadedModel
 
@@ -27,7 +27,7 @@ def profile_plain(loaded: LoadedModel, prompt_ids: list[int], config: DecodingCo
                   rows: int = 20) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
-    tokens = (t.id for t in plain_tokens(loaded.engine.sequence(), prompt_ids, config, make_generator(0, loaded.device)))
+    tokens = iter(stream(loaded, prompt_ids, config, make_generator(0, loaded.device)))
     for _ in range(4):  # prefill and a few steps outside the profile
         next(tokens)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if loaded.device.type == "cuda" else [])

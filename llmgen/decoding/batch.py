@@ -1,7 +1,8 @@
 """Batched decoding: many rows, one forward per step.
 
 A row is one sequence: its prompt, its decoding settings, its own random stream and its own stop
-rules (`generation.SequenceState`). Each step of `decode_rows`:
+rules (`sequence.SequenceState`), its own `History` (`history.py`: its tokens, matcher and tables, as
+the chain reads them). Each step of `decode_rows`:
 
 1. admit: pending rows fill the free slots (continuous batching), or, with `continuous=False`, only
    when the batch is empty (static batches). Rows admitted together with the same prompt share one
@@ -17,7 +18,7 @@ means "nothing is waiting now": the running rows go on, and `pending` is asked a
 decided (a request that began speculatively): its cache row is prefilled with its prompt and those tokens.
 
 Why each row's output does not depend on the batch:
-- logits: rows never attend to each other; padding is masked (`rowcache.py`). Only fp32 rounding of
+- logits: rows never attend to each other; padding is masked (the engine's `Rows`, `loading/engines/`). Only fp32 rounding of
   a different matrix shape can differ, which can flip a greedy pick at a near-tie.
 - penalties: counts come from the row's own prompt and tokens, every step.
 - constraints: each row owns its matcher (`constraints.py`), which masks only that row's logits.
@@ -36,9 +37,9 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Constraint, Matcher
-from llmgen.decoding.counts import penalty_counts
+from llmgen.decoding.history import History, process_rows
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
-from llmgen.decoding.processors import Context, TokenTables, process, surprise
+from llmgen.decoding.processors import TokenTables
 from llmgen.decoding.processors.tables import needs_tables, tables_for
 from llmgen.decoding.sampling import make_generator, pick
 from llmgen.decoding.sequence import SequenceResult, SequenceState
@@ -72,7 +73,7 @@ class Row:
     logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
     matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
     tables: TokenTables | None = None  # the tokenizer's tables for the token controls and DRY (`processors.tables`)
-    surprises: list[float] = field(default_factory=list)  # Mirostat: -log2 q(t) of each token so far
+    history: History | None = field(default=None, repr=False)  # created when the row is admitted
 
     @property
     def running(self) -> SequenceState:
@@ -98,27 +99,16 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
     """
     tokens = torch.empty(len(rows), dtype=torch.long)
     entries: list[TokenLogprob | None] = [None] * len(rows)
-    vocab = logits.shape[-1]
     groups: dict[tuple[DecodingConfig, LogprobSpec | None], list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         groups[row.config, row.logprobs].append(i)
     for (config, spec), members in groups.items():
-        # each row's own counts, derived from its own context: [g, vocab] or None
-        counts = penalty_counts([(rows[i].prompt_ids, rows[i].running.tokens) for i in members], config, vocab,
-                                logits.device)
-        allowed = None
-        matchers = [rows[i].matcher for i in members]
-        if matchers[0] is not None:  # NOTE: rows of one config are all constrained or none
-            allowed = torch.stack([m.allowed() for m in matchers if m is not None])  # [g, vocab]
-        contexts = None
-        if config.needs_context:  # each row's own tokens (and Mirostat's surprises)
-            contexts = [Context(rows[i].prompt_ids, rows[i].running.tokens, rows[i].surprises, rows[i].tables)
-                        for i in members]
-        processed = process(logits[members], counts, config, allowed, contexts)  # [g, vocab]
+        histories = [h for i in members if (h := rows[i].history) is not None]
+        assert len(histories) == len(members), "only admitted rows are picked for"
+        processed = process_rows(logits[members], histories, config)  # [g, vocab]; each row's own counts and mask
         tokens[members] = pick(processed, config.greedy, [rows[i].generator for i in members]).cpu()
-        if config.mirostat and not config.greedy:
-            for j, i in enumerate(members):
-                rows[i].surprises.append(surprise(processed[j], int(tokens[i])))
+        for j, i in enumerate(members):
+            histories[j].accept(int(tokens[i]), processed[j])
         if spec is not None:
             for i, entry in zip(members, token_logprobs(logits[members], processed, tokens[members], spec)):
                 entries[i] = entry
@@ -170,8 +160,6 @@ def _loop(cache: Rows, queue: Iterator[Row | None], limits: ModelInfo, batch_siz
                 if on_done:
                     on_done(row, row.running.result())
                 continue
-            if row.matcher is not None:
-                row.matcher.advance(int(tokens[i]))
             piece = row.running.push(int(tokens[i]), entries[i])
             if piece and on_text:
                 on_text(row, piece)
@@ -210,6 +198,8 @@ def _admit(cache: Rows, rows: list[Row], limits: ModelInfo) -> Tensor:
                                       limits.context_length)
         if row.tables is None and needs_tables(row.config):  # shared by the rows with the same settings
             row.tables = tables_for(row.config, limits.tokenizer, limits.eos_token_ids)
+        if row.history is None:  # NOTE: tokens decided before admission carry no Mirostat surprise
+            row.history = History(row.prompt_ids, row.config, row.tables, row.matcher, list(row.running.tokens))
         distinct.setdefault(tuple(row.prompt_ids + row.running.tokens), len(distinct))
     logits = cache.add(list(distinct))  # [distinct, vocab]
     where = [distinct[tuple(row.prompt_ids + row.running.tokens)] for row in rows]

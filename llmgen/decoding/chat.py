@@ -26,14 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmgen.decoding import constraints
 from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.generation import Speculation, generate
 from llmgen.decoding.logprobs import LogprobSpec
-from llmgen.decoding.plain import plain_tokens
-from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.sequence import OnText, SequenceResult, run_sequence
-from llmgen.decoding.speculative.runner import Gamma
+from llmgen.decoding.sequence import OnText, SequenceResult
 from llmgen.errors import PromptError, UsageError
 from llmgen.loading.engines.base import Engine
 from llmgen.loading.models import LoadedModel
@@ -153,14 +150,7 @@ class ReusedCache:
         self.tokens = []
 
 
-@dataclass
-class Speculative:
-    """How replies are drafted: a draft model (None: the n-gram draft), gamma and the n-gram bounds."""
-
-    draft: LoadedModel | None
-    gamma: Gamma = "auto"
-    ngram_max: int = 4
-    ngram_min: int = 2
+Speculative = Speculation  # how replies are drafted (`generation.Speculation`)
 
 
 class ChatSession:
@@ -215,25 +205,13 @@ class ChatSession:
             on_drop(dropped)
         cached = self.cache.reuse(ids)
         seed = None if config.seed is None else config.seed + seed_offset
-        generator = make_generator(seed, self.target.device)
-        if self.speculative is None:  # a constraint gets a fresh matcher per reply (make_source makes its own)
-            matcher = constraints.new_matcher(config, self.target)
-            tables = tables_for(config, self.target.tokenizer, self.target.eos_token_ids)
-            source = plain_tokens(self.cache.lm, ids, config, generator, logprobs, matcher, tables)
-            extra: Any = dict
-        else:
-            from llmgen.decoding.speculative import make_source
-
-            if self.draft_cache is not None:
-                self.draft_cache.reuse(ids)
-            source, extra = make_source(
-                self.target, self.speculative.draft, ids, config, generator, gamma=self.speculative.gamma,
-                ngram_max=self.speculative.ngram_max, ngram_min=self.speculative.ngram_min, on_round=on_round,
-                logprobs=logprobs, target_lm=self.cache.lm,
-                draft_lm=self.draft_cache.lm if self.draft_cache else None)
-        try:
-            result = run_sequence(source, self.target.tokenizer, ids, config, self.target.eos_token_ids,
-                                  self.context_length, on_text)
+        if self.draft_cache is not None:
+            self.draft_cache.reuse(ids)
+        try:  # a constraint gets a fresh matcher per reply
+            result = generate(self.target, ids, config, speculation=self.speculative,
+                              generator=make_generator(seed, self.target.device), logprobs=logprobs, on_text=on_text,
+                              on_round=on_round, lm=self.cache.lm, draft_lm=self.draft_cache.lm if self.draft_cache else None,
+                              context_length=self.context_length)
         except BaseException:
             self.clear_caches()
             raise
@@ -241,7 +219,6 @@ class ChatSession:
         self.cache.settle(sequence)
         if self.draft_cache is not None:
             self.draft_cache.settle(sequence)
-        result.stats.update(extra())
         result.stats["cached_tokens"] = cached
         if dropped:
             result.stats["dropped_turns"] = dropped
@@ -312,9 +289,4 @@ class ChatSession:
 
 def reference_reply(target: LoadedModel, messages: list[dict[str, str]], config: DecodingConfig) -> SequenceResult:
     """What `generate` does with the same messages: a fresh cache, the whole prompt prefilled (the tests' oracle)."""
-    ids = render(target.tokenizer, messages, config.template_kwargs())
-    generator = make_generator(config.seed, target.device)
-    tables = tables_for(config, target.tokenizer, target.eos_token_ids)
-    return run_sequence(plain_tokens(target.engine.sequence(), ids, config, generator, tables=tables),
-                        target.tokenizer, ids, config, target.eos_token_ids, target.context_length)
-
+    return generate(target, render(target.tokenizer, messages, config.template_kwargs()), config)

@@ -16,27 +16,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The stages after the mask, their orders, warpers and aliases: from the records (`processors/registry.py`).
+from llmgen.decoding.processors.registry import (
+    BY_NAME,
+    DEFAULT_ORDER,
+    LLAMACPP_ORDER,  # noqa: F401  (re-exported: tests and the CLI read it here)
+    NAMED_ORDERS,
+    STAGE_ALIASES,
+    STAGE_NAMES,
+    STAGES,
+    WARPERS,
+    Stage,
+)
 from llmgen.errors import ConfigError
 
 GREEDY_BELOW = 1e-5
 
 PenaltyScope = Literal["generated", "all"]
 
-# The stages of the chain after the mask, in the order `--samplers` names them (`processors/`).
-STAGE_NAMES = ("penalties", "dry", "top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p",
-               "epsilon", "eta", "xtc", "mirostat")
-# Today's order (HF's for the old stages), with each new stage where llama.cpp puts it relative to them.
-DEFAULT_ORDER = STAGE_NAMES
-# llama.cpp's default chain (common/common.h), temperature last; epsilon and eta are not in it.
-LLAMACPP_ORDER = ("penalties", "dry", "top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "xtc",
-                  "temperature", "mirostat")
-NAMED_ORDERS = {"default": DEFAULT_ORDER, "llama.cpp": LLAMACPP_ORDER}
-# Stages that change the distribution's shape, not the argmax (or are random): off in greedy mode.
-WARPERS = frozenset({"top_n_sigma", "temperature", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta",
-                     "xtc", "mirostat"})
-# llama.cpp's spellings of stage names, accepted too.
-STAGE_ALIASES = {"typ_p": "typical_p", "typical": "typical_p", "temp": "temperature", "top-k": "top_k",
-                 "top-p": "top_p", "min-p": "min_p", "top-n-sigma": "top_n_sigma", "mirostat_v2": "mirostat"}
 DRY_BREAKERS = ("\n", ":", '"', "*")
 EarlyStopping = Literal["false", "true", "never"]
 
@@ -189,11 +186,11 @@ class DecodingConfig:
     @functools.cached_property
     def stages_on(self) -> dict[str, bool]:
         """Which stages of STAGE_NAMES the values turn on (before the greedy rule). Computed once."""
-        return {"penalties": self.uses_penalties, "dry": self.dry_multiplier > 0,
-                "top_n_sigma": self.top_n_sigma > 0, "temperature": self.temperature != 1.0 or self.dynatemp_range > 0,
-                "top_k": self.top_k > 0, "typical_p": self.typical_p < 1.0, "top_p": self.top_p < 1.0,
-                "min_p": self.min_p > 0, "epsilon": self.epsilon_cutoff > 0, "eta": self.eta_cutoff > 0,
-                "xtc": self.xtc_probability > 0, "mirostat": self.mirostat == 2}
+        return {stage.name: stage.on(self) for stage in STAGES}
+
+    def runs(self, stage: str) -> bool:
+        """Whether the stage named `stage` runs: on, in `samplers`, and not a warper in greedy mode."""
+        return stage in self.samplers and BY_NAME[stage].runs(self)
 
     @property
     def uses_token_controls(self) -> bool:
@@ -201,10 +198,10 @@ class DecodingConfig:
         return bool(self.logit_bias or self.min_tokens or self.bad_words or self.allowed_token_ids
                     or self.reasoning_budget >= 0)
 
-    @property
+    @functools.cached_property
     def needs_context(self) -> bool:
         """Stages that read the tokens themselves (not just their counts): token controls, DRY, Mirostat."""
-        return self.uses_token_controls or self.dry_multiplier > 0 or (self.mirostat == 2 and not self.greedy)
+        return self.uses_token_controls or any(s.reads_history and s.runs(self) for s in STAGES)
 
     def template_kwargs(self) -> dict[str, Any]:
         """chat_template_kwargs as a dict; each VALUE is JSON when it parses (false, 3, "x"), else the string."""
@@ -235,8 +232,7 @@ class DecodingConfig:
 
     @property
     def uses_penalties(self) -> bool:
-        return (self.frequency_penalty != 0 or self.presence_penalty != 0
-                or self.repetition_penalty != 1.0)
+        return self.stages_on["penalties"]
 
     def replace(self, **changes: Any) -> DecodingConfig:
         return dataclasses.replace(self, **changes)
@@ -258,6 +254,14 @@ ALIASES = {"num_return_sequences": "n", "bad_word": "bad_words", "stop_token_id"
 # Fields that hold a list of values (a flag repeated, a TOML array); each coerced by `_coerce_list`.
 LIST_FIELDS = ("stop", "choice", "logit_bias", "stop_token_ids", "bad_words", "allowed_token_ids",
                "dry_sequence_breakers", "samplers", "chat_template_kwargs")
+
+
+def stage_options(stage: Stage) -> list[tuple[str, Any, str]]:
+    """A stage's settings as command-line flags, its switches first: (flag, default, help). What the
+    CLI's option groups, the inspect panel and the docs table can be derived from."""
+    flag = {field: alias for alias, field in ALIASES.items() if field in LIST_FIELDS}  # a list's singular flag
+    return [(f"--{flag.get(name, name).replace('_', '-')}", getattr(DEFAULTS, name), FIELDS[name].metadata["help"])
+            for name in (*stage.switches, *stage.params)]
 
 
 def canonical_key(key: str) -> str | None:

@@ -1,6 +1,6 @@
 """Penalty counts for rows: one vectorised function that every decoding path uses.
 
-The penalties (`processors.py`) read c[r, j] = how often token j occurs in row r's penalty context
+The penalties (`processors/penalties.py`) read c[r, j] = how often token j occurs in row r's penalty context
 (`processors.penalty_context`: the scope 'generated' or 'all', cut to the last `penalty_window`).
 They are derived from the tokens on every step and never kept, so a rollback needs no bookkeeping.
 
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.processors import Context, TokenTables, penalty_context
+from llmgen.decoding.processors import penalty_context
 
 Row = tuple[Sequence[int], Sequence[int]]  # (prompt ids, the tokens after the prompt)
 
@@ -46,14 +46,3 @@ def draft_counts(prompt_ids: Sequence[int], generated: Sequence[int], draft: Seq
     rows = [(prompt_ids, [*generated, *draft[:i]]) for i in range(len(draft) + 1)]
     return penalty_counts(rows, config, vocab_size, device)
 
-
-def draft_contexts(prompt_ids: Sequence[int], generated: Sequence[int], draft: Sequence[int],
-                   surprises: Sequence[float], config: DecodingConfig,
-                   tables: TokenTables | None) -> list[Context] | None:
-    """The stages that read the tokens themselves (token controls, DRY, Mirostat) get the same rows as
-    `Context`s: row i's generated tokens are generated + draft[:i]. `surprises` are those of `generated`
-    (Mirostat); the draft tokens' come from the rows themselves (`processors.process_chained`). None
-    when no stage reads them."""
-    if not config.needs_context:
-        return None
-    return [Context(prompt_ids, (*generated, *draft[:i]), tuple(surprises), tables) for i in range(len(draft) + 1)]

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.counts import penalty_counts
-from llmgen.decoding.processors import Context, TokenTables, stages, surprise
+from llmgen.decoding.history import History
+from llmgen.decoding.processors import RowView, TokenTables, stages
 from llmgen.decoding.sampling import pick
 from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
@@ -62,7 +62,7 @@ ALWAYS_SHOWN = ("raw", "mask", "penalties", "temperature", "top_k", "top_p", "mi
 
 
 def view_stages(logits: Tensor, counts: Tensor | None, config: DecodingConfig,
-                context: Context | None = None) -> list[StageView]:
+                context: RowView | None = None) -> list[StageView]:
     """logits [vocab] -> one view per stage of `processors.stages` (the stages beyond HF's: when on)."""
     out = []
     contexts = None if context is None else [context]
@@ -91,18 +91,16 @@ def inspect_steps(lm: SequenceCache, prompt_ids: Sequence[int], forced: Sequence
                   tables: TokenTables | None = None) -> Iterator[StepView]:
     """Up to `steps` views, after the prompt and the forced tokens; stops after an end-of-sequence token
     unless `config.ignore_eos`. `tables`: the tokenizer's tables for the token controls and DRY."""
-    prompt = list(prompt_ids)
-    generated = list(forced)
-    surprises = [config.mirostat_tau] * len(generated)  # a forced token's surprise is taken as tau: mu unchanged
-    logits = lm.forward([*prompt, *generated])[0]  # [vocab]
+    # a forced token's surprise is taken as tau: mu unchanged
+    history = History(list(prompt_ids), config, tables, generated=list(forced),
+                      surprises=[config.mirostat_tau] * len(forced) if config.runs("mirostat") else [])
+    logits = lm.forward(history.tokens)[0]  # [vocab]
     for _ in range(steps):
-        counts = penalty_counts([(prompt, generated)], config, logits.shape[-1], logits.device)
-        counts = None if counts is None else counts[0]  # [vocab]
-        views = view_stages(logits, counts, config, Context(prompt, tuple(generated), tuple(surprises), tables))
+        counts = history.counts(logits.shape[-1], logits.device)
+        views = view_stages(logits, None if counts is None else counts[0], config, history)
         token = int(pick(views[-1].logits[None], config.greedy, [generator])[0])  # the last stage is `process`
-        yield StepView(len(prompt) + len(generated), views, token)
-        generated.append(token)
-        surprises.append(surprise(views[-1].logits, token))
+        yield StepView(len(history.tokens), views, token)
+        history.accept(token, views[-1].logits)
         if token in eos_token_ids and not config.ignore_eos:
             return
         logits = lm.forward([token])[0]

@@ -1,8 +1,8 @@
 """The exact next-token distribution that a decoding configuration defines, for any context.
 
-    P(x | prompt, generated) = softmax(processors.process(logits(prompt + generated), counts, config, contexts))
+    P(x | prompt, generated) = softmax(history.process_rows(logits(prompt + generated), [history], config))
 
-with the penalty counts from `counts.penalty_counts` and each stage's `Context`: the very functions
+with the row's `History` (its penalty counts, Mirostat's surprises, the tables): the very functions
 decoding samples from, so there is no second implementation of the chain. The audit
 (`audit.py`) and the distribution tests call `exact_distribution`; `ContextLogits` supplies the
 logits of any context through one engine cache (`SequenceCache`), rolling back to the prefix it
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.counts import penalty_counts
-from llmgen.decoding.processors import Context, TokenTables, distribution_of, process, surprise
+from llmgen.decoding.history import History, process_rows
+from llmgen.decoding.processors import TokenTables, distribution_of
 from llmgen.loading.engines.base import SequenceCache
 
 
@@ -60,19 +60,12 @@ def exact_distribution(logits_of: ContextLogits, prompt_ids: Sequence[int], gene
     The stages that read the context (token controls and DRY need `tables`; Mirostat the surprises of
     the generated tokens, recomputed here along the prefix) see it as plain decoding does.
     """
-    surprises: list[float] = []
-    if config.mirostat and not config.greedy:
-        for i, token in enumerate(generated):
-            surprises.append(surprise(_processed(logits_of, prompt_ids, generated[:i], config, tables, surprises)[0],
-                                      int(token)))
-    processed = _processed(logits_of, prompt_ids, generated, config, tables, surprises)
-    return distribution_of(processed, config)[0].double()
+    history = History(list(prompt_ids), config, tables)
+    for token in generated:  # Mirostat's surprises along the prefix; no chain runs without Mirostat
+        history.accept(int(token), _processed(logits_of, history)[0] if history.keeps_surprises else None)
+    return distribution_of(_processed(logits_of, history), config)[0].double()
 
 
-def _processed(logits_of: ContextLogits, prompt_ids: Sequence[int], generated: Sequence[int], config: DecodingConfig,
-               tables: TokenTables | None, surprises: Sequence[float]) -> Tensor:
-    """The chain on the logits after prompt + generated: [1, vocab]."""
-    logits = logits_of([*prompt_ids, *generated])  # [vocab]
-    counts = penalty_counts([(prompt_ids, generated)], config, logits.shape[-1], logits.device)
-    contexts = [Context(prompt_ids, tuple(generated), tuple(surprises), tables)] if config.needs_context else None
-    return process(logits[None], counts, config, None, contexts)
+def _processed(logits_of: ContextLogits, history: History) -> Tensor:
+    """The chain on the logits after the row's tokens: [1, vocab]."""
+    return process_rows(logits_of(history.tokens)[None], [history], history.config)

@@ -4,7 +4,7 @@ Each path draws N samples of up to k tokens from the prompt with the claimed set
 distribution is computed from the same weights' logits (`distribution.py`), so a path that does not
 sample from its chain is rejected:
 
-- plain: `plain.plain_tokens`, one sequence at a time on one cache (rolled back between samples);
+- plain: `generation.stream`, one sequence at a time on one cache (rolled back between samples);
 - batched: `batch.sample_rows`, the N samples as rows of one batch (`generate -n N`);
 - ngram: speculative decoding with the n-gram draft (γ = 2);
 - draft: speculative decoding with a draft model (`--draft`; γ = 2);
@@ -17,9 +17,8 @@ from collections.abc import Iterable, Sequence
 
 from llmgen.decoding.batch import sample_rows
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.plain import plain_tokens
+from llmgen.decoding.generation import Speculation, stream
 from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.speculative import make_source
 from llmgen.evaluate.distribution import ContextLogits
 from llmgen.evaluate.remote import Report, test_and_explain, token_keys
 from llmgen.loading.models import LoadedModel
@@ -48,16 +47,15 @@ def sample_path(path: str, loaded: LoadedModel, draft: LoadedModel | None, promp
         samples = []
         for _ in range(n):
             lm.rollback(len(prompt) - 1)  # keep the prompt's cache; its last token is read again for the logits
-            samples.append(_cut((t.id for t in plain_tokens(lm, prompt, config, generator)), k, eos))
+            samples.append(_cut((t.id for t in stream(loaded, prompt, config, generator, lm=lm)), k, eos))
         return samples
     if path == "batched":
         results = sample_rows(loaded.engine.rows(), prompt, config.replace(n=n), loaded.info)
         return [_cut(r.token_ids, k, eos) for r in results]
+    speculation = Speculation(draft if path == "draft" else None, gamma=2, ngram_max=2, ngram_min=1)
     samples = []
     for _ in range(n):
-        source, _ = make_source(loaded, draft if path == "draft" else None, prompt, config, generator, gamma=2,
-                                ngram_max=2, ngram_min=1)
-        samples.append(_cut((token.id for token in source), k, eos))
+        samples.append(_cut((t.id for t in stream(loaded, prompt, config, generator, speculation=speculation)), k, eos))
     return samples
 
 

@@ -11,7 +11,7 @@ stream, settings, stop rules and matcher) and `submit`s it. The worker thread ru
 3. when the batch is empty, `decode_rows` returns and the worker waits for the next row.
 
 With a draft (`--draft`), a request that arrives when nothing else runs or waits decodes
-speculatively (`_speculate`, the loop of `decoding/speculative`), alone, on its own sequence cache.
+speculatively (`_speculate`, `generation.stream` with the draft), alone, on its own sequence cache.
 When another row arrives, the speculative row finishes its current round and then joins the batch as
 an ordinary row: its cache row is prefilled with its prompt and the tokens it has so far, and it goes
 on with the same random stream, stop rules and matcher. It never goes back to speculating.
@@ -34,12 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmgen.decoding.batch import Row, decode_rows
+from llmgen.decoding.generation import Speculation, stream
 from llmgen.decoding.logprobs import to_json
 from llmgen.decoding.sequence import SequenceResult, SequenceState
-from llmgen.decoding.speculative.loop import speculative_tokens
-from llmgen.decoding.speculative.proposers import ForcedFirst
-from llmgen.decoding.speculative.runner import Gamma, make_policy, make_proposer
-from llmgen.decoding.speculative.stats import SpeculativeStats
 
 Event = tuple[Any, ...]
 _KEYS = itertools.count()
@@ -63,14 +60,7 @@ class Job:
             row.cancelled = True
 
 
-@dataclass(frozen=True)
-class Drafting:
-    """`--draft`: a draft model (None: the n-gram draft) and its settings."""
-
-    model: Any  # LoadedModel | None
-    gamma: Gamma = "auto"
-    ngram_max: int = 4
-    ngram_min: int = 2
+Drafting = Speculation  # `--draft`: a draft model (None: the n-gram draft) and its settings
 
 
 @dataclass
@@ -302,20 +292,15 @@ class Scheduler:
         self.counters.speculative += 1
         row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,
                                   limits.context_length)
-        proposer = make_proposer(drafting.model, row.config, drafting.ngram_max, drafting.ngram_min,
-                                 matcher=row.matcher)
-        if row.matcher is not None:
-            proposer = ForcedFirst(proposer, row.matcher)
-        stats = SpeculativeStats()
         left_in_round = 0
 
         def on_round(round_: Any) -> None:
             nonlocal left_in_round
             left_in_round = round_.accepted + 1  # the tokens this round yields
 
-        source = speculative_tokens(self.loaded.engine.sequence(), proposer, row.prompt_ids, row.config,
-                                    row.generator, make_policy(drafting.gamma, drafting.model), row.state.budget,
-                                    stats, on_round, row.logprobs, row.matcher)
+        # NOTE: the row keeps its matcher: a row that joins the batch goes on from where the rounds left it.
+        source = stream(self.loaded, row.prompt_ids, row.config, row.generator, speculation=drafting,
+                        logprobs=row.logprobs, matcher=row.matcher, on_round=on_round, check_draft=False)
         try:
             for token in source:
                 left_in_round -= 1
@@ -332,14 +317,15 @@ class Scheduler:
                 if left_in_round <= 0:
                     self._run_tasks()
                 if left_in_round <= 0 and (not self._inbox.empty() or self._stop.is_set()):
-                    self._count(stats)
+                    self._count(source.stats())
                     self.counters.joined += 1
                     return row
             piece = "" if row.state.reason == "cancelled" else row.state.finish()
             if piece:
                 self._on_text(row, piece)
             result = row.state.result()
-            result.stats.update(stats.as_dict())
+            stats = source.stats()
+            result.stats.update(stats)
             self._count(stats)
             self._on_done(row, result)
             return None
@@ -347,6 +333,6 @@ class Scheduler:
             self._fail(row.key, f"decoding failed: {type(err).__name__}: {err}")
             return None
 
-    def _count(self, stats: SpeculativeStats) -> None:
-        self.counters.draft_proposed += stats.draft_tokens
-        self.counters.draft_accepted += stats.accepted_tokens
+    def _count(self, stats: dict[str, Any]) -> None:
+        self.counters.draft_proposed += stats["draft_tokens"]
+        self.counters.draft_accepted += stats["accepted_tokens"]

@@ -1,7 +1,9 @@
-"""What a context-dependent stage may read: the row's tokens, Mirostat's surprises, the tokenizer's tables.
+"""What a stage that reads a row's history may read (`RowView`): its tokens, Mirostat's surprises, the tables.
 
-A stage is a pure function of (logits, context). Nothing here is updated by the chain: each step's
-`Context` is built from the sequence as it stands, so a rejected speculative round needs no rollback.
+A stage is a pure function of (logits, rows). The chain updates nothing here: decoding loops pass each
+row's `decoding.history.History` (which owns the row's tokens), and a speculative round passes
+frozen `Context`s of the rows ahead (history + the first i draft tokens), so a rejected round needs
+no rollback.
 
 - `prompt`, `generated`: the row's tokens. In a speculative round, row i's `generated` includes the
   first i draft tokens (as the penalty counts do, `decoding/counts.py`).
@@ -15,13 +17,15 @@ The penalty counts c[j] (`token_counts` over `penalty_context`) are computed by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
+from llmgen.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,28 @@ class TokenTables:
     think_close: tuple[int, ...] = ()  # "</think>"
 
 
+class RowView(Protocol):
+    """What the stages read of one row: a `Context`, or a `decoding.history.History`."""
+
+    @property
+    def prompt(self) -> Sequence[int]: ...
+
+    @property
+    def generated(self) -> Sequence[int]: ...
+
+    @property
+    def surprises(self) -> Sequence[float]: ...
+
+    @property
+    def tables(self) -> TokenTables | None: ...
+
+    @property
+    def tokens(self) -> list[int]: ...
+
+
 @dataclass(frozen=True)
 class Context:
-    """One row's context. `tokens` = prompt + generated."""
+    """One row's history, frozen (a `RowView`). `tokens` = prompt + generated."""
 
     prompt: Sequence[int]
     generated: Sequence[int]
@@ -49,6 +72,18 @@ class Context:
     @property
     def tokens(self) -> list[int]:
         return [*self.prompt, *self.generated]
+
+
+# One stage, bound to its settings (`chain.compile_chain`): (logits [rows, vocab], the penalty counts
+# [rows, vocab] or None, one view of each row's history or None) -> logits [rows, vocab]. It never
+# mutates its input.
+Step = Callable[[Tensor, Tensor | None, "Sequence[RowView] | None"], Tensor]
+
+
+def need_rows(rows: Sequence[RowView] | None, name: str) -> Sequence[RowView]:
+    if rows is None:
+        raise UsageError(f"the {name} stage needs each row's history (decoding.history.History)")
+    return rows
 
 
 def penalty_context(prompt_ids: Sequence[int], generated_ids: Sequence[int], config: DecodingConfig) -> list[int]:

@@ -1,6 +1,6 @@
 """Token controls: the mask stage, first in the chain, before the penalties, as vLLM applies them.
 
-On one row with context tokens (prompt + generated, `Context`), in this order:
+On one row with its history (prompt + generated, a `RowView`), in this order:
 
 1. constraint: tokens the grammar forbids get -inf (`constraints.py` gives the mask).
 2. allowed token ids: every other token gets -inf (vLLM's allowed_token_ids).
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.processors.context import Context, TokenTables
+from llmgen.decoding.processors.context import RowView, TokenTables
 from llmgen.decoding.processors.truncation import NEG_INF
 from llmgen.errors import UsageError
 
@@ -77,14 +77,14 @@ def _last(tokens: Sequence[int], tag: Sequence[int]) -> int | None:
     return None
 
 
-def _tables(ctx: Context) -> TokenTables:
+def _tables(ctx: RowView) -> TokenTables:
     if ctx.tables is None:
         raise UsageError("the bad words, min tokens and reasoning budget need the tokenizer's tables "
                          "(processors.tables.build_tables)")
     return ctx.tables
 
 
-def apply_token_controls(logits: Tensor, contexts: Sequence[Context] | None, config: DecodingConfig) -> Tensor:
+def apply_token_controls(logits: Tensor, contexts: Sequence[RowView] | None, config: DecodingConfig) -> Tensor:
     """Steps 2-6 on logits [rows, vocab]; `contexts` has one entry per row."""
     if not config.uses_token_controls:
         return logits

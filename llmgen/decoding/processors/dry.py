@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors.context import RowView, Step, need_rows
+from llmgen.errors import UsageError
 
 FLOAT_MAX_LOG = 88.7228391  # log(float32 max), as llama.cpp caps the exponent
 
@@ -101,3 +103,13 @@ def apply_dry(logits: Tensor, tokens_per_row: Sequence[Sequence[int]], config: D
             ids = list(penalties)
             out[r, ids] -= logits.new_tensor([penalties[t] for t in ids])
     return out
+
+
+def stage(config: DecodingConfig) -> Step:
+    def step(logits: Tensor, counts: Tensor | None, rows: Sequence[RowView] | None) -> Tensor:
+        rows = need_rows(rows, "dry")
+        if any(r.tables is None for r in rows) and config.dry_sequence_breakers:
+            raise UsageError("DRY's sequence breakers need the tokenizer's tables (processors.tables.build_tables)")
+        return apply_dry(logits, [r.tokens for r in rows], config, [r.tables.dry_breakers if r.tables else {} for r in rows])
+
+    return step

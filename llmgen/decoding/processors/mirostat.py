@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors.context import RowView, Step, need_rows
 from llmgen.decoding.processors.truncation import NEG_INF
 
 
@@ -37,3 +38,10 @@ def apply_mirostat(logits: Tensor, mus: Sequence[float]) -> Tensor:
 def surprise(processed: Tensor, token: int) -> float:
     """-log2 q(token), q = softmax(processed) ([vocab]): what the token tells Mirostat."""
     return float(-torch.log_softmax(processed.to(torch.float64), dim=-1)[token]) / math.log(2)
+
+
+def stage(config: DecodingConfig) -> Step:
+    def step(logits: Tensor, counts: Tensor | None, rows: Sequence[RowView] | None) -> Tensor:
+        return apply_mirostat(logits, [mirostat_mu(r.surprises, config) for r in need_rows(rows, "mirostat")])
+
+    return step

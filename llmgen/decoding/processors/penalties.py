@@ -8,10 +8,13 @@ Repetition is applied first, then frequency and presence, as vLLM does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors.context import RowView, Step
 
 
 def apply_repetition_penalty(logits: Tensor, counts: Tensor, penalty: float) -> Tensor:
@@ -31,3 +34,11 @@ def apply_penalties(logits: Tensor, counts: Tensor, config: DecodingConfig) -> T
     """`counts` is [rows, vocab] (or broadcastable to it)."""
     logits = apply_repetition_penalty(logits, counts, config.repetition_penalty)
     return apply_frequency_presence(logits, counts, config.frequency_penalty, config.presence_penalty)
+
+
+def stage(config: DecodingConfig) -> Step:
+    def step(logits: Tensor, counts: Tensor | None, rows: Sequence[RowView] | None) -> Tensor:
+        assert counts is not None  # `reads_counts`: the chain skips the stage without counts
+        return apply_penalties(logits, counts, config)
+
+    return step

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.processors.context import Step
 from llmgen.decoding.processors.truncation import NEG_INF, entropy
 
 
@@ -32,3 +34,8 @@ def apply_dynamic_temperature(logits: Tensor, temperature: float, spread: float,
     top_only = logits.masked_fill(logits < logits.amax(dim=-1, keepdim=True), NEG_INF)
     scaled = torch.where(dynamic > 0, logits / dynamic.clamp(min=math.ulp(1.0)), top_only)
     return torch.where(drawable > 1, scaled, logits)
+
+
+def stage(config: DecodingConfig) -> Step:
+    t, spread, exponent = config.temperature, config.dynatemp_range, config.dynatemp_exp
+    return lambda logits, counts, rows: apply_dynamic_temperature(logits, t, spread, exponent)

@@ -13,14 +13,16 @@ its last token:
 4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ).
 5. Both caches roll back to S + x_1..x_n; t becomes the last token of S, which no cache holds yet.
 
+The sequence's `History` (`history.py`) holds S and takes each emitted token (with its surprise
+under p, for Mirostat); row i of step 3 reads `history.ahead(x_1..x_i)`.
 With a constraint, the sequence's matcher (`constraints.py`) masks q (in the draft proposer) and p
 (here) at every draft position: it is advanced along x_1..x_γ to give the masks of rows 1..γ+1, and
-rolled back to the accepted prefix after `verify`, then advanced by t. p and q at position i get the
+rolled back to S after `verify`; the history then advances it along the tokens the round emits. p and q at position i get the
 same mask, so the verifier's guarantee carries over to the constrained distribution. A draft token the
 grammar forbids (the n-gram draft knows no grammar) ends the draft there: it would be rejected anyway.
 
 A round that proposes nothing (the n-gram draft found no match) is one plain decoding step.
-The loop never stops by itself before `max_tokens`: the consumer (`generation.run_sequence`) applies the
+The loop never stops by itself before `max_tokens`: the consumer (`sequence.run_sequence`) applies the
 stop rules and simply stops reading.
 """
 
@@ -36,9 +38,10 @@ from torch import Tensor
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
-from llmgen.decoding.counts import draft_contexts, draft_counts
+from llmgen.decoding.counts import draft_counts
+from llmgen.decoding.history import History
 from llmgen.decoding.logprobs import LogprobSpec, token_logprobs
-from llmgen.decoding.processors import TokenTables, distribution_of, process_chained, surprise
+from llmgen.decoding.processors import TokenTables, distribution_of, process_chained
 from llmgen.decoding.sequence import Token
 from llmgen.decoding.speculative.gamma import GammaPolicy
 from llmgen.decoding.speculative.proposers import Proposer
@@ -93,8 +96,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
     token controls and DRY (`processors.tables`)."""
     stats = stats if stats is not None else SpeculativeStats()
     prompt = list(prompt_ids)
-    generated: list[int] = []
-    surprises: list[float] = []  # Mirostat: -log2 p(t) of each generated token under the target's p
+    history = History(prompt, config, tables, matcher)
+    generated = history.generated  # S = prompt + generated
     if target.length < len(prompt) - 1:  # the cache may hold a prefix already (a chat's earlier turns)
         target.forward(prompt[target.length:-1])  # prefill all but the last prompt token; every round reads one pending token
     proposer.prefill(prompt)
@@ -115,7 +118,7 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         logits = target.forward([*tail, *draft], all_logits=True)[len(tail) - 1:]  # [γ+1, vocab]
         # 3. p from the same chain as q; row i counts the first i draft tokens.
         counts = draft_counts(prompt, generated, draft, config, logits.shape[-1], logits.device)
-        contexts = draft_contexts(prompt, generated, draft, surprises, config, tables)
+        contexts = [history.ahead(draft[:i]) for i in range(len(draft) + 1)] if config.needs_context else None
         processed = process_chained(logits, counts, config, allowed, contexts, draft)  # [γ+1, vocab]
         p = distribution_of(processed, config)  # [γ+1, vocab]
         # 4. Accept a prefix, then one more token.
@@ -124,9 +127,8 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         # 5. Keep only what both caches got right: S plus the accepted draft tokens.
         target.rollback(length + verdict.accepted)
         proposer.rollback(length + verdict.accepted)
-        if matcher is not None:
-            matcher.rollback(len(draft) - verdict.accepted)
-            matcher.advance(verdict.tokens[-1])
+        if matcher is not None:  # back to S: the history advances it along the tokens the round emits
+            matcher.rollback(len(draft))
         stats.record(len(draft), verdict.accepted)
         policy.update(len(draft), verdict.accepted, drafted - started, finished - drafted)
         last_origin = verdict.last_origin if draft else "target"
@@ -139,9 +141,7 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         entries = (None if logprobs is None
                    else token_logprobs(logits[:emitted], processed[:emitted], verdict.tokens, logprobs))
         for i, (token, origin) in enumerate(zip(verdict.tokens, origins)):
-            if config.mirostat and not config.greedy:  # the token's surprise under p, as in plain decoding
-                surprises.append(surprise(processed[i], token))
-            generated.append(token)
+            history.accept(token, processed[i])  # its surprise under p, as in plain decoding; the matcher takes it
             stats.tokens += 1
             yield Token(token, origin, None if entries is None else entries[i])
 

@@ -27,7 +27,8 @@ from torch import Tensor
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher
 from llmgen.decoding.counts import penalty_counts
-from llmgen.decoding.processors import Context, TokenTables, distribution_of, process
+from llmgen.decoding.history import History
+from llmgen.decoding.processors import TokenTables, distribution_of, process
 from llmgen.decoding.sampling import pick
 from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
@@ -70,10 +71,11 @@ class DraftModelProposer:
         self.context_length = context_length
         self.matcher = matcher  # the sequence's own, shared with the loop
         self.tables = tables
-        # NOTE: Mirostat: position -> (token, -log2 q(token)) of the tokens this draft proposed. A generated
-        # token the draft did not propose (resampled, bonus) counts as surprise tau, leaving q's mu as it
-        # was. Any q keeps the verifier exact; this one follows the target's mu closely.
-        self.drafted: dict[int, tuple[int, float]] = {}
+        # NOTE: the draft's own history of the sequence, for the stages that read it: Mirostat's surprises
+        # there are those of q. A generated token the draft did not propose (resampled, bonus) counts as
+        # surprise tau, leaving q's mu as it was. Any q keeps the verifier exact; this one follows the
+        # target's mu closely.
+        self.history = History([], config, tables)
 
     def prefill(self, prompt_ids: Sequence[int]) -> None:
         """Read all but the last prompt token, so that rounds (and their timings) start alike."""
@@ -86,9 +88,20 @@ class DraftModelProposer:
     def rollback(self, length: int) -> None:
         self.lm.rollback(min(self.lm.length, length))
 
-    def _surprise(self, position: int, token: int) -> float:
-        drafted = self.drafted.get(position)
-        return drafted[1] if drafted is not None and drafted[0] == token else self.config.mirostat_tau
+    def _catch_up(self, prompt_ids: Sequence[int], generated: Sequence[int]) -> History:
+        """The draft's history, rolled back to where it agrees with `generated`, then extended by it."""
+        if list(self.history.prompt) != list(prompt_ids):
+            self.history = History(list(prompt_ids), self.config, self.tables)
+        history = self.history
+        agree = 0
+        for mine, theirs in zip(history.generated, generated):
+            if mine != theirs:
+                break
+            agree += 1
+        history.truncate(agree)
+        for token in generated[agree:]:
+            history.accept(token, surprise_bits=self.config.mirostat_tau)
+        return history
 
     def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
                 generator: torch.Generator) -> Proposal:
@@ -99,22 +112,18 @@ class DraftModelProposer:
         logits = self.lm.forward(tail)  # [1, vocab]
         tokens: list[int] = []
         rows: list[Tensor] = []
-        mirostat = self.config.mirostat == 2 and not self.config.greedy
-        known = [self._surprise(i, t) for i, t in enumerate(generated)] if mirostat else []
-        drafted: list[float] = []
+        history = self._catch_up(prompt_ids, generated) if self.config.needs_context else None
         for i in range(gamma):
             counts = penalty_counts([(prompt_ids, [*generated, *tokens])], self.config, logits.shape[-1],
                                     logits.device)
             allowed = None if self.matcher is None else self.matcher.allowed()[None]  # [1, vocab]
-            contexts = None
-            if self.config.needs_context:
-                contexts = [Context(prompt_ids, (*generated, *tokens), (*known, *drafted), self.tables)]
+            contexts = None if history is None else [history.ahead()]
             processed = process(logits, counts, self.config, allowed, contexts)  # [1, vocab]
             q_i = distribution_of(processed, self.config)  # [1, vocab]
             token = int(pick(processed, self.config.greedy, [generator])[0])
-            if mirostat:
-                drafted.append(-float(q_i[0, token].double().log2()))
-                self.drafted[len(generated) + i] = (token, drafted[-1])
+            if history is not None:  # with Mirostat, the token's surprise under q
+                history.accept(token, surprise_bits=-float(q_i[0, token].double().log2()) if history.keeps_surprises
+                               else None)
             tokens.append(token)
             rows.append(q_i[0])
             if self.matcher is not None:

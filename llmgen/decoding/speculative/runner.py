@@ -1,7 +1,6 @@
-"""From loaded models to a speculative token source, or to a finished sequence.
-
-`make_source` is what the CLI uses (one call per sequence: fresh caches, fresh statistics);
-`speculate` runs one whole sequence and is what the benchmark calls.
+"""From loaded models to a speculative token source (`make_source`, one call per sequence: fresh
+caches, fresh statistics). `generation.stream` and `generation.generate` are the way in;
+`speculate` runs one whole sequence for the tests that call it (generation builds on this module).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Matcher, new_matcher
 from llmgen.decoding.logprobs import LogprobSpec
 from llmgen.decoding.processors import TokenTables
-from llmgen.decoding.processors.tables import build_tables
+from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, TokenSource, run_sequence, token_budget
 from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, GammaPolicy
@@ -82,20 +81,24 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
                 config: DecodingConfig, generator: torch.Generator, *, gamma: Gamma = "auto",
                 ngram_max: int = 4, ngram_min: int = 2, on_round: OnRound | None = None,
                 logprobs: LogprobSpec | None = None, target_lm: SequenceCache | None = None,
-                draft_lm: SequenceCache | None = None) -> SourceWithStats:
+                draft_lm: SequenceCache | None = None, matcher: Matcher | None = None,
+                tables: TokenTables | None = None, check_draft: bool = True) -> SourceWithStats:
     """A fresh token source for one sequence, and a function returning its statistics when it is done.
 
     `draft` is a loaded draft model, or None for the n-gram (prompt lookup) draft. `target_lm` and
     `draft_lm` are caches to reuse (`chat.py`): each may hold a prefix of `prompt_ids` already, and only
-    the rest is prefilled; by default both start empty.
+    the rest is prefilled; by default both start empty. `matcher` (the sequence's own) and `tables`:
+    built here when not given.
     """
-    if draft is not None:
+    if draft is not None and check_draft:
         check_compatible(target, draft)
     stats = SpeculativeStats()
     policy = make_policy(gamma, draft)
     budget = token_budget(len(prompt_ids), config, target.context_length)
-    matcher = new_matcher(config, target)  # this sequence's own; the proposer and the loop share it
-    tables = build_tables(config, target.tokenizer, target.eos_token_ids)  # the token controls' and DRY's ids
+    if matcher is None:  # this sequence's own; the proposer and the loop share it
+        matcher = new_matcher(config, target)
+    if tables is None:  # the token controls' and DRY's ids
+        tables = tables_for(config, target.tokenizer, target.eos_token_ids)
     proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher, tables)
     if matcher is not None:  # the grammar's forced tokens are a free draft (docs/constrained.md: 1.23x on n-gram)
         proposer = ForcedFirst(proposer, matcher)
