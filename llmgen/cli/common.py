@@ -23,12 +23,11 @@ from llmgen.loading.threads import check_threads
 # NOTE: what needs torch is imported inside the functions that run a model, so that `--help` and the
 # settings checks import neither torch nor transformers (tests/cli/test_lazy_imports.py checks it).
 if TYPE_CHECKING:
+    from llmgen.decoding.generation import Speculation
     from llmgen.decoding.logprobs import LogprobSpec, Mode
-    from llmgen.decoding.sequence import SequenceResult, TokenSource
+    from llmgen.decoding.sequence import SequenceResult
+    from llmgen.decoding.speculative.loop import OnRound
     from llmgen.loading.models import LoadedModel
-
-    # (prompt ids, the sequence's torch.Generator, its index) -> a token source and its extra statistics
-    SourceFactory = Callable[[list[int], Any, int], tuple[TokenSource, Callable[[], dict[str, object]]]]
 
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 
@@ -189,26 +188,25 @@ def make_renderer(output: OutputOptions, probs: ProbsOptions, spec: LogprobSpec 
     return output_renderer(output.json, output.quiet, legend)
 
 
-def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer,
-            make_source: SourceFactory) -> list[SequenceResult]:
-    """Generate `n` sequences one after another, rendering as they come.
+def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer, *,
+            logprobs: LogprobSpec | None = None, speculation: Speculation | None = None,
+            on_round: Callable[[int], OnRound] | None = None) -> list[SequenceResult]:
+    """Generate `n` sequences one after another (`decoding.generation.generate`), rendering as they come.
 
     Sequence i draws from its own stream, `batch.row_generator(seed, i)`, as row i of `generate -n` does:
     `-n 2 --seed S` gives as its second sequence what `-n 1` gives with the second row's seed.
-    `make_source` returns a token source and a function giving extra statistics once it is done.
+    `speculation`: decode speculatively; `on_round(i)`: sequence i's round hook (`--trace`).
     """
-    from llmgen.decoding import constraints
+    from llmgen.decoding import constraints, generation
     from llmgen.decoding.batch import row_generator
-    from llmgen.decoding.sequence import run_sequence
 
     config = resolved.config
     results = []
     for index in range(config.n):
         renderer.begin(index, config.n)
-        source, extra_stats = make_source(ids, row_generator(config.seed, index, loaded.device), index)
-        result = run_sequence(source, loaded.tokenizer, ids, config, loaded.eos_token_ids,
-                              loaded.context_length, renderer.text)
-        result.stats.update(extra_stats())
+        result = generation.generate(loaded, ids, config, speculation=speculation,
+                                     generator=row_generator(config.seed, index, loaded.device), logprobs=logprobs,
+                                     on_text=renderer.text, on_round=on_round(index) if on_round else None)
         result.stats["engine"] = loaded.engine.name
         renderer.end(result)
         constraints.warn_incomplete(config, result.finish_reason)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmgen.cli import backend_run, batch_run, common
 from llmgen.cli.backend_run import BACKEND, RAY, BackendOptions, RayOptions
@@ -60,9 +60,7 @@ def generate(prompt: PromptArg = None, *, sampling: DecodingFlags, beams: Decodi
 
       llmgen generate --logprobs 5 --json -N 16 "The capital of France is"
     """
-    from llmgen.decoding import beam, constraints
-    from llmgen.decoding.plain import plain_tokens
-    from llmgen.decoding.processors.tables import tables_for
+    from llmgen.decoding import beam
 
     sampling = sampling.merged(beams)
     model_opts = common.model_options(sampling, model_opts)
@@ -102,15 +100,7 @@ def generate(prompt: PromptArg = None, *, sampling: DecodingFlags, beams: Decodi
     if plan.strategy == "samples":
         batch_run.sample_n(loaded, ids, resolved, renderer, spec)
         return
-
-    def plain(prompt_ids: list[int], generator: Any, index: int) -> Any:
-        matcher = constraints.new_matcher(resolved.config, loaded)
-        return plain_tokens(loaded.engine.sequence(), prompt_ids, resolved.config, generator, spec, matcher,
-                            tables), dict
-
-    tables = tables_for(resolved.config, loaded.tokenizer, loaded.eos_token_ids)
-
-    common.run_all(loaded, ids, resolved, renderer, plain)
+    common.run_all(loaded, ids, resolved, renderer, logprobs=spec)
 
 
 def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, output: OutputOptions,

@@ -123,7 +123,8 @@ def speculate(prompt: PromptArg = None, *, spec: SpeculativeOptions, sampling: D
 
       llmgen speculate -d small -g 4 --compare --trace rounds.jsonl --temperature 0.7 "Tell me a story."
     """
-    from llmgen.decoding.speculative import check_compatible, make_source
+    from llmgen.decoding.generation import Speculation
+    from llmgen.decoding.speculative import check_compatible
 
     model_opts = common.model_options(sampling, model_opts)
     resolved = common.resolve_settings(sampling)
@@ -155,13 +156,9 @@ def speculate(prompt: PromptArg = None, *, spec: SpeculativeOptions, sampling: D
     if spec.compare:
         renderer = WithBaseline(renderer, target, config)
     with _trace_file(spec.trace) as trace:
-        def speculative(prompt_ids: list[int], generator: Any, sequence: int) -> Any:
-            on_round = _trace_writer(trace, sequence, target.tokenizer) if trace else None
-            return make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
-                               ngram_max=spec.ngram_max, ngram_min=spec.ngram_min, on_round=on_round,
-                               logprobs=logprobs)
-
-        common.run_all(target, ids, resolved, renderer, speculative)
+        common.run_all(target, ids, resolved, renderer, logprobs=logprobs,
+                       speculation=Speculation(draft, gamma, spec.ngram_max, spec.ngram_min),
+                       on_round=(lambda sequence: _trace_writer(trace, sequence, target.tokenizer)) if trace else None)
 
 
 def _speculate_on_vllm(prompt: str | None, resolved: Resolved, draft_ref: str, spec: SpeculativeOptions,
@@ -241,19 +238,11 @@ class WithBaseline(Renderer):
 
 def plain_baseline(target: LoadedModel, result: SequenceResult, config: DecodingConfig) -> dict[str, object]:
     """Plain decoding of as many tokens as `result` has, same settings; its speed and the speedup."""
-    from llmgen.decoding.plain import plain_tokens
-    from llmgen.decoding.processors.tables import tables_for
-    from llmgen.decoding.sampling import make_generator
-    from llmgen.decoding.sequence import run_sequence
+    from llmgen.decoding import generation
 
     count = max(1, len(result.token_ids))
     plain_config = config.replace(max_new_tokens=count, ignore_eos=True, stop=(), n=1)
-    generator = make_generator(config.seed, target.device)
-    tables = tables_for(plain_config, target.tokenizer, target.eos_token_ids)
-    source = plain_tokens(target.engine.sequence(), result.prompt_token_ids, plain_config, generator,
-                          tables=tables)
-    baseline = run_sequence(source, target.tokenizer, result.prompt_token_ids, plain_config,
-                            target.eos_token_ids, target.context_length)
+    baseline = generation.generate(target, result.prompt_token_ids, plain_config)
     plain_speed = baseline.stats["tokens_per_second"]
     speed = result.stats.get("tokens_per_second") or 0.0
     return {"baseline_tokens_per_second": plain_speed,
