@@ -93,7 +93,7 @@ def sample_n(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: 
         result.stats["engine"] = loaded.engine.name
         shown.done(row, result)
 
-    return sample_rows(loaded.engine.rows(), ids, config, loaded.info, on_text=shown.text, on_done=done,
+    return sample_rows(loaded.engine.rows(config.n), ids, config, loaded.info, on_text=shown.text, on_done=done,
                        logprobs=logprobs, constraint=constraints.for_model(config, loaded))
 
 
@@ -291,7 +291,7 @@ def run_input(loaded: Any, resolved: Resolved, batch: BatchOptions, output: Outp
                     result.stats["engine"] = loaded.engine.name
                     run.done(row, result)
 
-                decode_rows(loaded.engine.rows(), rows, loaded.info, batch_size=batch.batch_size, on_done=local_done)
+                decode_rows(loaded.engine.rows(batch.batch_size), rows, loaded.info, batch_size=batch.batch_size, on_done=local_done)
         finally:
             writer.drain()
     if not output.quiet:

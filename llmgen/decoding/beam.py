@@ -220,7 +220,7 @@ def beam_search(engine: Engine, prompt_ids: Sequence[int], config: DecodingConfi
     device = engine.device
     started = time.perf_counter()
 
-    cache = engine.rows()
+    cache = engine.rows(config.num_beams)
     logits = cache.add([list(prompt_ids)]).expand(beams, -1)  # [B, V]: prefill once, then copy the row
     cache.select([0] * beams)
     first_token_at = time.perf_counter()

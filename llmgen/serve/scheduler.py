@@ -176,7 +176,7 @@ class Scheduler:
                     self._fail(key, f"decoding failed: {type(err).__name__}: {err}")
 
     def _batch(self, first: list[Row]) -> None:
-        self._cache = self.loaded.engine.rows()
+        self._cache = self.loaded.engine.rows(self.max_batch)
         self.counters.batches += 1
         try:
             decode_rows(self._cache, self._arrivals(first), self.limits, batch_size=self.max_batch,

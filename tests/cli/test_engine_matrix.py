@@ -67,7 +67,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("matrix")
     rows = directory / "rows.jsonl"
     rows.write_text("\n".join(json.dumps({"id": i, "prompt": p}) for i, p in enumerate(["ab", "ba ab", "a"])) + "\n")
-    return {"model": write_tiny_llama(directory / "tiny.gguf", seed=1),
+    prompts = directory / "prompts.txt"
+    prompts.write_text("ab ba ab\nba ab\n")  # bench's built-in prompts are outside the tiny vocabulary
+    return {"model": write_tiny_llama(directory / "tiny.gguf", seed=1), "prompts": prompts,
             "draft": write_tiny_llama(directory / "draft.gguf", seed=1, noise=0.1, noise_seed=2), "rows": rows}
 
 
@@ -123,9 +125,10 @@ def test_input_rows(capfd, files, engine: str) -> None:
     ["score", "ab ba ab"],
     ["audit", "--self", "-n", "60", "-k", "1", "--paths", "plain,batched", "--temperature", "1", "--top-p", "0.9",
      "ab ba"],
-    ["bench", "-s", "plain,ngram", "-N", "4", "--runs", "1"],
+    ["bench", "-s", "plain,ngram", "-N", "4", "--runs", "1", "--prompts", "PROMPTS"],
 ], ids=["inspect", "score", "audit-self", "bench"])
 def test_other_commands(capfd, files, engine: str, argv: list[str]) -> None:
+    argv = [str(files["prompts"]) if a == "PROMPTS" else a for a in argv]
     code, out, err = run(capfd, argv[0], "-m", str(files["model"]), "--engine", engine, "--threads", "1", *argv[1:])
     clean_or_refused(code, out, err)
     assert code in (0, 1), err  # audit's 1 is a rejection, not a refusal

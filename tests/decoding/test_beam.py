@@ -211,7 +211,7 @@ def test_one_forward_per_step_and_none_after_the_last(char_lm) -> None:
         device = char_lm.engine.device
         name = "torch"
 
-        def rows(self):
+        def rows(self, capacity=1):
             inner = char_lm.engine.rows()
 
             class Counted:

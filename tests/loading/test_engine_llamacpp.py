@@ -127,7 +127,7 @@ def test_beams_on_llama_cpp_rows_equal_beams_over_one_sequence_each(tiny) -> Non
     class OneByOne:
         name, device = "llamacpp", tiny.engine.device
 
-        def rows(self):
+        def rows(self, capacity=1):
             return SerialRows(tiny.engine.sequence, tiny.device)
 
     config = DecodingConfig(num_beams=3, n=3, max_new_tokens=6, repetition_penalty=1.2)

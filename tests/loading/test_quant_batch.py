@@ -78,7 +78,7 @@ def test_int4_beams_equal_the_rows_decoded_one_by_one(int4) -> None:
     class OneByOne:
         name, device = "torch", int4.engine.device
 
-        def rows(self):
+        def rows(self, capacity=1):
             return SerialRows(int4.engine.sequence, int4.device)
 
     config = DecodingConfig(num_beams=3, n=3, max_new_tokens=8, repetition_penalty=1.3, stop=("zz",))

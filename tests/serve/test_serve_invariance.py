@@ -28,7 +28,8 @@ def test_first_difference_counts_tokens_or_characters() -> None:
 
 
 class Busy(BaseHTTPRequestHandler):
-    """A completions endpoint that answers "alone" when no other request is in flight, else "busy"."""
+    """A completions endpoint that answers "alone" when no other request was in flight while it was served,
+    else "busy"."""
 
     in_flight = 0
     lock = threading.Lock()
@@ -37,7 +38,9 @@ class Busy(BaseHTTPRequestHandler):
         with Busy.lock:
             Busy.in_flight += 1
             busy = Busy.in_flight > 1
-        time.sleep(0.05)
+        time.sleep(0.3)
+        with Busy.lock:
+            busy = busy or Busy.in_flight > 1
         self.rfile.read(int(self.headers["Content-Length"]))
         text = " busy" if busy else " alone"
         body = json.dumps({"choices": [{"text": text, "logprobs": {"tokens": [text]}, "finish_reason": "length"}]})

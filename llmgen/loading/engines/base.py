@@ -69,8 +69,9 @@ class Engine(Protocol):
         """An empty single-sequence cache."""
         ...
 
-    def rows(self) -> RowsCache:
-        """An empty cache for batched rows."""
+    def rows(self, capacity: int = 1) -> RowsCache:
+        """An empty cache for batched rows; `capacity`: how many rows the caller expects at once (a hint:
+        the llama.cpp engine sizes its streams by it, so that rows arriving later need no larger context)."""
         ...
 
 

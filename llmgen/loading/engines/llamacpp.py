@@ -259,9 +259,10 @@ class LlamaRows:
     decodes consecutive streams in one micro-batch. The context has `n_seq` streams of `cells` cells and
     grows (more streams, or longer ones) by copying each row's state bit for bit."""
 
-    def __init__(self, model: LlamaCppModel) -> None:
+    def __init__(self, model: LlamaCppModel, capacity: int = 1) -> None:
         self.model = model
         self.device = model.device
+        self.capacity = max(1, min(capacity, MAX_ROWS))  # streams of the first context (the caller's hint)
         self.context: _Context | None = None  # made on the first add
         self.seqs: list[int] = []  # row r is seq_id seqs[r]
         self.lengths: list[int] = []  # tokens per row: the next position of row r
@@ -280,7 +281,7 @@ class LlamaRows:
             raise ModelError(f"the llama.cpp engine decodes at most {MAX_ROWS} rows at once")
         context = self.context
         if context is None:
-            n_seq, size = streams, cells(longest, 0, self.model.context_length)
+            n_seq, size = max(streams, self.capacity), cells(longest, 0, self.model.context_length)
         else:
             if streams <= context.n_seq and longest <= context.cells:
                 return context
@@ -409,5 +410,5 @@ class LlamaCppEngine:
     def sequence(self) -> LlamaSequence:
         return LlamaSequence(self.model)
 
-    def rows(self) -> LlamaRows:
-        return LlamaRows(self.model)
+    def rows(self, capacity: int = 1) -> LlamaRows:
+        return LlamaRows(self.model, capacity)

@@ -197,5 +197,5 @@ class TorchEngine:
     def sequence(self) -> CachedLM:
         return CachedLM(self.model)
 
-    def rows(self) -> TorchRows:
-        return row_cache(self.model)
+    def rows(self, capacity: int = 1) -> TorchRows:
+        return row_cache(self.model)  # a left-padded batch grows as rows come; no capacity to set
