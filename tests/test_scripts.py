@@ -66,6 +66,8 @@ ARGV: dict[str, Argv | str] = {
     "bench_constrained.py": lambda m, out: ["--model", m.fixture("wide_model"), "--rounds", "1", "--max-new-tokens",
                                             "4", "--forced", "--out", str(out / "constrained.json")],
     "bench_engines.py": lambda m, out: ["rows", m.embedded_gguf, "--new", "4"],
+    "bench_invariance.py": lambda m, out: ["decode", "--model", m.embedded_gguf, "--rounds", "1", "--new", "4",
+                                           "--out", str(out / "invariance.json")],
     "bench_int4.py": lambda m, out: ["--model", m.long, "--draft", m.long_draft, "--runs", "1", "--max-new-tokens", "4",
                                      "--quick"],
     "bench_logprobs.py": lambda m, out: ["--model", m.fixture("char_model"), "--rounds", "1", "--max-new-tokens", "4",
