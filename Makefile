@@ -36,7 +36,8 @@ $(BIN)/.llamacpp: $(BIN)/.installed
 	    --no-binary llama-cpp-python -w $(WHEELS) llama-cpp-python==$(LLAMACPP_VERSION) || \
 	  echo "make: warning: llama-cpp-python did not build; the llama.cpp engine's tests will be skipped"
 	! ls $(WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1 || \
-	  $(BIN)/pip install --quiet --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl
+	  { $(BIN)/pip install --quiet --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl && \
+	    $(BIN)/pip install --quiet $(WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl; }
 	touch $@
 
 comma := ,
