@@ -13,7 +13,7 @@ in DejaVu Sans Mono on a dark background.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -65,4 +65,8 @@ def render(ansi: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    render(Path(sys.argv[1]).read_text(encoding="utf-8"), Path(sys.argv[2]))
+    parser = argparse.ArgumentParser(description="Render a terminal capture with ANSI colours as a PNG.")
+    parser.add_argument("capture", type=Path, help="the capture (tmux capture-pane -e -p > FILE)")
+    parser.add_argument("out", type=Path, help="the PNG to write")
+    args = parser.parse_args()
+    render(args.capture.read_text(encoding="utf-8"), args.out)
