@@ -157,11 +157,10 @@ class _Context:
         if not out:
             return torch.empty((0, self.vocab_size), dtype=torch.float32)
         logits = out[0] if len(out) == 1 else torch.cat(out)  # [wanted, vocab], in seq_id order
-        sorted_wanted = [i for i in order if wanted[i]]
-        if sorted_wanted == sorted(sorted_wanted):
+        sent = [i for i in order if wanted[i]]  # the caller's index of each row of `logits`
+        if sent == sorted(sent):
             return logits
-        rank = {i: r for r, i in enumerate(sorted_wanted)}
-        return logits[[rank[i] for i in sorted(sorted_wanted)]]
+        return logits[torch.argsort(torch.tensor(sent))]  # back to the caller's order
 
     def _logits(self, count: int) -> Tensor:
         """The `count` output rows of the last decode, copied (see the module's NOTE)."""
@@ -173,10 +172,12 @@ class _Context:
         view = torch.frombuffer(buffer, dtype=torch.float32).view(count, self.vocab_size)  # no copy
         return view.clone()  # [count, vocab]
 
-    def grown(self, cells: int, n_seq: int, seq_ids: Sequence[int]) -> _Context:
-        """A larger context holding the same sequences under the same seq_ids: each one's KV state copied
-        bit for bit (llama_state_seq_get_data / set_data; a restored sequence fills cells 0.. of its stream,
-        where it was), so that growing never changes a logit. Closes this one."""
+    def grown(self, cells: int, seq_ids: Sequence[int]) -> _Context:
+        """A context of as many streams, each of `cells` cells, holding the same sequences under the same
+        seq_ids: each one's KV state copied bit for bit (llama_state_seq_get_data / set_data; a restored
+        sequence fills cells 0.. of its stream, where it was; llama.cpp restores a state only into as many
+        streams as it came from), so that growing never changes a logit. Closes this one."""
+        n_seq = self.n_seq
         bigger = _Context(self.model, cells, n_seq)
         for seq in seq_ids:
             size = self.lib.llama_state_seq_get_size(self.pointer, seq)
@@ -230,7 +231,7 @@ class LlamaSequence:
         if self.context is None:
             self.context = _Context(self.model, cells(need, 0, self.model.context_length), 1)
         elif need > self.context.n_ctx:
-            self.context = self.context.grown(cells(need, self.context.n_ctx, self.model.context_length), 1, [0])
+            self.context = self.context.grown(cells(need, self.context.n_ctx, self.model.context_length), [0])
         return self.context
 
     @torch.inference_mode()
@@ -265,12 +266,16 @@ class LlamaRows:
         self.capacity = max(1, min(capacity, MAX_ROWS))  # streams of the first context (the caller's hint)
         self.context: _Context | None = None  # made on the first add
         self.seqs: list[int] = []  # row r is seq_id seqs[r]
-        self.lengths: list[int] = []  # tokens per row: the next position of row r
         self.tokens: list[list[int]] = []  # each row's tokens (to move rows to a context with more streams)
 
     @property
     def rows(self) -> int:
         return len(self.seqs)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per row: the next position of row r."""
+        return [len(row) for row in self.tokens]
 
     def _room(self, streams: int, longest: int) -> _Context:
         """A context with at least `streams` streams of at least `longest` cells each."""
@@ -293,7 +298,7 @@ class LlamaRows:
         if context is None:
             self.context = _Context(self.model, size, n_seq)
         elif n_seq == context.n_seq:
-            self.context = context.grown(size, n_seq, self.seqs)
+            self.context = context.grown(size, self.seqs)
         else:  # llama.cpp restores a sequence's state only into as many streams as it came from
             self.context = _Context(self.model, size, n_seq)
             context.close()
@@ -354,7 +359,6 @@ class LlamaRows:
         ids = [[int(t) for t in prompt] for prompt in prompts]
         logits = self._prefill(context, new, ids)  # [len(prompts), vocab]
         self.seqs += new
-        self.lengths += [len(p) for p in ids]
         self.tokens += ids
         return logits
 
@@ -363,9 +367,9 @@ class LlamaRows:
         """Append one token per row (`tokens` [rows]); the next-token logits [rows, vocab]."""
         ids = [int(t) for t in tokens.tolist()]
         self._compact()
-        context = self._room(len(self.seqs), max(self.lengths) + 1)
-        logits = context.decode(ids, self.lengths, self.seqs, [True] * len(ids))  # [rows, vocab]
-        self.lengths = [n + 1 for n in self.lengths]
+        lengths = self.lengths
+        context = self._room(len(self.seqs), max(lengths) + 1)
+        logits = context.decode(ids, lengths, self.seqs, [True] * len(ids))  # [rows, vocab]
         for row, token in zip(self.tokens, ids):
             row.append(token)
         return logits
@@ -376,26 +380,24 @@ class LlamaRows:
         for i, seq in enumerate(self.seqs):
             if i not in used and context is not None:
                 context.remove(seq)
-        kept = {i: (self.seqs[i], self.lengths[i], self.tokens[i]) for i in sorted(used)}
+        kept = {i: (self.seqs[i], self.tokens[i]) for i in sorted(used)}
         repeats = len(indices) - len(used)
-        fresh = self._free_ids(repeats, [seq for seq, _, _ in kept.values()])
+        fresh = self._free_ids(repeats, [seq for seq, _ in kept.values()])
         if repeats:  # room for the copies first, holding the kept rows only
-            self.seqs = [seq for seq, _, _ in kept.values()]
-            self.lengths = [length for _, length, _ in kept.values()]
-            self.tokens = [tokens for _, _, tokens in kept.values()]
+            self.seqs = [seq for seq, _ in kept.values()]
+            self.tokens = [tokens for _, tokens in kept.values()]
             context = self._room(max(fresh) + 1, max(self.lengths + [1]))
-        seqs, lengths, histories, placed, targets = [], [], [], set(), iter(fresh)
+        seqs, histories, placed, targets = [], [], set(), iter(fresh)
         for i in indices:
-            seq, length, tokens = kept[i]
-            if i in placed and context is not None:
+            seq, tokens = kept[i]
+            if i in placed and context is not None:  # a copy: its own stream and its own token list
                 target = next(targets)
                 context.copy(seq, target)
-                seq = target
+                seq, tokens = target, list(tokens)
             placed.add(i)
             seqs.append(seq)
-            lengths.append(length)
-            histories.append(list(tokens))
-        self.seqs, self.lengths, self.tokens = seqs, lengths, histories
+            histories.append(tokens)
+        self.seqs, self.tokens = seqs, histories
 
 
 class LlamaCppEngine:
