@@ -75,13 +75,16 @@ class GGUFTokenizer(Tokenizer):
         """NOTE: llama.cpp aborts the process (an uncaught C++ exception) when a SentencePiece vocabulary
         without byte tokens (<0x41>) meets a character none of its tokens holds; refuse such text instead."""
         if self._spelled is None:
-            spm = int(self.lib.llama_vocab_type(self.vocab)) == 1  # LLAMA_VOCAB_TYPE_SPM
-            vocab = self.get_vocab() if spm else {}
-            if not spm or "<0x41>" in vocab:
+            lib, vocab = self.lib, self.vocab
+            spm = int(lib.llama_vocab_type(vocab)) == 1  # LLAMA_VOCAB_TYPE_SPM
+            # NOTE: the first byte token comes early in a real vocabulary (Gemma's: id 238 of 262k), so this
+            # reads a few hundred attributes, not the whole vocabulary (as get_vocab() would)
+            if not spm or any(lib.llama_vocab_get_attr(vocab, i) & lib.LLAMA_TOKEN_ATTR_BYTE
+                              for i in range(self.vocab_size)):
                 self._spelled = frozenset()
             else:
-                normal = self.lib.LLAMA_TOKEN_ATTR_NORMAL  # not "<unk>", "<s>": they spell no "<"
-                pieces = [text for text, i in vocab.items() if self.lib.llama_vocab_get_attr(self.vocab, i) & normal]
+                normal = lib.LLAMA_TOKEN_ATTR_NORMAL  # not "<unk>", "<s>": they spell no "<"
+                pieces = [text for text, i in self.get_vocab().items() if lib.llama_vocab_get_attr(vocab, i) & normal]
                 self._spelled = frozenset("".join(pieces).replace("\u2581", " "))
         if self._spelled:
             missing = sorted(set(text) - self._spelled)
