@@ -21,7 +21,8 @@ from llmgen.decoding.plain import plain_tokens
 from llmgen.decoding.processors import Context, distribution_of, penalty_context, process, surprise, token_counts
 from llmgen.decoding.processors.tables import build_tables
 from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.speculative import DraftModelProposer, FixedGamma, NgramProposer, loop, proposers, speculative_tokens
+from llmgen.decoding.speculative import DraftModelProposer, FixedGamma, NgramProposer, loop, speculative_tokens
+from llmgen.decoding.speculative.proposers import model as proposers
 from llmgen.loading import models
 
 SAMPLES = 10_000

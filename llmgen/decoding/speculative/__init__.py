@@ -1,7 +1,7 @@
 """Exact speculative decoding: a draft proposes, the target verifies in one forward, caches roll back.
 
 - `verify.py`     the pure verifier (p, q, residual, bonus)
-- `proposers.py`  the draft model and the n-gram (prompt lookup) draft
+- `proposers/`   one module per draft: the draft model, the n-gram (prompt lookup) draft
 - `gamma.py`      fixed γ and `auto`
 - `loop.py`       propose -> verify -> rollback, as a token iterator
 - `stats.py`      acceptance counts and the expected tokens per forward

@@ -1,25 +1,13 @@
-"""Proposers: where the γ draft tokens of a round come from.
-
-- `DraftModelProposer`: a smaller model with its own KV cache samples γ tokens one at a time, each
-  from q_i = the same processor chain as the target's (penalties counting the earlier draft tokens,
-  temperature, top-k, top-p, min-p), and returns those q_i: the verifier needs the distribution the
-  draft really sampled from.
-  With a constraint, each q_i is masked by the sequence's matcher (advanced along the draft tokens,
-  then rolled back: the proposer leaves it as it found it).
-- `NgramProposer`: prompt lookup, no model. The last n tokens are searched for earlier in the context,
-  longest n first (ngram_max down to ngram_min); the tokens that followed the most recent earlier
-  occurrence are proposed. Such a draft is one-hot, q(x) = 1, so it returns q = None.
-
-A proposer reads the prompt once (`prefill`), is told after every round how much of the sequence is still valid (`rollback`), and
-is never asked for more tokens than its context has room for (`room`).
+"""`DraftModelProposer`: a smaller model with its own KV cache samples γ tokens one at a time, each from
+q_i = the same processor chain as the target's (penalties counting the earlier draft tokens, temperature,
+top-k, top-p, min-p), and returns those q_i: the verifier needs the distribution the draft really sampled
+from. With a constraint, each q_i is masked by the sequence's matcher (advanced along the draft tokens,
+then rolled back: the proposer leaves it as it found it).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -30,27 +18,8 @@ from llmgen.decoding.counts import penalty_counts
 from llmgen.decoding.history import History
 from llmgen.decoding.processors import TokenTables, distribution_of, process
 from llmgen.decoding.sampling import pick
-from llmgen.errors import UsageError
+from llmgen.decoding.speculative.proposers.base import Proposal
 from llmgen.loading.engines.base import SequenceCache
-
-
-@dataclass(frozen=True)
-class Proposal:
-    tokens: list[int]  # 0..γ draft tokens
-    q: Tensor | None  # [len(tokens), vocab], the draft's distributions; None for a one-hot draft
-
-
-class Proposer(Protocol):
-    name: str
-
-    def prefill(self, prompt_ids: Sequence[int]) -> None: ...
-
-    def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
-                generator: torch.Generator) -> Proposal: ...
-
-    def rollback(self, length: int) -> None: ...
-
-    def room(self, length: int) -> int: ...
 
 
 class DraftModelProposer:
@@ -133,74 +102,3 @@ class DraftModelProposer:
         if self.matcher is not None:
             self.matcher.rollback(len(tokens))
         return Proposal(tokens, torch.stack(rows))  # q: [γ, vocab]
-
-
-class ForcedFirst:
-    """With a constraint: when the grammar forces the next tokens (`GrammarMatcher.forced`), propose
-    them, one-hot (q = None), else ask `inner`. The choice depends on the context only, so the verifier
-    stays exact; the forced tokens are usually, not always, accepted (the target may spell the same
-    bytes with other tokens, which the mask also allows)."""
-
-    def __init__(self, inner: Proposer, matcher: Any) -> None:
-        self.inner = inner
-        self.matcher = matcher
-        self.name = inner.name
-
-    def prefill(self, prompt_ids: Sequence[int]) -> None:
-        self.inner.prefill(prompt_ids)
-
-    def room(self, length: int) -> int:
-        return self.inner.room(length)
-
-    def rollback(self, length: int) -> None:
-        self.inner.rollback(length)
-
-    def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
-                generator: torch.Generator) -> Proposal:
-        forced = self.matcher.forced()[:gamma] if gamma > 0 else []
-        if forced:
-            return Proposal(forced, None)
-        return self.inner.propose(prompt_ids, generated, gamma, generator)
-
-
-def prompt_lookup(tokens: Sequence[int], gamma: int, ngram_max: int, ngram_min: int) -> list[int]:
-    """Up to γ tokens that followed the most recent earlier occurrence of the last n tokens.
-
-    n goes from ngram_max down to ngram_min; the first n with a match wins. [] when nothing matches.
-    """
-    tokens = list(tokens)
-    if gamma <= 0:
-        return []
-    for n in range(min(ngram_max, len(tokens) - 1), ngram_min - 1, -1):
-        pattern = tokens[-n:]
-        last = pattern[-1]
-        # Scan backwards; an occurrence must end before the last token, so that something follows it.
-        for start in range(len(tokens) - n - 1, -1, -1):
-            if tokens[start + n - 1] == last and tokens[start:start + n] == pattern:
-                return tokens[start + n:start + n + gamma]
-    return []
-
-
-class NgramProposer:
-    """Prompt lookup over prompt + output so far. One-hot, so q = None."""
-
-    name = "ngram"
-
-    def __init__(self, ngram_max: int, ngram_min: int) -> None:
-        if ngram_min < 1 or ngram_max < ngram_min:
-            raise UsageError(f"--ngram-min and --ngram-max need 1 <= min <= max, got {ngram_min} and {ngram_max}")
-        self.ngram_max = ngram_max
-        self.ngram_min = ngram_min
-
-    def prefill(self, prompt_ids: Sequence[int]) -> None:
-        pass  # nothing to read
-
-    def room(self, length: int) -> int:
-        return sys.maxsize  # no model, no context limit of its own
-
-    def rollback(self, length: int) -> None:
-        pass  # nothing cached
-
-    def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
-                generator: torch.Generator) -> Proposal:
-        return Proposal(prompt_lookup([*prompt_ids, *generated], gamma, self.ngram_max, self.ngram_min), None)

@@ -1,0 +1,12 @@
+"""Proposers: where the γ draft tokens of a round come from, one module per draft.
+
+- `base`: the `Proposer` protocol, `Proposal`, and `ForcedFirst` (a grammar's forced tokens first);
+- `model`: `DraftModelProposer`, a smaller model sampling from q = the target's chain over its logits;
+- `ngram`: `NgramProposer`, prompt lookup (one-hot, q = None).
+"""
+
+from llmgen.decoding.speculative.proposers.base import ForcedFirst, Proposal, Proposer
+from llmgen.decoding.speculative.proposers.model import DraftModelProposer
+from llmgen.decoding.speculative.proposers.ngram import NgramProposer, prompt_lookup
+
+__all__ = ["DraftModelProposer", "ForcedFirst", "NgramProposer", "Proposal", "Proposer", "prompt_lookup"]
