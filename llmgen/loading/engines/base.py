@@ -11,6 +11,12 @@ three protocols; it never calls a model, builds a cache or reshapes one.
   drops or repeats rows (finished rows leave; beams follow their parents; `-n` repeats one prefill).
 - `Engine`: makes either kind of cache for one loaded model, and names itself (`torch`, `llamacpp`).
 
+Both caches can copy a sequence's KV out (`save`: a `Cells`, the engine's own copy) and start a sequence
+from such a copy cut to its first n tokens (`load`, `add(prompts, starts)`), which the prefix cache
+(`prefix.py`), prompt-cache files and chunked prefill use. A copy is taken at once and owned by whoever
+took it: nothing decoding later can change it. `save` returns None where an engine cannot copy a cache
+(a sliding-window torch cache); callers then prefill as before.
+
 Implementations: `engines/torch.py` (transformers' forward, and the lean int4 Llama of `quant/`);
 `engines/llamacpp.py` (llama.cpp's `llama_decode` through llama-cpp-python's low-level API).
 """
@@ -22,6 +28,19 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+
+
+class Cells(Protocol):
+    """A copy of one sequence's KV cache (`save`), opaque but for its size."""
+
+    @property
+    def length(self) -> int: ...  # tokens held
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+Start = tuple[Cells, int]  # a new sequence starts as the first n tokens of these cells
 
 
 class SequenceCache(Protocol):
@@ -37,6 +56,14 @@ class SequenceCache(Protocol):
         """Forget every token after the first `length`."""
         ...
 
+    def save(self) -> Cells | None:
+        """A copy of the cache (None: this cache cannot be copied)."""
+        ...
+
+    def load(self, cells: Cells, length: int) -> None:
+        """Hold the first `length` tokens of `cells` instead of what it held."""
+        ...
+
 
 class RowsCache(Protocol):
     """The KV cache of many rows decoded in one forward per step."""
@@ -46,8 +73,14 @@ class RowsCache(Protocol):
     @property
     def rows(self) -> int: ...
 
-    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
-        """Prefill `prompts` as new rows after the existing ones; their logits [len(prompts), vocab]."""
+    def add(self, prompts: Sequence[Sequence[int]], starts: Sequence[Start | None] | None = None) -> Tensor:
+        """Prefill `prompts` as new rows after the existing ones; their logits [len(prompts), vocab].
+        `starts[i]` = (cells, n): prompt i's first n tokens (n < its length) are those cells' first n, copied
+        in rather than prefilled."""
+        ...
+
+    def save(self, row: int) -> Cells | None:
+        """A copy of row `row`'s cache (None: this cache cannot be copied)."""
         ...
 
     def step(self, tokens: Tensor) -> Tensor:
@@ -91,14 +124,21 @@ class SerialRows:
     def rows(self) -> int:
         return len(self.lms)
 
-    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
+    def add(self, prompts: Sequence[Sequence[int]], starts: Sequence[Start | None] | None = None) -> Tensor:
         logits = []
-        for prompt in prompts:
+        for prompt, start in zip(prompts, starts or [None] * len(prompts)):
             lm = self.new_sequence()
-            logits.append(lm.forward(prompt))  # [1, vocab]
+            done = 0
+            if start is not None:
+                lm.load(start[0], start[1])
+                done = start[1]
+            logits.append(lm.forward(list(prompt)[done:]))  # [1, vocab]
             self.lms.append(lm)
             self.tokens.append(list(prompt))
         return torch.cat(logits)  # [k, vocab]
+
+    def save(self, row: int) -> Cells | None:
+        return self.lms[row].save()
 
     def step(self, tokens: Tensor) -> Tensor:
         for row, token in zip(self.tokens, tokens.tolist()):

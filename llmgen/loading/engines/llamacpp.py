@@ -52,6 +52,9 @@ import torch
 from torch import Tensor
 
 from llmgen.errors import ModelError, PromptError
+from llmgen.loading.engines import base
+from llmgen.loading.engines.base import Start
+from llmgen.loading.engines.llamacpp_state import CellState, StateFormatError, load_sequence, save_sequence
 
 N_BATCH = 512  # tokens per llama_decode call (llama_cpp.Llama's default)
 MAX_ROWS = 256  # seq_ids per rows context (llama.h: LLAMA_MAX_SEQ)
@@ -77,6 +80,7 @@ class LlamaCppModel:
         self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab))
         self.threads = threads
         self.context_length = context_length
+        self.n_swa = int(lib.llama_model_n_swa(pointer))  # the sliding window (0: none)
         self.device = torch.device("cpu")
 
     def close(self) -> None:
@@ -172,22 +176,38 @@ class _Context:
         view = torch.frombuffer(buffer, dtype=torch.float32).view(count, self.vocab_size)  # no copy
         return view.clone()  # [count, vocab]
 
-    def grown(self, cells: int, seq_ids: Sequence[int]) -> _Context:
-        """A context of as many streams, each of `cells` cells, holding the same sequences under the same
-        seq_ids: each one's KV state copied bit for bit (llama_state_seq_get_data / set_data; a restored
-        sequence fills cells 0.. of its stream, where it was; llama.cpp restores a state only into as many
-        streams as it came from), so that growing never changes a logit. Closes this one."""
-        n_seq = self.n_seq
-        bigger = _Context(self.model, cells, n_seq)
-        for seq in seq_ids:
-            size = self.lib.llama_state_seq_get_size(self.pointer, seq)
-            state = (ctypes.c_uint8 * size)()
-            written = self.lib.llama_state_seq_get_data(self.pointer, state, size, seq)
-            if not written or not self.lib.llama_state_seq_set_data(bigger.pointer, state, written, seq):
+    def grown(self, cells: int, seq_ids: Sequence[int], lengths: Sequence[int]) -> _Context:
+        """A context of as many streams, each of `cells` cells, holding the same sequences (of `lengths`
+        tokens) under the same seq_ids, each one's cells copied bit for bit (`save` / `load`), so that
+        growing never changes a logit. Closes this one."""
+        bigger = _Context(self.model, cells, self.n_seq)
+        for seq, length in zip(seq_ids, lengths):
+            try:
+                bigger.load(seq, self.save(seq, length))
+            except ModelError:
                 bigger.close()
-                raise ModelError(f"llama.cpp: cannot move sequence {seq} to a context of {n_seq} x {cells} tokens")
+                raise
         self.close()
         return bigger
+
+    def save(self, seq_id: int, length: int) -> Cells:
+        """A copy of sequence `seq_id` (`length` tokens).
+
+        NOTE: beyond a sliding window, from the whole context's state, which keeps the cells the window
+        masks (llamacpp_state's NOTE); the sequence's own state otherwise, which copies only its cells."""
+        whole = 0 < self.model.n_swa < length
+        try:
+            return Cells(save_sequence(self.lib, self.pointer, seq_id, whole), length)
+        except StateFormatError as err:
+            raise ModelError(f"llama.cpp: cannot read the state of sequence {seq_id} ({err})") from None
+
+    def load(self, seq_id: int, cells: Cells, length: int | None = None) -> None:
+        """Sequence `seq_id` := the first `length` tokens of `cells` (all of them by default)."""
+        if not load_sequence(self.lib, self.pointer, seq_id, cells.state, self.n_seq):
+            raise ModelError(f"llama.cpp: cannot restore {cells.length} tokens as sequence {seq_id} of a "
+                             f"context of {self.n_seq} x {self.cells} tokens")
+        if length is not None and length < cells.length:
+            self.remove(seq_id, length)
 
     def remove(self, seq_id: int, start: int = -1) -> None:
         self.lib.llama_memory_seq_rm(self.memory, seq_id, start, -1)
@@ -196,6 +216,18 @@ class _Context:
         """The whole sequence `source` as `target` (another stream: llama.cpp copies the stream's cells at the
         next decode, so the copy sits in the same cells as its source)."""
         self.lib.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
+
+class Cells:
+    """A copy of one sequence's KV cells (`engines.base.Cells`): llama.cpp's state, any stream count."""
+
+    def __init__(self, state: CellState, length: int) -> None:
+        self.state = state
+        self.length = length
+
+    @property
+    def nbytes(self) -> int:
+        return self.state.nbytes
 
 
 def cells(need: int, current: int, limit: int) -> int:
@@ -231,7 +263,8 @@ class LlamaSequence:
         if self.context is None:
             self.context = _Context(self.model, cells(need, 0, self.model.context_length), 1)
         elif need > self.context.n_ctx:
-            self.context = self.context.grown(cells(need, self.context.n_ctx, self.model.context_length), [0])
+            self.context = self.context.grown(cells(need, self.context.n_ctx, self.model.context_length), [0],
+                                              [self.length])
         return self.context
 
     @torch.inference_mode()
@@ -250,6 +283,17 @@ class LlamaSequence:
         if length < self.length and self.context is not None:
             self.context.remove(0, length)
             self.length = length
+
+    def save(self) -> Cells | None:
+        """A copy of the sequence's cells."""
+        return None if self.context is None or not self.length else self.context.save(0, self.length)
+
+    def load(self, cells: base.Cells, length: int) -> None:
+        """Hold the first `length` tokens of `cells` (a copy from any llama.cpp context of this model)."""
+        assert isinstance(cells, Cells), "a llama.cpp sequence loads llama.cpp cells"
+        context = self._room(cells.length)
+        context.load(0, cells, length)
+        self.length = length
 
 
 class LlamaRows:
@@ -298,15 +342,17 @@ class LlamaRows:
         if context is None:
             self.context = _Context(self.model, size, n_seq)
         elif n_seq == context.n_seq:
-            self.context = context.grown(size, self.seqs)
+            self.context = context.grown(size, self.seqs, self.lengths)
         else:  # llama.cpp restores a sequence's state only into as many streams as it came from
             self.context = _Context(self.model, size, n_seq)
             context.close()
             self._prefill(self.context, self.seqs, self.tokens)
         return self.context
 
-    def _prefill(self, context: _Context, seqs: Sequence[int], prompts: Sequence[Sequence[int]]) -> Tensor:
-        """Each prompt under its seq_id from position 0; the logits at each one's last token [len(prompts), vocab].
+    def _prefill(self, context: _Context, seqs: Sequence[int], prompts: Sequence[Sequence[int]],
+                 done: Sequence[int] | None = None) -> Tensor:
+        """Each prompt under its seq_id, from position `done[i]` (0: the whole prompt); the logits at each
+        one's last token [len(prompts), vocab].
 
         NOTE: this is also how rows move to a context with more streams: decoded again from their tokens.
         The engine is batch-invariant (the module's NOTEs), so the cells come out bit for bit as they were."""
@@ -314,11 +360,11 @@ class LlamaRows:
         positions: list[int] = []
         seq_ids: list[int] = []
         wanted: list[bool] = []
-        for seq, prompt in zip(seqs, prompts):
-            tokens += [int(t) for t in prompt]
-            positions += range(len(prompt))
-            seq_ids += [seq] * len(prompt)
-            wanted += [False] * (len(prompt) - 1) + [True]
+        for seq, prompt, start in zip(seqs, prompts, done or [0] * len(prompts)):
+            tokens += [int(t) for t in prompt[start:]]
+            positions += range(start, len(prompt))
+            seq_ids += [seq] * (len(prompt) - start)
+            wanted += [False] * (len(prompt) - start - 1) + [True]
         try:
             return context.decode(tokens, positions, seq_ids, wanted)  # [len(prompts), vocab]
         except Exception:
@@ -351,16 +397,30 @@ class LlamaRows:
             self.seqs[r] = hole
 
     @torch.inference_mode()
-    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
-        """Prefill `prompts` as new rows after the existing ones; their logits [len(prompts), vocab]."""
+    def add(self, prompts: Sequence[Sequence[int]], starts: Sequence[Start | None] | None = None) -> Tensor:
+        """Prefill `prompts` as new rows after the existing ones; their logits [len(prompts), vocab].
+        A row with a start (cells, n) gets the first n tokens of those cells, then its prompt from n."""
         new = self._free_ids(len(prompts))
         longest = max([len(p) for p in prompts] + self.lengths + [1])
         context = self._room(max(new + [-1]) + 1, longest)
         ids = [[int(t) for t in prompt] for prompt in prompts]
-        logits = self._prefill(context, new, ids)  # [len(prompts), vocab]
+        done = []
+        for seq, prompt, start in zip(new, ids, starts or [None] * len(prompts)):
+            if start is None:
+                done.append(0)
+                continue
+            cells, n = start
+            assert isinstance(cells, Cells) and 0 < n < len(prompt), "a start holds a proper prefix of the prompt"
+            context.load(seq, cells, n)
+            done.append(n)
+        logits = self._prefill(context, new, ids, done)  # [len(prompts), vocab]
         self.seqs += new
         self.tokens += ids
         return logits
+
+    def save(self, row: int) -> Cells | None:
+        """A copy of row `row`'s cells."""
+        return None if self.context is None else self.context.save(self.seqs[row], len(self.tokens[row]))
 
     @torch.inference_mode()
     def step(self, tokens: Tensor) -> Tensor:

@@ -40,7 +40,49 @@ import torch
 from torch import Tensor
 
 from llmgen.errors import ModelError
-from llmgen.loading.engines.base import RowsCache, SerialRows
+from llmgen.loading.engines import base
+from llmgen.loading.engines.base import RowsCache, SerialRows, Start
+
+
+class TorchCells:
+    """A copy of one sequence's KV cache (`engines.base.Cells`): each layer's keys and values
+    [1, kv_heads, length, head_dim]."""
+
+    def __init__(self, layers: list[tuple[Tensor, Tensor]]) -> None:
+        self.layers = layers
+        self.length = int(layers[0][0].shape[-2]) if layers else 0
+        self.nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
+def _plain_layers(cache: Any) -> list[Any] | None:
+    """The cache's layers, or None if one of them keeps more than keys and values (a sliding window)."""
+    layers = list(cache.layers)
+    if any(getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers):
+        return None
+    return layers
+
+
+def copy_out(cache: Any, row: int = 0, length: int | None = None) -> TorchCells | None:
+    """Row `row`'s last `length` columns (all of them by default) of every layer, copied."""
+    layers = _plain_layers(cache)
+    if not layers:
+        return None
+    width = int(layers[0].keys.shape[-2])
+    start = 0 if length is None else width - length
+    return TorchCells([(layer.keys[row:row + 1, :, start:].clone(), layer.values[row:row + 1, :, start:].clone())
+                       for layer in layers])
+
+
+def copy_in(cache: Any, cells: base.Cells, length: int) -> None:
+    """Fill an empty cache with the first `length` positions of `cells`."""
+    assert isinstance(cells, TorchCells), "a torch cache loads torch cells"
+    if hasattr(cache, "reserve"):  # the lean int4 Llama's StaticCache: its layers can be assigned
+        cache.reserve(1, length)
+        for layer, (keys, values) in zip(cache.layers, cells.layers):
+            layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+        return
+    for index, (keys, values) in enumerate(cells.layers):  # a transformers DynamicCache
+        cache.update(keys[:, :, :length].clone(), values[:, :, :length].clone(), index)
 
 
 class CachedLM:
@@ -49,13 +91,25 @@ class CachedLM:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.device = model.device
-        if hasattr(model, "new_cache"):  # a model with its own cache (`quant.llama.LeanLlama`)
-            self.cache = model.new_cache()
-        else:
-            from transformers import DynamicCache
-
-            self.cache = DynamicCache(config=model.config)
+        self.cache = self._empty()
         self.length = 0  # tokens in the cache
+
+    def _empty(self) -> Any:
+        if hasattr(self.model, "new_cache"):  # a model with its own cache (`quant.llama.LeanLlama`)
+            return self.model.new_cache()
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def save(self) -> TorchCells | None:
+        """A copy of the cache (None for a cache with sliding-window layers)."""
+        return copy_out(self.cache) if self.length else None
+
+    def load(self, cells: base.Cells, length: int) -> None:
+        """Hold the first `length` tokens of `cells`."""
+        self.cache = self._empty()
+        copy_in(self.cache, cells, length)
+        self.length = length
 
     @torch.inference_mode()
     def forward(self, token_ids: Sequence[int], all_logits: bool = False) -> Tensor:
@@ -107,8 +161,43 @@ class RowCache:
         return (columns >= width - lengths[:, None]).long()  # [rows, W]
 
     @torch.inference_mode()
-    def add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
-        """Prefill `prompts` as new rows after the existing ones; return their logits [len(prompts), vocab]."""
+    def add(self, prompts: Sequence[Sequence[int]], starts: Sequence[Start | None] | None = None) -> Tensor:
+        """Prefill `prompts` as new rows after the existing ones; return their logits [len(prompts), vocab].
+        A row with a start (cells, n) gets the first n positions of those cells, then its prompt from n, alone."""
+        starts = starts or [None] * len(prompts)
+        fresh = [i for i, start in enumerate(starts) if start is None]
+        out: list[Tensor | None] = [None] * len(prompts)
+        if fresh:
+            logits = self._add([prompts[i] for i in fresh])  # [fresh, vocab]
+            for j, i in enumerate(fresh):
+                out[i] = logits[j]
+        for i, start in enumerate(starts):
+            if start is not None:
+                out[i] = self._add_from(prompts[i], start)
+        return torch.stack([o for o in out if o is not None])  # [k, vocab]
+
+    def _add_from(self, prompt: Sequence[int], start: Start) -> Tensor:
+        """One new row: the first n positions from `start`'s cells, the rest of `prompt` prefilled; its logits [vocab]."""
+        cells, n = start
+        cache = self._empty_cache()
+        copy_in(cache, cells, n)
+        ids = torch.tensor([list(prompt)[n:]], dtype=torch.long, device=self.device)  # [1, k]
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)  # [1, n + k]
+        positions = torch.arange(n, len(prompt), device=self.device)[None]  # [1, k]
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        lengths = torch.tensor([len(prompt)], dtype=torch.long, device=self.device)
+        if self.rows:
+            self._append(cache, lengths)
+        else:
+            self.cache, self.lengths = cache, lengths
+        return out.logits[0, -1].float()  # [vocab]
+
+    def save(self, row: int) -> TorchCells | None:
+        """A copy of row `row`'s positions (its padding left out)."""
+        return copy_out(self.cache, row, int(self.lengths[row]))
+
+    def _add(self, prompts: Sequence[Sequence[int]]) -> Tensor:
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=self.device)
         width = int(lengths.max())
         ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)  # [k, W]
