@@ -6,7 +6,9 @@ the chain reads them). Each step of `decode_rows`:
 
 1. admit: pending rows fill the free slots (continuous batching), or, with `continuous=False`, only
    when the batch is empty (static batches). Rows admitted together with the same prompt share one
-   prefill, and the cache row is repeated (this is how `-n N` works);
+   prefill, and the cache row is repeated (this is how `-n N` works). With a `Prefill`
+   (`admission.py`), rows start from the prefix cache's cells or a running row's, and long prompts are
+   prefilled in chunks between steps; rows that leave give their cells to the prefix cache;
 2. pick: the processor chain and the pick, row by row (`pick_rows`);
 3. stop: each row's stop rules see its token; finished rows leave the cache at once, and so do rows
    whose caller gave up on them (`Row.cancelled`, set from any thread: a server's client went away);
@@ -35,12 +37,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from llmgen.decoding.admission import Admission, Prefill
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.constraints import Constraint, Matcher
 from llmgen.decoding.history import History, process_rows
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
 from llmgen.decoding.processors import TokenTables
-from llmgen.decoding.processors.tables import needs_tables, tables_for
 from llmgen.decoding.sampling import make_generator, pick
 from llmgen.decoding.sequence import SequenceResult, SequenceState
 from llmgen.loading.engines.torch import Rows
@@ -81,6 +83,7 @@ class Row:
         assert self.state is not None, "the row has not been admitted"
         return self.state
     cancelled: bool = False  # set (from any thread) to drop the row at the next step; it ends "cancelled"
+    cached: int = 0  # prompt tokens copied from cells that held them (the prefix cache), not prefilled
 
 
 OnText = Callable[[Row, str], None]
@@ -116,17 +119,20 @@ def pick_rows(logits: Tensor, rows: list[Row]) -> tuple[Tensor, list[TokenLogpro
 
 
 def decode_rows(cache: Rows, pending: Iterable[Row | None], limits: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                continuous: bool = True, on_text: OnText | None = None, on_done: OnDone | None = None) -> None:
-    """Decode every row of `pending` (read lazily), at most `batch_size` at a time.
+                continuous: bool = True, on_text: OnText | None = None, on_done: OnDone | None = None,
+                prefill: Prefill | None = None) -> None:
+    """Decode every row of `pending` (read lazily), at most `batch_size` at a time (rows waiting for a
+    chunked prefill count).
 
     `on_text(row, piece)` receives each row's final text as it is decided; `on_done(row, result)`
     each finished row. On an exception (Ctrl-C included) the rows still running are dropped; rows
-    already passed to `on_done` are complete.
+    already passed to `on_done` are complete. `prefill`: prefix reuse and chunked prefill (`admission.py`).
     """
     queue: Iterator[Row | None] = iter(pending)
     active: list[Row] = []
+    admission = Admission(cache, limits, prefill)
     try:
-        _loop(cache, queue, limits, batch_size, continuous, on_text, on_done, active)
+        _loop(admission, queue, batch_size, continuous, on_text, on_done, active)
     except BaseException:
         for row in active:  # NOTE: Ctrl-C: text held back (a possible stop string) is released, as in run_sequence
             piece = row.state.finish() if row.state else ""
@@ -135,20 +141,26 @@ def decode_rows(cache: Rows, pending: Iterable[Row | None], limits: ModelInfo, *
         raise
 
 
-def _loop(cache: Rows, queue: Iterator[Row | None], limits: ModelInfo, batch_size: int, continuous: bool,
+def _loop(admission: Admission, queue: Iterator[Row | None], batch_size: int, continuous: bool,
           on_text: OnText | None, on_done: OnDone | None, active: list[Row]) -> None:
     """The loop of `decode_rows`; `active` (the rows running) is kept up to date in place."""
+    cache = admission.cache
     logits = torch.empty(0)
     exhausted = False
     while True:
-        # 1. admit
-        if not exhausted and len(active) < batch_size and (continuous or not active):
-            admitted, exhausted = _take(queue, batch_size - len(active))
+        # 1. admit (and one chunk of a long prompt's prefill)
+        room = batch_size - len(active) - admission.rows_waiting
+        if not exhausted and room > 0 and (continuous or not active):
+            admitted, exhausted = _take(queue, room)
             if admitted:
-                fresh = _admit(cache, admitted, limits)
-                logits = fresh if not active else torch.cat([logits, fresh])
-                active.extend(admitted)
+                ready, fresh = admission.admit(admitted, active)
+                logits = _join(logits, active, ready, fresh)
+        if admission.waiting:
+            ready, fresh = admission.advance(bool(active), on_done)
+            logits = _join(logits, active, ready, fresh)
         if not active:
+            if admission.waiting:
+                continue
             return
         # 2. pick
         tokens, entries = pick_rows(logits, active)  # [rows]
@@ -168,12 +180,23 @@ def _loop(cache: Rows, queue: Iterator[Row | None], limits: ModelInfo, batch_siz
             else:
                 running.append(i)
         if len(running) < len(active):
+            kept = set(running)
+            admission.keep([i for i in range(len(active)) if i not in kept], active)
             cache.select(running)
             active[:] = [active[i] for i in running]
             tokens = tokens[running]
         # 4. step
         if active:
             logits = cache.step(tokens)
+
+
+def _join(logits: Tensor, active: list[Row], ready: list[Row], fresh: Tensor) -> Tensor:
+    """Append the rows that joined the cache to `active`, and their logits to the batch's."""
+    if not ready:
+        return logits
+    joined = fresh if not active else torch.cat([logits, fresh])
+    active.extend(ready)
+    return joined
 
 
 def _take(queue: Iterator[Row | None], count: int) -> tuple[list[Row], bool]:
@@ -186,26 +209,6 @@ def _take(queue: Iterator[Row | None], count: int) -> tuple[list[Row], bool]:
         if len(taken) == count:
             return taken, False
     return taken, True
-
-
-def _admit(cache: Rows, rows: list[Row], limits: ModelInfo) -> Tensor:
-    """Prefill the rows' distinct prompts once each, then repeat cache rows so each row has its own."""
-    before = cache.rows
-    distinct: dict[tuple[int, ...], int] = {}
-    for row in rows:
-        if row.state is None:  # else the row holds tokens already (see the module docstring)
-            row.state = SequenceState(limits.tokenizer, row.prompt_ids, row.config, limits.eos_token_ids,
-                                      limits.context_length)
-        if row.tables is None and needs_tables(row.config):  # shared by the rows with the same settings
-            row.tables = tables_for(row.config, limits.tokenizer, limits.eos_token_ids)
-        if row.history is None:  # NOTE: tokens decided before admission carry no Mirostat surprise
-            row.history = History(row.prompt_ids, row.config, row.tables, row.matcher, list(row.running.tokens))
-        distinct.setdefault(tuple(row.prompt_ids + row.running.tokens), len(distinct))
-    logits = cache.add(list(distinct))  # [distinct, vocab]
-    where = [distinct[tuple(row.prompt_ids + row.running.tokens)] for row in rows]
-    if len(distinct) < len(rows):
-        cache.select(list(range(before)) + [before + w for w in where])
-    return logits[where]  # [len(rows), vocab]
 
 
 def _finish(row: Row, on_text: OnText | None, on_done: OnDone | None) -> None:
