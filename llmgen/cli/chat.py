@@ -21,11 +21,13 @@ from llmgen.cli.options import (
     LOGPROBS,
     MODEL,
     OUTPUT,
+    PROMPT_CACHE,
     SAMPLING,
     DecodingFlags,
     ModelOptions,
     OutputOptions,
     ProbsOptions,
+    PromptCacheOptions,
     group,
     with_options,
 )
@@ -153,9 +155,10 @@ def check_chat(resolved: Resolved) -> None:
     beam.check_combination(resolved)  # beam-only values from a flag or /set are refused
 
 
-@with_options(chat_opts=CHAT, spec=DRAFT, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS)
+@with_options(chat_opts=CHAT, spec=DRAFT, sampling=SAMPLING, model_opts=MODEL, output=OUTPUT, cache=PROMPT_CACHE,
+              probs=LOGPROBS)
 def chat(*, chat_opts: ChatOptions, spec: SpeculativeOptions, sampling: DecodingFlags, model_opts: ModelOptions,
-         output: OutputOptions, probs: ProbsOptions) -> int:
+         output: OutputOptions, cache: PromptCacheOptions, probs: ProbsOptions) -> int:
     """Talk with the model; the KV cache of earlier turns is kept, so each turn prefills only what is new.
 
     Type /help for the commands. A message between two lines of \"\"\" spans several lines.
@@ -171,6 +174,8 @@ def chat(*, chat_opts: ChatOptions, spec: SpeculativeOptions, sampling: Decoding
       printf 'Hi\\nWhat did I just say?\\n' | llmgen chat --greedy
 
       llmgen chat --draft small --gamma 4 --seed 1 --history talk.json
+
+      llmgen chat --history talk.json --prompt-cache talk.kv   (the saved conversation is not prefilled again)
     """
     from llmgen.cli.chat_repl import Repl, line_reader
     from llmgen.decoding.chat import ChatSession, Conversation, Speculative
@@ -204,5 +209,31 @@ def chat(*, chat_opts: ChatOptions, spec: SpeculativeOptions, sampling: Decoding
     interactive = sys.stdin is not None and sys.stdin.isatty()
     repl = Repl(session, settings, output, probs, logprobs, line_reader(interactive), interactive,
                 {"model": model_opts.model, "draft": draft_ref, "gamma": gamma if draft_ref else None})
-    return repl.run()
+    if cache.prompt_cache is None:
+        return repl.run()
+    saved = _load_prompt_cache(cache.prompt_cache, session)
+    try:
+        return repl.run()
+    finally:
+        held = session.cache.tokens
+        if held and held != saved[:len(held)]:  # the conversation went past what the file holds
+            from llmgen.loading import prompt_cache as files
+
+            files.keep(cache.prompt_cache, target, held, session.cache.lm)
+
+
+def _load_prompt_cache(path: Path, session: Any) -> list[int]:
+    """Start the chat's cache from the cells in `path` (`--prompt-cache`); the tokens they hold."""
+    from llmgen.loading import prompt_cache as files
+
+    if not path.exists():
+        return []
+    found = files.load(path, session.target)
+    if isinstance(found, str):
+        print(f"llmgen: note: {found}; not used, and replaced when this chat ends", file=sys.stderr)
+        return []
+    tokens = found.tokens[:found.cells.length]
+    session.cache.lm.load(found.cells, len(tokens))
+    session.cache.tokens = list(tokens)
+    return tokens
 

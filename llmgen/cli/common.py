@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -190,12 +191,14 @@ def make_renderer(output: OutputOptions, probs: ProbsOptions, spec: LogprobSpec 
 
 def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: Renderer, *,
             logprobs: LogprobSpec | None = None, speculation: Speculation | None = None,
-            on_round: Callable[[int], OnRound] | None = None) -> list[SequenceResult]:
+            on_round: Callable[[int], OnRound] | None = None, prompt_cache: Path | None = None) -> list[SequenceResult]:
     """Generate `n` sequences one after another (`decoding.generation.generate`), rendering as they come.
 
     Sequence i draws from its own stream, `batch.row_generator(seed, i)`, as row i of `generate -n` does:
     `-n 2 --seed S` gives as its second sequence what `-n 1` gives with the second row's seed.
     `speculation`: decode speculatively; `on_round(i)`: sequence i's round hook (`--trace`).
+    `prompt_cache`: the first sequence starts from the prompt's cells in that file, and saves them there
+    (`loading/prompt_cache.py`).
     """
     from llmgen.decoding import constraints, generation
     from llmgen.decoding.batch import row_generator
@@ -204,10 +207,20 @@ def run_all(loaded: LoadedModel, ids: list[int], resolved: Resolved, renderer: R
     results = []
     for index in range(config.n):
         renderer.begin(index, config.n)
+        lm, cached = None, 0
+        if prompt_cache is not None and index == 0:
+            from llmgen.loading import prompt_cache as files
+
+            lm, cached = files.start(prompt_cache, loaded, ids, lambda line: print(f"llmgen: note: {line}", file=sys.stderr))
         result = generation.generate(loaded, ids, config, speculation=speculation,
                                      generator=row_generator(config.seed, index, loaded.device), logprobs=logprobs,
-                                     on_text=renderer.text, on_round=on_round(index) if on_round else None)
+                                     on_text=renderer.text, on_round=on_round(index) if on_round else None, lm=lm)
         result.stats["engine"] = loaded.engine.name
+        if lm is not None and prompt_cache is not None:
+            result.stats["cached_tokens"] = cached
+            if cached < len(ids) - 1:  # the file lacks some of this prompt: keep this one's cells
+                lm.rollback(len(ids))
+                files.keep(prompt_cache, loaded, ids, lm)
         renderer.end(result)
         constraints.warn_incomplete(config, result.finish_reason)
         results.append(result)

@@ -14,27 +14,30 @@ from llmgen.cli.options import (
     LOGPROBS,
     MODEL,
     OUTPUT,
+    PROMPT_CACHE,
     SAMPLING,
     DecodingFlags,
     ModelOptions,
     OutputOptions,
     ProbsOptions,
     PromptArg,
+    PromptCacheOptions,
     with_options,
 )
 from llmgen.cli.output import TerminalRenderer, beam_progress
 from llmgen.decoding.config import Resolved
 from llmgen.decoding.plan import plan_generate
+from llmgen.errors import UsageError
 
 if TYPE_CHECKING:
     from llmgen.decoding.logprobs import LogprobSpec
     from llmgen.loading.models import LoadedModel
 
 
-@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, probs=LOGPROBS, batch=BATCH,
-              backend=BACKEND, ray=RAY)
+@with_options(sampling=SAMPLING, beams=BEAM, model_opts=MODEL, output=OUTPUT, cache=PROMPT_CACHE, probs=LOGPROBS,
+              batch=BATCH, backend=BACKEND, ray=RAY)
 def generate(prompt: PromptArg = None, *, sampling: DecodingFlags, beams: DecodingFlags,
-             model_opts: ModelOptions, output: OutputOptions, probs: ProbsOptions,
+             model_opts: ModelOptions, output: OutputOptions, cache: PromptCacheOptions, probs: ProbsOptions,
              batch: BatchOptions, backend: BackendOptions, ray: RayOptions) -> None:
     """Generate text from PROMPT with the target model.
 
@@ -59,6 +62,8 @@ def generate(prompt: PromptArg = None, *, sampling: DecodingFlags, beams: Decodi
       llmgen generate --input questions.jsonl --json --greedy -N 64 > answers.jsonl
 
       llmgen generate --logprobs 5 --json -N 16 "The capital of France is"
+
+      llmgen generate --prompt-cache doc.kv "$(cat report.txt) Summarise the report."
     """
     from llmgen.decoding import beam
 
@@ -77,6 +82,9 @@ def generate(prompt: PromptArg = None, *, sampling: DecodingFlags, beams: Decodi
         return
     for note in notes:
         print(f"llmgen: note: {note}", file=sys.stderr)
+    if cache.prompt_cache is not None and (plan.where != "local" or plan.strategy != "single"):
+        raise UsageError(f"--prompt-cache works with one sequence decoded here, not with "
+                         f"{plan.strategy if plan.where == 'local' else plan.where} (--input shares prefixes in memory)")
     if plan.where == "vllm":
         if plan.strategy == "input":
             light = backend_run.tokenizer_only(model_opts)
@@ -100,7 +108,7 @@ def generate(prompt: PromptArg = None, *, sampling: DecodingFlags, beams: Decodi
     if plan.strategy == "samples":
         batch_run.sample_n(loaded, ids, resolved, renderer, spec)
         return
-    common.run_all(loaded, ids, resolved, renderer, logprobs=spec)
+    common.run_all(loaded, ids, resolved, renderer, logprobs=spec, prompt_cache=cache.prompt_cache)
 
 
 def run_beam_search(loaded: LoadedModel, ids: list[int], resolved: Resolved, output: OutputOptions,

@@ -16,6 +16,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
 import typer
@@ -127,6 +128,11 @@ class OutputOptions:
     system: str | None = None
     json: bool = False
     quiet: bool = False
+
+
+@dataclass(frozen=True)
+class PromptCacheOptions:
+    prompt_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,13 @@ OUTPUT = group(OutputOptions, [
         rich_help_panel="Prompt and output")], False),
     option("quiet", Annotated[bool, typer.Option(
         "--quiet", "-q", help="No statistics on stderr.", rich_help_panel="Prompt and output")], False),
+])
+
+PROMPT_CACHE = group(PromptCacheOptions, [
+    option("prompt_cache", Annotated[Path | None, typer.Option(
+        "--prompt-cache", metavar="FILE", show_default="none", rich_help_panel="Prompt and output",
+        help="Load the prompt's KV cells from FILE when it was saved for this model, engine and settings and "
+             "the prompt begins with its tokens (only the rest is prefilled); save them there after the run.")]),
 ])
 
 LOGPROBS = group(ProbsOptions, [

@@ -28,6 +28,8 @@ class ServerOptions:
     model_name: str | None = None
     grace: float = 10.0
     preset: str | None = None
+    prefix_cache_mb: float = 1024.0
+    prefill_chunk: int = 32
 
 
 def _option(name: str, annotation: Any, default: object) -> inspect.Parameter:
@@ -55,6 +57,15 @@ SERVER = group(ServerOptions, [
     _option("preset", Annotated[str | None, typer.Option(
         "--preset", "-p", rich_help_panel=PANEL, show_default="none",
         help="A preset (name or TOML file): the settings a request's own fields override.")], None),
+    _option("prefix_cache_mb", Annotated[float, typer.Option(
+        "--prefix-cache-mb", rich_help_panel=PANEL, show_default="1024; 0 turns it off",
+        help="Keep the KV cells of recent requests (prompt and reply) up to this many MB, least recently used "
+             "out first: a request that begins the same way (the next chat turn, a shared system prompt) "
+             "starts from them instead of prefilling again.")], 1024.0),
+    _option("prefill_chunk", Annotated[int, typer.Option(
+        "--prefill-chunk", rich_help_panel=PANEL, show_default="32; 0: whole prompts at once",
+        help="Prefill a long prompt this many tokens per step of the running batch, so that running "
+             "streams go on while it is read.")], 32),
 ])
 
 _SPEC = {p.name: p for p in SPECULATIVE.params}
@@ -94,6 +105,10 @@ def serve(*, server: ServerOptions, model_opts: ModelOptions, spec: SpeculativeO
         raise UsageError(f"--port must be from 1 to 65535, got {server.port}")
     if server.grace < 0:
         raise UsageError(f"--grace must be >= 0 seconds, got {server.grace}")
+    if server.prefix_cache_mb < 0:
+        raise UsageError(f"--prefix-cache-mb must be >= 0 (0 turns the cache off), got {server.prefix_cache_mb}")
+    if server.prefill_chunk < 0:
+        raise UsageError(f"--prefill-chunk must be >= 0 (0: whole prompts), got {server.prefill_chunk}")
     from llmgen.decoding.speculative import check_compatible
 
     resolved = common.resolve_settings(DecodingFlags(preset=server.preset))
@@ -107,7 +122,8 @@ def serve(*, server: ServerOptions, model_opts: ModelOptions, spec: SpeculativeO
             check_compatible(loaded, draft)
         drafting = Drafting(draft, gamma, spec.ngram_max, spec.ngram_min)
     service = http.build_service(loaded, server.model_name or model_opts.model, resolved.config,
-                                 server.max_batch, server.api_key, drafting)
+                                 server.max_batch, server.api_key, drafting, server.prefix_cache_mb,
+                                 server.prefill_chunk)
     where = f"http://{server.host}:{server.port}"
     print(f"llmgen: serving {service.model_id!r} at {where}/v1 (engine {loaded.engine.name}, "
           f"up to {server.max_batch} rows; Ctrl-C stops)", file=sys.stderr, flush=True)

@@ -115,7 +115,7 @@ async def _health(service: Service, request: Request) -> Response:
                          "cancelled": counters.cancelled, "cancelled_waiting": counters.cancelled_waiting,
                          "failed": counters.failed,
                          "speculative": counters.speculative, "joined": counters.joined,
-                         "max_rows": counters.max_rows})
+                         "max_rows": counters.max_rows, "prefix_cache": scheduler.prefix_stats()})
 
 
 def _model_card(service: Service) -> dict[str, Any]:

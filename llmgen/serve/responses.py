@@ -28,10 +28,17 @@ def fingerprint(engine: str, model_ref: str, base: DecodingConfig) -> str:
     return f"fp_llmgen-{engine}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 
-def usage(prompt_lengths: Sequence[int], results: Sequence[SequenceResult]) -> dict[str, int]:
+def usage(prompt_lengths: Sequence[int], results: Sequence[SequenceResult]) -> dict[str, Any]:
+    """OpenAI's usage; `prompt_tokens_details.cached_tokens`: prompt tokens copied from the prefix cache rather
+    than prefilled (once per prompt, as the prompt tokens are counted)."""
     prompt = sum(prompt_lengths)
     completion = sum(len(r.token_ids) for r in results)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached: dict[tuple[int, ...], int] = {}
+    for r in results:
+        key = tuple(r.prompt_token_ids)
+        cached[key] = max(cached.get(key, 0), int(r.stats.get("cached_tokens", 0)))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(cached.values())}}
 
 
 def finish_reason(result: SequenceResult) -> str:

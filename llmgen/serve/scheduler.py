@@ -18,6 +18,12 @@ on with the same random stream, stop rules and matcher. It never goes back to sp
 
 Other model work (echo's prompt logprobs) is handed to the worker with `call` and runs between steps.
 
+Prefill (`decoding/admission.py`): a request starts from the cells of the longest prefix of its tokens
+that the prefix cache holds (an earlier request's prompt and reply: a chat's previous turn) or that a
+running row holds (a shared system prompt); a prompt with more than `--prefill-chunk` tokens left is
+prefilled in chunks, one per step, so that the running streams go on meanwhile. The prefix cache lives
+as long as the server, across batches; `usage.prompt_tokens_details.cached_tokens` reports the reuse.
+
 Events go to the job through `Job.emit`, from the worker thread:
 ("text", choice, piece, logprobs JSON of the tokens since the last event),
 ("done", choice, SequenceResult, the remaining logprobs JSON), ("error", message).
@@ -33,6 +39,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmgen.decoding.admission import Prefill
 from llmgen.decoding.batch import Row, decode_rows
 from llmgen.decoding.generation import Speculation, stream
 from llmgen.decoding.logprobs import to_json
@@ -85,11 +92,13 @@ class Counters:
 class Scheduler:
     """The worker thread that owns the model: all decoding happens on it."""
 
-    def __init__(self, loaded: Any, max_batch: int, drafting: Drafting | None = None) -> None:
+    def __init__(self, loaded: Any, max_batch: int, drafting: Drafting | None = None,
+                 prefill: Prefill | None = None) -> None:
         self.loaded = loaded
         self.limits = loaded.info
         self.max_batch = max_batch
         self.drafting = drafting
+        self.prefill = prefill
         self.counters = Counters()
         self._inbox: queue.SimpleQueue[Row] = queue.SimpleQueue()
         self._tasks: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
@@ -149,6 +158,13 @@ class Scheduler:
         cache = self._cache
         return 0 if cache is None else cache.rows
 
+    def prefix_stats(self) -> dict[str, int] | None:
+        """The prefix cache's counters, entries and bytes (None: no prefix cache)."""
+        prefix = self.prefill.prefix if self.prefill else None
+        if prefix is None:
+            return None
+        return {**prefix.stats.as_dict(), "entries": len(prefix), "bytes": prefix.nbytes, "max_bytes": prefix.max_bytes}
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -180,7 +196,7 @@ class Scheduler:
         self.counters.batches += 1
         try:
             decode_rows(self._cache, self._arrivals(first), self.limits, batch_size=self.max_batch,
-                        on_text=self._on_text, on_done=self._on_done)
+                        on_text=self._on_text, on_done=self._on_done, prefill=self.prefill)
         except Exception as err:  # NOTE: one failing row (a grammar error) fails the rows decoding with it
             message = f"decoding failed: {type(err).__name__}: {err}"
             for key in list(self._running):
@@ -239,6 +255,7 @@ class Scheduler:
         job.emit(("text", choice, piece, self._new_logprobs(row)))
 
     def _on_done(self, row: Row, result: SequenceResult) -> None:
+        result.stats["cached_tokens"] = row.cached
         self._running.pop(row.key, None)
         job, choice = self._owners.pop(row.key)
         remaining = self._new_logprobs(row)

@@ -24,6 +24,8 @@ from llmgen.serve.app import Service, create_app
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_PREFIX_CACHE_MB = 1024.0  # KV copies of recent requests (SmolLM2-135M's float32 cells: ~46 KB a token)
+DEFAULT_PREFILL_CHUNK = 32  # tokens of a long prompt prefilled per step of the running batch
 BACKSTOP_SECONDS = 5.0  # after the grace period, how long cancelled answers have to end before uvicorn cancels them
 
 
@@ -97,13 +99,19 @@ def running(service: Service, host: str = DEFAULT_HOST, port: int | None = None,
 
 
 def build_service(loaded: Any, model_id: str, base: Any, max_batch: int, api_key: str | None = None,
-                  drafting: Any = None) -> Service:
-    """A `Service` over a loaded model: its scheduler (not started: the app's lifespan starts it)."""
+                  drafting: Any = None, prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
+                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> Service:
+    """A `Service` over a loaded model: its scheduler (not started: the app's lifespan starts it), with a
+    prefix cache of `prefix_cache_mb` MB (0: none) and chunked prefill of `prefill_chunk` tokens (0: whole)."""
     import time
 
+    from llmgen.decoding.admission import Prefill
+    from llmgen.loading.engines.prefix import PrefixCache
     from llmgen.serve.responses import fingerprint
     from llmgen.serve.scheduler import Scheduler
 
-    scheduler = Scheduler(loaded, max_batch, drafting)
+    prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
+    prefill = Prefill(prefix, prefill_chunk, loaded.engine) if prefix is not None or prefill_chunk else None
+    scheduler = Scheduler(loaded, max_batch, drafting, prefill)
     return Service(loaded, scheduler, model_id, base, max_batch, api_key,
                    fingerprint(loaded.engine.name, loaded.ref, base), int(time.time()))
