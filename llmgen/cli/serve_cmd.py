@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -30,6 +31,7 @@ class ServerOptions:
     preset: str | None = None
     prefix_cache_mb: float = 1024.0
     prefill_chunk: int = 32
+    prompt_cache_dir: Path | None = None
 
 
 def _option(name: str, annotation: Any, default: object) -> inspect.Parameter:
@@ -66,6 +68,10 @@ SERVER = group(ServerOptions, [
         "--prefill-chunk", rich_help_panel=PANEL, show_default="32; 0: whole prompts at once",
         help="Prefill a long prompt this many tokens per step of the running batch, so that running "
              "streams go on while it is read.")], 32),
+    _option("prompt_cache_dir", Annotated[Path | None, typer.Option(
+        "--prompt-cache-dir", metavar="DIR", rich_help_panel=PANEL, show_default="none (the cache lives in memory)",
+        help="Keep the prefix cache across restarts: read it from DIR at start, write it there at shutdown "
+             "(a folder per model; every file checked against the model, engine and tokens).")], None),
 ])
 
 _SPEC = {p.name: p for p in SPECULATIVE.params}
@@ -107,6 +113,8 @@ def serve(*, server: ServerOptions, model_opts: ModelOptions, spec: SpeculativeO
         raise UsageError(f"--grace must be >= 0 seconds, got {server.grace}")
     if server.prefix_cache_mb < 0:
         raise UsageError(f"--prefix-cache-mb must be >= 0 (0 turns the cache off), got {server.prefix_cache_mb}")
+    if server.prompt_cache_dir is not None and server.prefix_cache_mb == 0:
+        raise UsageError("--prompt-cache-dir keeps the prefix cache: it needs --prefix-cache-mb above 0")
     if server.prefill_chunk < 0:
         raise UsageError(f"--prefill-chunk must be >= 0 (0: whole prompts), got {server.prefill_chunk}")
     from llmgen.decoding.speculative import check_compatible
@@ -123,7 +131,7 @@ def serve(*, server: ServerOptions, model_opts: ModelOptions, spec: SpeculativeO
         drafting = Drafting(draft, gamma, spec.ngram_max, spec.ngram_min)
     service = http.build_service(loaded, server.model_name or model_opts.model, resolved.config,
                                  server.max_batch, server.api_key, drafting, server.prefix_cache_mb,
-                                 server.prefill_chunk)
+                                 server.prefill_chunk, server.prompt_cache_dir)
     where = f"http://{server.host}:{server.port}"
     print(f"llmgen: serving {service.model_id!r} at {where}/v1 (engine {loaded.engine.name}, "
           f"up to {server.max_batch} rows; Ctrl-C stops)", file=sys.stderr, flush=True)

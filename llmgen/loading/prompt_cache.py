@@ -207,3 +207,52 @@ def keep(path: Path, loaded: Any, tokens: Sequence[int], lm: SequenceCache) -> N
     cells = lm.save()
     if cells is not None:
         save(Path(path), loaded, list(tokens)[:cells.length], cells)
+
+
+def folder(directory: Path, loaded: Any) -> Path:
+    """This model's and engine's folder in a prompt-cache directory (one directory can serve many models)."""
+    key = hashlib.sha256(f"{model_digest(loaded.path)}|{engine_settings(loaded)}".encode()).hexdigest()[:16]
+    return Path(directory) / f"{Path(loaded.path).stem}-{key}"
+
+
+def save_dir(directory: Path, loaded: Any, entries: Sequence[tuple[Sequence[int], Cells]]) -> int:
+    """Write each (tokens, cells) entry to this model's folder of `directory` as `<digest of its tokens>.kv`;
+    how many files were new. Files of entries no longer held are removed (the folder mirrors the prefix cache)."""
+    directory = folder(directory, loaded)
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = {}
+    for tokens, cells in entries:
+        name = hashlib.sha256(json.dumps([int(t) for t in tokens]).encode()).hexdigest()[:24] + ".kv"
+        wanted[name] = (tokens, cells)
+    written = 0
+    for name, (tokens, cells) in wanted.items():
+        if not (directory / name).exists():
+            save(directory / name, loaded, tokens, cells)
+            written += 1
+    for stale in directory.glob("*.kv"):
+        if stale.name not in wanted:
+            stale.unlink(missing_ok=True)
+    return written
+
+
+def load_dir(directory: Path, loaded: Any, note: Any) -> list[Cached]:
+    """The entries saved in this model's folder of `directory`, oldest first. Every file is checked as
+    `load` checks it: one of another model or engine is not used, a damaged one is skipped, each said in
+    one line by `note`."""
+    directory = folder(directory, loaded)
+    found: list[Cached] = []
+    files = sorted(Path(directory).glob("*.kv"), key=lambda p: p.stat().st_mtime) if Path(directory).is_dir() else []
+    others = 0
+    for path in files:
+        try:
+            entry = load(path, loaded)
+        except PromptCacheError as err:
+            note(f"{err}; skipped")
+            continue
+        if isinstance(entry, str):
+            others += 1
+        else:
+            found.append(entry)
+    if others:
+        note(f"{others} prompt-cache file(s) in {directory} belong to another model or engine settings; not used")
+    return found

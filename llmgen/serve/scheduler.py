@@ -99,6 +99,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.drafting = drafting
         self.prefill = prefill
+        self.on_stop: list[Callable[[], None]] = []  # run once the worker has stopped (the prompt-cache dir)
         self.counters = Counters()
         self._inbox: queue.SimpleQueue[Row] = queue.SimpleQueue()
         self._tasks: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
@@ -142,6 +143,8 @@ class Scheduler:
         self._thread.join(timeout)
         self._drain_inbox("the server is shutting down")
         self._run_tasks()
+        for hook in self.on_stop:
+            hook()
 
     @property
     def rows(self) -> int:

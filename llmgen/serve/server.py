@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -100,9 +101,10 @@ def running(service: Service, host: str = DEFAULT_HOST, port: int | None = None,
 
 def build_service(loaded: Any, model_id: str, base: Any, max_batch: int, api_key: str | None = None,
                   drafting: Any = None, prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
-                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> Service:
+                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prompt_cache_dir: Path | None = None) -> Service:
     """A `Service` over a loaded model: its scheduler (not started: the app's lifespan starts it), with a
-    prefix cache of `prefix_cache_mb` MB (0: none) and chunked prefill of `prefill_chunk` tokens (0: whole)."""
+    prefix cache of `prefix_cache_mb` MB (0: none) and chunked prefill of `prefill_chunk` tokens (0: whole).
+    `prompt_cache_dir`: the prefix cache is read from there now and written there when the server stops."""
     import time
 
     from llmgen.decoding.admission import Prefill
@@ -113,5 +115,30 @@ def build_service(loaded: Any, model_id: str, base: Any, max_batch: int, api_key
     prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
     prefill = Prefill(prefix, prefill_chunk, loaded.engine) if prefix is not None or prefill_chunk else None
     scheduler = Scheduler(loaded, max_batch, drafting, prefill)
+    if prompt_cache_dir is not None and prefix is not None:
+        _keep_prefixes(prompt_cache_dir, loaded, prefix, scheduler)
     return Service(loaded, scheduler, model_id, base, max_batch, api_key,
                    fingerprint(loaded.engine.name, loaded.ref, base), int(time.time()))
+
+
+def _keep_prefixes(directory: Path, loaded: Any, prefix: Any, scheduler: Any) -> None:
+    """Fill the prefix cache from `directory` (`--prompt-cache-dir`), and write it back there on stop."""
+    import sys
+
+    from llmgen.loading import prompt_cache
+
+    def note(line: str) -> None:
+        print(f"llmgen: note: {line}", file=sys.stderr, flush=True)
+
+    for entry in prompt_cache.load_dir(directory, loaded, note):
+        prefix.store(entry.tokens, entry.cells)
+    if len(prefix):
+        note(f"the prefix cache starts with {len(prefix)} entries ({prefix.nbytes / 2**20:.0f} MB) from {directory}")
+
+    def save() -> None:
+        try:
+            prompt_cache.save_dir(directory, loaded, [(list(key), cells) for key, (_, cells) in prefix.entries.items()])
+        except OSError as err:
+            note(f"could not write the prefix cache to {directory}: {err}")
+
+    scheduler.on_stop.append(save)

@@ -42,7 +42,7 @@ def servers(request, char_model):
     cached = build_service(loaded, MODEL_ID, DecodingConfig(), 8, prefix_cache_mb=256, prefill_chunk=8)
     fresh = build_service(loaded, MODEL_ID, DecodingConfig(), 8, prefix_cache_mb=0, prefill_chunk=0)
     with running(cached) as url, running(fresh) as fresh_url:
-        yield url, fresh_url, texts, loaded.engine.name, cached
+        yield url, fresh_url, texts, loaded.engine.name, cached, loaded
 
 
 def chat(url: str, messages: list[dict], seed: int | None, max_tokens: int = 12, stream: bool = False) -> dict:
@@ -68,7 +68,7 @@ def assert_same(engine: str, got: dict, want: dict) -> None:
 
 @pytest.mark.parametrize("seed", [None, 11], ids=["greedy", "seeded"])
 def test_a_conversation_reuses_its_turns_and_answers_as_a_fresh_server(servers, seed) -> None:
-    url, fresh_url, (system, questions), engine, _ = servers
+    url, fresh_url, (system, questions), engine, _, _ = servers
     messages = [{"role": "system", "content": system}]
     for turn, question in enumerate(questions):
         messages.append({"role": "user", "content": question})
@@ -86,7 +86,7 @@ def test_dropped_streams_never_change_a_shared_prefix(servers) -> None:
     the same eight again, whole: each equals a fresh server's answer."""
     import httpx
 
-    url, fresh_url, (system, questions), engine, service = servers
+    url, fresh_url, (system, questions), engine, service, _ = servers
     prompts = [[{"role": "system", "content": system}, {"role": "user", "content": q + suffix}]
                for q in questions for suffix in ("", " Briefly.")]
 
@@ -106,3 +106,27 @@ def test_dropped_streams_never_change_a_shared_prefix(servers) -> None:
     assert stats is not None and stats["hits"] > 0 and stats["bytes"] <= stats["max_bytes"]
     health = json.loads(httpx.get(url + "/health").text)
     assert health["prefix_cache"]["entries"] == stats["entries"]
+
+
+def test_the_prefix_cache_outlives_a_restart_in_its_directory(servers, tmp_path, capsys) -> None:
+    """--prompt-cache-dir: a second server reads what the first wrote at shutdown; a damaged file beside
+    them is skipped in one line; the answers equal a fresh server's."""
+    from llmgen.serve.server import build_service, running
+
+    url, fresh_url, (system, questions), engine, _, loaded = servers
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": questions[0]}]
+    first = build_service(loaded, MODEL_ID, DecodingConfig(), 4, prompt_cache_dir=tmp_path)
+    with running(first) as first_url:
+        reply = answer(chat(first_url, messages, None))[0]
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and len(list(folders[0].glob("*.kv"))) == 1
+    (folders[0] / "damaged.kv").write_bytes(b"\x00" * 64)
+    capsys.readouterr()
+    second = build_service(loaded, MODEL_ID, DecodingConfig(), 4, prompt_cache_dir=tmp_path)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "damaged.kv" in line]
+    assert len(notes) == 1 and "Traceback" not in notes[0]
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": questions[1]}]
+    with running(second) as second_url:
+        got = chat(second_url, messages, None)
+    assert got["usage"]["prompt_tokens_details"]["cached_tokens"] > got["usage"]["prompt_tokens"] // 2
+    assert_same(engine, got, chat(fresh_url, messages, None))
