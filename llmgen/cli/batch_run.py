@@ -257,6 +257,9 @@ class InputRun:
         self.advance(len(result.token_ids))
 
 
+INPUT_PREFIX_CACHE_BYTES = 512 * 2**20  # --input's prefix cache: KV copies of finished rows
+
+
 def run_input(loaded: Any, resolved: Resolved, batch: BatchOptions, output: OutputOptions,
               logprobs: LogprobSpec | None = None, decoder: Decoder | None = None) -> None:
     """Decode every prompt of --input; raises RowsFailed at the end if any row failed.
@@ -264,8 +267,10 @@ def run_input(loaded: Any, resolved: Resolved, batch: BatchOptions, output: Outp
     With a `decoder` (Ray actors, vLLM), the rows are decoded there instead of in this process, and
     `loaded` is the model's `ModelInfo`; reading, ordering, resuming and writing rows stay the same."""
     from llmgen import prompt_file
+    from llmgen.decoding.admission import Prefill
     from llmgen.decoding.batch import decode_rows
     from llmgen.decoding.sequence import encode_prompt
+    from llmgen.loading.engines.prefix import PrefixCache
 
     assert batch.input is not None, "run_input runs --input FILE"
     jobs = prompt_file.parse(read_input(batch.input), resolved.config)
@@ -291,7 +296,11 @@ def run_input(loaded: Any, resolved: Resolved, batch: BatchOptions, output: Outp
                     result.stats["engine"] = loaded.engine.name
                     run.done(row, result)
 
-                decode_rows(loaded.engine.rows(batch.batch_size), rows, loaded.info, batch_size=batch.batch_size, on_done=local_done)
+                # NOTE: prompts that share a beginning (a system prompt, a document) prefill it once: later rows
+                # start from the cells of earlier or running ones (`decoding/admission.py`), exactly.
+                prefill = Prefill(PrefixCache(INPUT_PREFIX_CACHE_BYTES), 0, loaded.engine)
+                decode_rows(loaded.engine.rows(batch.batch_size), rows, loaded.info, batch_size=batch.batch_size,
+                            on_done=local_done, prefill=prefill)
         finally:
             writer.drain()
     if not output.quiet:
