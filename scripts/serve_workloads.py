@@ -187,13 +187,22 @@ def pct(values: list[float], q: float) -> float | None:
     return values[index]
 
 
+def _median(values: list) -> object:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not numbers:
+        return values[0]
+    return numbers[0] if len(set(numbers)) == 1 else statistics.median(numbers)
+
+
 def median_of(runs: list[dict]) -> dict:
-    """Each numeric field's median over the runs (lists and None kept from the first run)."""
+    """Each numeric field's median over the runs; a list of numbers, element by element."""
     out = dict(runs[0])
-    for key in runs[0]:
-        values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
-        if values:
-            out[key] = statistics.median(values)
+    for key, first in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+            out[key] = [_median([v[i] for v in values]) for i in range(len(first))]
+        else:
+            out[key] = _median(values)
     out["rounds"] = len(runs)
     out["per_round"] = runs
     return out
