@@ -77,11 +77,13 @@ ARGV: dict[str, Argv | str] = {
     "bench_samplers.py": lambda m, out: ["--model", m.fixture("char_model"), "--runs", "1"],
     "bench_score.py": lambda m, out: ["--model", m.fixture("char_model"), "--window", "32", "--stride", "16",
                                       "--runs", "1", "--tokens", "100"],
-    "bench_serve.py": lambda m, out: ["--gguf", m.long, "--servers", "llmgen,llmgen-draft",
+    "bench_serve.py": lambda m, out: ["--gguf", m.long, "--servers", "llmgen,llmgen-draft,llmgen-nocache",
                                       "--draft-args", f"--draft {m.long_draft} --gamma 2", "--clients", "1",
                                       "--requests", "1", "--max-tokens", "2", "--skip-targets",
-                                      "--out", str(out / "serve.json")],
+                                      "--system-tokens", "20", "--chat-tokens", "2", "--long-tokens", "30",
+                                      "--arrival-tokens", "10", "--out", str(out / "serve.json")],
     "fetch_gemma.py": "downloads Gemma-3-270M from the network",
+    "serve_workloads.py": "the workloads of bench_serve.py, which runs them (no main of its own)",
     "terminal_png.py": lambda m, out: [str(_ansi(out)), str(out / "shot.png")],
 }
 
