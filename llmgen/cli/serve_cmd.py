@@ -30,7 +30,7 @@ class ServerOptions:
     grace: float = 10.0
     preset: str | None = None
     prefix_cache_mb: float = 1024.0
-    prefill_chunk: int = 32
+    prefill_chunk: int = 512
     prompt_cache_dir: Path | None = None
 
 
@@ -65,9 +65,9 @@ SERVER = group(ServerOptions, [
              "out first: a request that begins the same way (the next chat turn, a shared system prompt) "
              "starts from them instead of prefilling again.")], 1024.0),
     _option("prefill_chunk", Annotated[int, typer.Option(
-        "--prefill-chunk", rich_help_panel=PANEL, show_default="32; 0: whole prompts at once",
-        help="Prefill a long prompt this many tokens per step of the running batch, so that running "
-             "streams go on while it is read.")], 32),
+        "--prefill-chunk", rich_help_panel=PANEL, show_default="512; 0: whole prompts at once",
+        help="Prefill a long prompt at most this many tokens per step of the running batch (fewer: about 1.5 "
+             "steps' worth), so that running streams go on while it is read.")], 512),
     _option("prompt_cache_dir", Annotated[Path | None, typer.Option(
         "--prompt-cache-dir", metavar="DIR", rich_help_panel=PANEL, show_default="none (the cache lives in memory)",
         help="Keep the prefix cache across restarts: read it from DIR at start, write it there at shutdown "

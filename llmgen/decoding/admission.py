@@ -8,9 +8,11 @@ rows with the same prompt share one prefill (`-n`). With one:
   share a system prompt). Rows admitted together whose prompts share a beginning that nothing holds yet
   go in two rounds: the first of them, then the others from its cells.
 - **chunked prefill**: a prompt with more than `chunk` tokens left to prefill is prefilled on a sequence
-  of its own, `chunk` tokens per step of the batch, so that a long prompt holds the running rows up by
-  one chunk at a time, not by its whole prefill; then its cells join the batch. With no row running,
-  it is prefilled at once.
+  of its own, one chunk per step of the batch, so that a long prompt holds the running rows up by one
+  chunk at a time, not by its whole prefill; then its cells join the batch. With no row running, it is
+  prefilled at once. A chunk is at most `chunk` tokens, and no more than fit in `BUDGET` times the
+  batch's step, from the measured seconds of a step and of a prefilled token (so that the running
+  streams' inter-token time stays within about 1 + BUDGET times their usual one).
 - **keep**: a row that leaves the batch leaves a copy of its cells (prompt and output) to the prefix cache.
 
 The copies are exact (the engines' `save`/`load`), so none of this changes a row's tokens or logprobs.
@@ -18,6 +20,7 @@ The copies are exact (the engines' `save`/`load`), so none of this changes a row
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +38,10 @@ from llmgen.loading.loaded import ModelInfo
 
 if TYPE_CHECKING:  # batch.py imports this module
     from llmgen.decoding.batch import Row
+
+BUDGET = 1.5  # a chunk's prefill may take this many times a step of the running batch
+FIRST_CHUNK = 8  # tokens, before anything is measured
+DECAY = 0.8  # weight of the past in the running means of the timings
 
 
 @dataclass
@@ -67,6 +74,19 @@ class Admission:
     limits: ModelInfo
     prefill: Prefill | None = None
     waiting: list[_Waiting] = field(default_factory=list)
+    step_seconds: float | None = None  # running mean of a step of the batch
+    token_seconds: float | None = None  # running mean of a prefilled token, in chunks
+
+    def stepped(self, seconds: float) -> None:
+        """The batch took a step of `seconds`."""
+        self.step_seconds = seconds if self.step_seconds is None else DECAY * self.step_seconds + (1 - DECAY) * seconds
+
+    def chunk_size(self) -> int:
+        """The tokens of the next chunk: at most `chunk`, and about `BUDGET` steps' worth of prefill."""
+        assert self.prefill is not None
+        if self.step_seconds is None or self.token_seconds is None:
+            return min(self.prefill.chunk, FIRST_CHUNK)
+        return max(1, min(self.prefill.chunk, int(BUDGET * self.step_seconds / self.token_seconds)))
 
     @property
     def rows_waiting(self) -> int:
@@ -187,9 +207,14 @@ class Admission:
             waiting.rows = live
             end = len(waiting.key) - 1  # the last token is prefilled in the batch, for its logits
             if live and waiting.done < end:
-                chunk = self.prefill.chunk if (running or ready) and self.prefill else end
+                chunk = self.chunk_size() if running or ready else end
                 upto = min(end, waiting.done + chunk)
+                started = time.perf_counter()
                 waiting.sequence.forward(waiting.key[waiting.done:upto])
+                per_token = (time.perf_counter() - started) / (upto - waiting.done)
+                if running or ready:
+                    self.token_seconds = per_token if self.token_seconds is None else (
+                        DECAY * self.token_seconds + (1 - DECAY) * per_token)
                 waiting.done = upto
                 waiting.chunks += 1
             if live and waiting.done < end:

@@ -30,6 +30,7 @@ Why each row's output does not depend on the batch:
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -187,7 +188,9 @@ def _loop(admission: Admission, queue: Iterator[Row | None], batch_size: int, co
             tokens = tokens[running]
         # 4. step
         if active:
+            started = time.perf_counter()
             logits = cache.step(tokens)
+            admission.stepped(time.perf_counter() - started)
 
 
 def _join(logits: Tensor, active: list[Row], ready: list[Row], fresh: Tensor) -> Tensor:
