@@ -318,9 +318,10 @@ class Scheduler:
             nonlocal left_in_round
             left_in_round = round_.accepted + 1  # the tokens this round yields
 
+        lm = self._prefixed(row)
         # NOTE: the row keeps its matcher: a row that joins the batch goes on from where the rounds left it.
         source = stream(self.loaded, row.prompt_ids, row.config, row.generator, speculation=drafting,
-                        logprobs=row.logprobs, matcher=row.matcher, on_round=on_round, check_draft=False)
+                        logprobs=row.logprobs, matcher=row.matcher, on_round=on_round, check_draft=False, lm=lm)
         try:
             for token in source:
                 left_in_round -= 1
@@ -343,6 +344,7 @@ class Scheduler:
             piece = "" if row.state.reason == "cancelled" else row.state.finish()
             if piece:
                 self._on_text(row, piece)
+            self._keep(row, lm)
             result = row.state.result()
             stats = source.stats()
             result.stats.update(stats)
@@ -352,6 +354,28 @@ class Scheduler:
         except Exception as err:
             self._fail(row.key, f"decoding failed: {type(err).__name__}: {err}")
             return None
+
+    def _prefixed(self, row: Row) -> Any:
+        """A target sequence for a speculative row, holding the longest prefix the prefix cache has."""
+        lm = self.loaded.engine.sequence()
+        prefix = self.prefill.prefix if self.prefill else None
+        start = prefix.lookup(row.prompt_ids) if prefix is not None else None
+        if start is not None:
+            lm.load(*start)
+            row.cached = start[1]
+        return lm
+
+    def _keep(self, row: Row, lm: Any) -> None:
+        """A finished speculative row's cells into the prefix cache (cut to the tokens it decided)."""
+        prefix = self.prefill.prefix if self.prefill else None
+        if prefix is None or row.state is None:
+            return
+        tokens = row.prompt_ids + row.state.tokens
+        keep = min(lm.length, len(tokens))
+        lm.rollback(keep)
+        cells = lm.save()
+        if cells is not None and not prefix.covered(tokens[:keep]):
+            prefix.store(tokens[:keep], cells)
 
     def _count(self, stats: dict[str, Any]) -> None:
         self.counters.draft_proposed += stats["draft_tokens"]

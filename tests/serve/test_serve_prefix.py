@@ -130,3 +130,23 @@ def test_the_prefix_cache_outlives_a_restart_in_its_directory(servers, tmp_path,
         got = chat(second_url, messages, None)
     assert got["usage"]["prompt_tokens_details"]["cached_tokens"] > got["usage"]["prompt_tokens"] // 2
     assert_same(engine, got, chat(fresh_url, messages, None))
+
+
+def test_a_speculative_server_reuses_the_turns_too(servers) -> None:
+    """With --draft ngram, a lone request decodes speculatively on a sequence that starts from the prefix
+    cache, and leaves its cells there; greedy answers equal a fresh plain server's."""
+    from llmgen.decoding.generation import Speculation
+    from llmgen.serve.server import build_service, running
+
+    url, fresh_url, (system, questions), engine, _, loaded = servers
+    service = build_service(loaded, MODEL_ID, DecodingConfig(), 4, drafting=Speculation(None, 3))
+    messages = [{"role": "system", "content": system}]
+    with running(service) as spec_url:
+        for turn, question in enumerate(questions[:3]):
+            messages.append({"role": "user", "content": question})
+            got = chat(spec_url, messages, None)
+            assert_same(engine, got, chat(fresh_url, messages, None))
+            if turn:
+                assert got["usage"]["prompt_tokens_details"]["cached_tokens"] > got["usage"]["prompt_tokens"] // 2
+            messages.append({"role": "assistant", "content": answer(got)[0]})
+    assert service.scheduler.counters.speculative >= 3
