@@ -312,8 +312,7 @@ class _Answer:
                    for i, e in enumerate(echoed)]
         return {"id": answer.ident, "object": "text_completion", "created": answer.created, "model": service.model_id,
                 "system_fingerprint": service.fingerprint, "choices": choices,
-                "usage": {"prompt_tokens": sum(prompt_lengths), "completion_tokens": 0,
-                          "total_tokens": sum(prompt_lengths)}}
+                "usage": responses.usage(prompt_lengths, [])}
 
     def _take(self, event: tuple[Any, ...]) -> None:
         if event[0] == "error":

@@ -60,7 +60,8 @@ def test_greedy_chat_is_what_generate_greedy_returns_streamed_or_not(capsys, cha
     assert choice["message"] == {"role": "assistant", "content": want["text"]}
     assert choice["finish_reason"] == {"eos": "stop"}.get(want["finish_reason"], want["finish_reason"])
     assert body["usage"] == {"prompt_tokens": len(want["prompt_token_ids"]), "completion_tokens": len(want["token_ids"]),
-                             "total_tokens": len(want["prompt_token_ids"]) + len(want["token_ids"])}
+                             "total_tokens": len(want["prompt_token_ids"]) + len(want["token_ids"]),
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert body["system_fingerprint"].startswith("fp_llmgen-torch_")
     with httpx.stream("POST", url + "/v1/chat/completions", timeout=60,
                       json={"model": MODEL_ID, "messages": MESSAGES, "temperature": 0, "max_tokens": 24, "stream": True,
@@ -325,6 +326,7 @@ def test_echo_scores_the_prompt_as_the_model_does(char_lm, char_server) -> None:
         got = lp["token_logprobs"][1:len(ids)]
         assert got == pytest.approx([float(want[i, t]) for i, t in enumerate(ids[1:])], abs=1e-4)
         assert len(lp["tokens"]) == len(ids) + max_tokens
-        assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": max_tokens,
-                                 "total_tokens": len(ids) + max_tokens}
+        usage = dict(body["usage"])
+        assert usage.pop("prompt_tokens_details")["cached_tokens"] < len(ids)
+        assert usage == {"prompt_tokens": len(ids), "completion_tokens": max_tokens, "total_tokens": len(ids) + max_tokens}
         assert lp["text_offset"][:3] == [0, 1, 2]
