@@ -33,10 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from llmgen.errors import LlmgenError, ModelError
 from llmgen.loading.engines.base import Cells, SequenceCache
+from llmgen.loading.engines.prefix import common_prefix
 from llmgen.userdirs import cache_dir
 
 FORMAT = "llmgen-prompt-cache/1"
@@ -173,15 +175,6 @@ def load(path: Path, loaded: Any) -> Cached | str:
     return Cached(tokens, cells)
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def start(path: Path, loaded: Any, ids: Sequence[int], note: Any) -> tuple[SequenceCache, int]:
     """A new sequence holding the longest prefix of `ids` that the file at `path` holds (at most all but the
     last token), and its length. A missing file gives an empty sequence; one of another model or engine too,
@@ -193,7 +186,8 @@ def start(path: Path, loaded: Any, ids: Sequence[int], note: Any) -> tuple[Seque
     if isinstance(found, str):
         note(f"{found}; not used, and replaced after this run")
         return lm, 0
-    n = min(_common(found.tokens, ids), len(ids) - 1, found.cells.length)
+    shared = common_prefix(np.asarray(found.tokens, dtype=np.int64), np.asarray(ids, dtype=np.int64))
+    n = min(shared, len(ids) - 1, found.cells.length)
     if n > 0:
         try:
             lm.load(found.cells, n)
