@@ -106,7 +106,8 @@ class Scheduler:
         self._owners: dict[int, tuple[Job, int]] = {}  # row key -> (job, choice)
         self._sent: dict[int, int] = {}  # row key -> logprob entries already sent
         self._running: dict[int, Row] = {}  # the rows in the batch now (or speculating)
-        self._cache: Any = None
+        self._cache: Any = None  # the rows cache of the batch running now
+        self._rows: Any = None  # the rows cache kept between batches
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmgen-decode", daemon=True)
 
@@ -195,12 +196,17 @@ class Scheduler:
                     self._fail(key, f"decoding failed: {type(err).__name__}: {err}")
 
     def _batch(self, first: list[Row]) -> None:
-        self._cache = self.loaded.engine.rows(self.max_batch)
+        # NOTE: one rows cache for the server's life, empty between batches: its llama.cpp context (a stream
+        # per --max-batch row, hundreds of MB of float32 cells) is made and cleared once, not per batch.
+        if self._rows is None or self._rows.rows:
+            self._rows = self.loaded.engine.rows(self.max_batch)
+        self._cache = self._rows
         self.counters.batches += 1
         try:
             decode_rows(self._cache, self._arrivals(first), self.limits, batch_size=self.max_batch,
                         on_text=self._on_text, on_done=self._on_done, prefill=self.prefill)
         except Exception as err:  # NOTE: one failing row (a grammar error) fails the rows decoding with it
+            self._rows = None  # its state is unknown: the next batch gets a new one
             message = f"decoding failed: {type(err).__name__}: {err}"
             for key in list(self._running):
                 self._fail(key, message)
