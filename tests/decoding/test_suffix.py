@@ -96,17 +96,25 @@ def test_an_evicted_open_sequence_takes_no_more_tokens() -> None:
     assert store.propose([1, 2], 1, match_min=2) == []
 
 
-def test_the_proposer_drafts_from_other_sequences_and_its_own() -> None:
+def test_the_proposer_drafts_from_its_own_sequence_and_from_longer_matches_in_others() -> None:
     store = SuffixStore()
-    first = SuffixProposer(store, match_min=2)
+    generator = make_generator(0)
+    first = SuffixProposer(store, match_min=2, shared_min=3)
     first.prefill([1, 2, 3])
-    first.propose([1, 2, 3], [4, 5, 6, 7], 0, make_generator(0))  # its output joins the store
-    second = SuffixProposer(store, match_min=2)
-    second.prefill([9, 9])
-    proposal = second.propose([9, 9], [5, 6], 3, make_generator(0))
-    assert proposal.tokens == [7]  # from the first sequence's output
+    first.propose([1, 2, 3], [4, 5, 6, 7, 8], 0, generator)  # its output joins the store
+    second = SuffixProposer(store, match_min=2, shared_min=3)
+    second.prefill([9, 4, 5, 6, 0])
+    # [4, 5, 6] is followed by 0 in its own prompt, by 7 in the first sequence: a tie, its own wins.
+    proposal = second.propose([9, 4, 5, 6, 0], [4, 5, 6], 2, generator)
+    assert proposal.tokens == [0, 4]
     assert proposal.q is None
-    assert second.propose([9, 9], [5, 6, 7, 9, 9, 5], 2, make_generator(0)).tokens == [6, 7]
+    # [3, 4, 5, 6] is known only from the first sequence: the longer match wins.
+    assert second.propose([9, 4, 5, 6, 0], [4, 5, 6, 3, 4, 5, 6], 2, generator).tokens == [7, 8]
+    # Shorter than shared_min, the first sequence's [5, 6] -> 7 is not used.
+    third = SuffixProposer(store, match_min=2, shared_min=4)
+    third.prefill([0, 2, 3])
+    assert third.propose([0, 2, 3], [], 2, generator).tokens == []
+    assert SuffixProposer(store, match_min=2, shared_min=2).propose([0, 2, 3], [], 2, generator).tokens == [4, 5]
 
 
 def test_a_dropped_proposer_closes_its_sequence() -> None:

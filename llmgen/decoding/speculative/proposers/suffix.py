@@ -36,6 +36,7 @@ from llmgen.errors import UsageError
 
 DEPTH = 16  # D: the longest substring the trie indexes
 BUDGET = 1 << 17  # tokens held across sequences before the oldest go
+SHARED_MIN = 4  # the shortest match taken from the shared store (other sequences): short ones are noise there
 MIN_PROB = 0.1  # stop proposing when the estimated chance that the whole chain is right falls below this
 
 
@@ -150,52 +151,70 @@ class SuffixStore:
             stack.extend(node.children.values())
         return count
 
-    def _match(self, context: Sequence[int], match_min: int, match_max: int) -> _Node | None:
-        """The node of the longest suffix of `context` (match_min..match_max tokens) with a continuation."""
-        for m in range(min(match_max, len(context)), match_min - 1, -1):
+    def match(self, context: Sequence[int], match_min: int, match_max: int) -> tuple[int, _Node | None]:
+        """The longest suffix of `context` (match_min..match_max tokens) that has a continuation here:
+        its length and its node; (0, None) when there is none."""
+        for m in range(min(match_max, self.depth - 1, len(context)), match_min - 1, -1):
             node: _Node | None = self.root
             for token in context[len(context) - m:]:
                 node = node.children.get(token) if node is not None else None
                 if node is None:
                     break
             if node is not None and node.children:
-                return node
-        return None
+                return m, node
+        return 0, None
 
     def propose(self, context: Sequence[int], gamma: int, match_min: int, match_max: int | None = None,
                 min_prob: float = MIN_PROB) -> list[int]:
         """Up to γ tokens: the likeliest continuation of `context` (module docstring); [] without a match."""
-        match_max = self.depth - 1 if match_max is None else min(match_max, self.depth - 1)
-        proposal: list[int] = []
-        prob = 1.0
-        context = list(context)
-        while len(proposal) < gamma:
-            node = self._match(context + proposal, match_min, match_max)
-            if node is None:
-                break
-            while node.children and len(proposal) < gamma:
-                token, child = max(node.children.items(), key=lambda item: (item[1].count, item[1].last))
-                prob *= child.count / sum(c.count for c in node.children.values())
-                if prob < min_prob:
-                    return proposal
-                proposal.append(token)
-                node = child
-        return proposal
+        return propose([(self, match_min)], context, gamma, match_max, min_prob)
+
+
+def propose(stores: Sequence[tuple[SuffixStore, int]], context: Sequence[int], gamma: int,
+            match_max: int | None = None, min_prob: float = MIN_PROB) -> list[int]:
+    """Up to γ tokens continuing `context`, from whichever store matches the longest suffix of it (at least
+    its own minimum; the first store on a tie), re-matched each time a walk reaches the trie's depth."""
+    match_max = match_max or max(store.depth for store, _ in stores)
+    proposal: list[int] = []
+    prob = 1.0
+    context = list(context)
+    while len(proposal) < gamma:
+        best, node = 0, None
+        for store, match_min in stores:
+            length, found = store.match(context + proposal, match_min, match_max)
+            if length > best:
+                best, node = length, found
+        if node is None:
+            break
+        while node.children and len(proposal) < gamma:
+            token, child = max(node.children.items(), key=lambda item: (item[1].count, item[1].last))
+            prob *= child.count / sum(c.count for c in node.children.values())
+            if prob < min_prob:
+                return proposal
+            proposal.append(token)
+            node = child
+    return proposal
 
 
 class SuffixProposer:
-    """One sequence's view of a `SuffixStore`: its prompt and output join the store as they grow (the
-    tokens of the last round are not added), and drafts come from all of it. One-hot, so q = None."""
+    """One sequence's view of a shared `SuffixStore`: its prompt and output join the store as they grow (the
+    tokens of the last round are not added), and also a store of its own. Drafts come from the one
+    that matches the longer suffix of the context, its own on a tie: another request's continuation is
+    taken only where it knows a longer context, so that on unrelated requests the draft stays this
+    sequence's prompt lookup. One-hot, so q = None."""
 
     name = "suffix"
 
-    def __init__(self, store: SuffixStore, match_min: int = 2) -> None:
+    def __init__(self, store: SuffixStore, match_min: int = 2, shared_min: int = SHARED_MIN) -> None:
         if match_min < 1:
             raise UsageError(f"--ngram-min must be >= 1, got {match_min}")
         self.store = store
+        self.shared_min = max(match_min, shared_min)
+        self.own = SuffixStore(budget=sys.maxsize, depth=store.depth)
         self.match_min = match_min
         self.key = store.open()
-        self.seen = 0  # tokens of the sequence already in the store
+        self.own_key = self.own.open()
+        self.seen = 0  # tokens of the sequence already in the stores
         weakref.finalize(self, store.close, self.key)  # a finished sequence stops holding active nodes
 
     def prefill(self, prompt_ids: Sequence[int]) -> None:
@@ -205,15 +224,18 @@ class SuffixProposer:
         return sys.maxsize  # no model, no context limit of its own
 
     def rollback(self, length: int) -> None:
-        pass  # only emitted tokens enter the store
+        pass  # only emitted tokens enter the stores
 
     def _catch_up(self, prompt_ids: Sequence[int], generated: Sequence[int]) -> list[int]:
         tokens = [*prompt_ids, *generated]
         self.store.extend(self.key, tokens[self.seen:])
+        self.own.extend(self.own_key, tokens[self.seen:])
         self.seen = len(tokens)
         return tokens
 
     def propose(self, prompt_ids: Sequence[int], generated: Sequence[int], gamma: int,
                 generator: torch.Generator) -> Proposal:
         tokens = self._catch_up(prompt_ids, generated)
-        return Proposal(self.store.propose(tokens, gamma, self.match_min) if gamma > 0 else [], None)
+        if gamma <= 0:
+            return Proposal([], None)
+        return Proposal(propose([(self.own, self.match_min), (self.store, self.shared_min)], tokens, gamma), None)
