@@ -13,7 +13,10 @@ estimated from the occurrences of c (the longest suffix of the current context f
 most `match_max` long and at least `match_min`). The proposal walks down from that node, taking each
 time the child with the largest count (then the most recent), while the product of those estimates
 stays >= `min_prob`; at depth D it re-matches the context extended by the tokens proposed so far, so
-proposals are not bounded by D.
+proposals are not bounded by D. A sequence drafts from two stores: its own (its prompt and output)
+and the shared one (which holds it too); at each (re)match the store with the longer match wins, its
+own on a tie, and the shared one needs at least `SHARED_MIN` tokens (a short phrase common to
+unrelated requests is noise).
 
 Appending one token to an open sequence costs O(D): the sequence keeps its "active" nodes, those of
 its suffixes of length 0..D-1, and each steps down to its child t. The store is bounded: when it holds
@@ -35,7 +38,7 @@ from llmgen.decoding.speculative.proposers.base import Proposal
 from llmgen.errors import UsageError
 
 DEPTH = 16  # D: the longest substring the trie indexes
-BUDGET = 1 << 17  # tokens held across sequences before the oldest go
+BUDGET = 1 << 15  # tokens held across sequences before the oldest go (at most ~4.3 KB a token: 140 MB)
 SHARED_MIN = 4  # the shortest match taken from the shared store (other sequences): short ones are noise there
 MIN_PROB = 0.1  # stop proposing when the estimated chance that the whole chain is right falls below this
 
@@ -209,7 +212,7 @@ class SuffixProposer:
         if match_min < 1:
             raise UsageError(f"--ngram-min must be >= 1, got {match_min}")
         self.store = store
-        self.shared_min = max(match_min, shared_min)
+        self.shared_min = min(max(match_min, shared_min), store.depth - 1)  # a match is at most D - 1 long
         self.own = SuffixStore(budget=sys.maxsize, depth=store.depth)
         self.match_min = match_min
         self.key = store.open()
