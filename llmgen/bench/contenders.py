@@ -17,6 +17,7 @@ does. Beam search is imported when a contender is built (`adapters.py`, `availab
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import time
@@ -38,7 +39,7 @@ from llmgen.loading.models import LoadedModel
 
 # The strategies `llmgen bench` knows, in the order rows are shown. `int4` is plain decoding with the
 # target's weights in 4 bits (`--quant int4`), measured against `plain` in the same run.
-STRATEGIES = ("plain", "int4", "penalties", "ngram", "draft", "beam")
+STRATEGIES = ("plain", "int4", "penalties", "ngram", "suffix", "draft", "beam")
 # The `penalties` strategy: plain decoding with these OpenAI penalties, unless set by flag or preset.
 PENALTIES = {"frequency_penalty": 0.5, "presence_penalty": 0.5}
 HF_PROMPT_LOOKUP = 10  # HF generate(prompt_lookup_num_tokens=...), the value HF's docs suggest
@@ -46,7 +47,8 @@ HF_PROMPT_LOOKUP = 10  # HF generate(prompt_lookup_num_tokens=...), the value HF
 
 def available(strategy: str) -> str | None:
     """None when the strategy can run here, else why not."""
-    module = {"ngram": "llmgen.decoding.speculative", "draft": "llmgen.decoding.speculative",
+    module = {"ngram": "llmgen.decoding.speculative", "suffix": "llmgen.decoding.speculative",
+              "draft": "llmgen.decoding.speculative",
               "beam": "llmgen.decoding.beam"}.get(strategy)
     if module is None:
         return None
@@ -150,14 +152,26 @@ def plain(loaded: LoadedModel, config: DecodingConfig, label: str = "plain",
 
 
 def speculative(loaded: LoadedModel, config: DecodingConfig, draft: LoadedModel | None, gamma: int | str,
-                label: str) -> Contender:
-    """Speculative decoding with a model draft, or with the n-gram draft when `draft` is None."""
-    speculation = Speculation(draft, parse_gamma(gamma))
+                label: str, suffix: bool = False) -> Contender:
+    """Speculative decoding with a model draft, or with the n-gram draft when `draft` is None, or the
+    suffix draft with `suffix`: one store for the row's runs in turn, as a process serving requests one
+    after another has, so each run drafts from the earlier runs' prompts and outputs. A prompt the row
+    has run already starts a fresh store (a new pass over the set: the warm-up's prompt, or more runs
+    than prompts), so no run drafts from its own earlier output."""
+    from llmgen.decoding.speculative import SuffixStore
+
+    speculation = Speculation(draft, parse_gamma(gamma), suffix=SuffixStore() if suffix else None)
+    seen: set[tuple[int, ...]] = set()
 
     def run_once(ids: list[int]) -> RunRecord:
+        nonlocal speculation
+        if suffix and tuple(ids) in seen:
+            speculation = dataclasses.replace(speculation, suffix=SuffixStore())
+            seen.clear()
+        seen.add(tuple(ids))
         return measure(loaded.device, lambda: _run_source(loaded, config, ids, speculation), len(ids))
 
-    strategy = "ngram" if draft is None else "draft"
+    strategy = "suffix" if suffix else "ngram" if draft is None else "draft"
     return Contender(label, strategy, "llmgen", run_once, gamma=gamma,
                      draft=None if draft is None else draft.ref, settings=_settings(config))
 

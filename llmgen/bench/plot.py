@@ -35,8 +35,8 @@ def write(result: Result, path: Path) -> None:
     auto: dict[tuple[str, str], float] = {}  # γ=auto, drawn as a star right of the largest γ
     for t in rows:
         c = t.row.contender
-        if c.engine == "llmgen" and c.strategy in ("ngram", "draft") and t.vs_plain:
-            name = "ngram" if c.strategy == "ngram" else f"draft {c.draft}"
+        if c.engine == "llmgen" and c.strategy in ("ngram", "suffix", "draft") and t.vs_plain:
+            name = c.strategy if c.strategy != "draft" else f"draft {c.draft}"
             if c.gamma == "auto":
                 auto[(t.row.prompt_set, name)] = t.vs_plain
             else:

@@ -1,6 +1,6 @@
 """Prompt sets for the benchmark: the built-in ones, and the user's own files.
 
-Built-in sets (10 prompts each, shipped in `llmgen/bench/prompts/NAME.jsonl`):
+Built-in sets (10 prompts each, rewrite 16; shipped in `llmgen/bench/prompts/NAME.jsonl`):
 - grounded: rewrite, correct, summarize or extract from a passage given in the prompt. The answer
   copies much of its input, which is where an n-gram (prompt lookup) draft shines.
 - correct: fix the spelling mistakes (two per text) in a given paragraph; the answer is nearly a copy.
@@ -8,6 +8,10 @@ Built-in sets (10 prompts each, shipped in `llmgen/bench/prompts/NAME.jsonl`):
   the benchmark's 128-token budget (the answers to `correct` end after 40-85 tokens).
 - open: stories, plans and explanations; little of the answer is in the prompt.
 - code: complete or edit a given function.
+- rewrite: 16 rewriting jobs of one and the same document (4 tasks: spelling, formal, email, concise; each
+  asked 4 ways, interleaved): the
+  repeated similar requests of an agent or a batch job, where a draft that remembers earlier requests
+  and their outputs (`suffix`) drafts from them.
 
 A user file is either JSON Lines, one object per line with a "prompt" string (multi-line prompts need
 this), or plain text with one prompt per line. Blank lines are skipped in both.
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from llmgen.errors import UsageError
 
-BUILTIN_SETS = ("grounded", "correct", "proofread", "open", "code")
+BUILTIN_SETS = ("grounded", "correct", "proofread", "open", "code", "rewrite")
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,8 @@ def as_json(result: Result, roofline: Roofline | None = None) -> dict[str, Any]:
             "ratio_to_llamacpp": None if t.vs_llamacpp is None else round(t.vs_llamacpp, 4),
             "acceptance_rate": s(t.acceptance), "tokens_per_target_forward": s(t.per_forward),
             "predicted_speedup": None if t.predicted is None else round(t.predicted, 4),
-            "measured_speedup": None if t.vs_plain is None or c.strategy not in ("ngram", "draft") else round(t.vs_plain, 4),
+            "measured_speedup": None if t.vs_plain is None or c.strategy not in ("ngram", "suffix", "draft")
+            else round(t.vs_plain, 4),
             "same_tokens_as_twin": t.same_as_twin,
             "quality": {k: s(v) for k, v in t.quality.items()},
             "kl_vs_float": t.kl,

@@ -5,7 +5,7 @@ For every prompt set, the contenders are:
   measured against it (`× plain`).
 - `penalties`: plain decoding plus OpenAI frequency and presence penalties (0.5 each unless given),
   to show what they buy in the quality columns.
-- `ngram γ=…`, `draft:REF γ=…`: speculative decoding, one row per draft and γ.
+- `ngram γ=…`, `suffix γ=…`, `draft:REF γ=…`: speculative decoding, one row per draft and γ.
 - `beam B=…`: beam search.
 - with `baseline_hf`, HF `generate()` twins of the rows it can mirror: plain, prompt lookup
   (`prompt_lookup_num_tokens=10`) for the n-gram draft, `assistant_model` for a model draft, and
@@ -124,7 +124,7 @@ def build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.Co
     main = dataclasses.replace(plan, engines=(), llamacpp_gguf=gguf_for(loaded))
     out = _tagged(_build(loaded, config, main), loaded.engine.name)
     for other in plan.engines:
-        strategies = [s for s in plan.strategies if s in ("plain", "ngram")]
+        strategies = [s for s in plan.strategies if s in ("plain", "ngram", "suffix")]
         sub = dataclasses.replace(main, strategies=strategies, drafts=(), int4=None, llamacpp_gguf=gguf_for(other))
         out += _tagged(_build(other, config, sub), other.engine.name)
     return out
@@ -174,6 +174,9 @@ def _build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.C
                 out.append(cs.llamacpp(loaded, config, plan.llamacpp_gguf,
                                        f"llama.cpp prompt lookup {cs.HF_PROMPT_LOOKUP}", "ngram",
                                        lookup=cs.HF_PROMPT_LOOKUP))
+        elif strategy == "suffix":
+            for gamma in plan.gammas:
+                out.append(cs.speculative(loaded, config, None, gamma, f"suffix {gamma_label(gamma)}", suffix=True))
         elif strategy == "draft":
             for draft in plan.drafts:
                 for gamma in plan.gammas:

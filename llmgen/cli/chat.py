@@ -31,9 +31,9 @@ from llmgen.cli.options import (
     group,
     with_options,
 )
-from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft
+from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft, suffix_store
 from llmgen.decoding.config import DEFAULTS, Resolved, canonical_key, resolve
-from llmgen.decoding.plan import check_drafting
+from llmgen.decoding.plan import SUFFIX, check_drafting
 from llmgen.errors import ConfigError, UsageError
 
 CLEAR = object()  # `/set KEY none`: forget the flag
@@ -204,7 +204,8 @@ def chat(*, chat_opts: ChatOptions, spec: SpeculativeOptions, sampling: Decoding
         draft = _load_draft(draft_ref, spec.draft_dtype, spec.draft_quant, model_opts, spec.draft_engine)
         if draft is not None:
             check_compatible(target, draft)
-        speculative = Speculative(draft, gamma, spec.ngram_max, spec.ngram_min)
+        speculative = Speculative(draft, gamma, spec.ngram_max, spec.ngram_min,
+                                  suffix_store(target, None) if draft_ref == SUFFIX else None)
     session = ChatSession(target, conversation, speculative)
     interactive = sys.stdin is not None and sys.stdin.isatty()
     repl = Repl(session, settings, output, probs, logprobs, line_reader(interactive), interactive,

@@ -12,8 +12,8 @@ import typer
 
 from llmgen.cli import common
 from llmgen.cli.options import MODEL, DecodingFlags, ModelOptions, group, with_options
-from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft
-from llmgen.decoding.plan import check_drafting
+from llmgen.cli.speculate import SPECULATIVE, SpeculativeOptions, _load_draft, suffix_store
+from llmgen.decoding.plan import SUFFIX, check_drafting
 from llmgen.errors import UsageError
 
 PANEL = "Server"
@@ -128,7 +128,8 @@ def serve(*, server: ServerOptions, model_opts: ModelOptions, spec: SpeculativeO
         draft = _load_draft(spec.draft, spec.draft_dtype, spec.draft_quant, model_opts)
         if draft is not None:
             check_compatible(loaded, draft)
-        drafting = Drafting(draft, gamma, spec.ngram_max, spec.ngram_min)
+        drafting = Drafting(draft, gamma, spec.ngram_max, spec.ngram_min,  # suffix: one store for all requests
+                            suffix_store(loaded, None) if spec.draft == SUFFIX else None)
     service = http.build_service(loaded, server.model_name or model_opts.model, resolved.config,
                                  server.max_batch, server.api_key, drafting, server.prefix_cache_mb,
                                  server.prefill_chunk, server.prompt_cache_dir)

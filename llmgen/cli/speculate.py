@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,14 @@ from llmgen.cli.options import (
 )
 from llmgen.cli.output import Renderer
 from llmgen.decoding.config import DecodingConfig, Resolved
-from llmgen.decoding.plan import NGRAM, SELF, check_speculate_on_vllm, plan_speculate
+from llmgen.decoding.plan import NGRAM, SELF, SUFFIX, check_speculate_on_vllm, plan_speculate
 from llmgen.errors import ModelError, UsageError
 from llmgen.loading import models
 
 if TYPE_CHECKING:
     from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob
     from llmgen.decoding.sequence import SequenceResult
-    from llmgen.decoding.speculative import Round
+    from llmgen.decoding.speculative import Round, SuffixStore
     from llmgen.loading.models import LoadedModel
 
 PANEL = "Speculative decoding"
@@ -54,6 +55,8 @@ class SpeculativeOptions:
     draft_engine: str = "auto"
     compare: bool = False
     trace: Path | None = None
+    draft_cache: Path | None = None
+    build_draft_cache: Path | None = None
 
 
 
@@ -64,7 +67,8 @@ SPECULATIVE = group(SpeculativeOptions, [
     for name, annotation, default in (
         ("draft", Annotated[str | None, typer.Option(
             "--draft", "-d", rich_help_panel=PANEL, show_default="none (required)",
-            help="The draft: 'ngram' (prompt lookup, no model), 'self' (the target's own weights in int4), "
+            help="The draft: 'ngram' (prompt lookup, no model), 'suffix' (a suffix trie over the prompt, the output "
+                 "and the earlier sequences of this run, no model), 'self' (the target's own weights in int4), "
                  "or a model resolved as for --model (alias, directory, .gguf file, hub id) with the target's "
                  "vocabulary. 'small' is the built-in draft of the default model: the same file in int4.")],
             None),
@@ -78,7 +82,7 @@ SPECULATIVE = group(SpeculativeOptions, [
             help="n-gram draft: the longest n-gram to look up (tried first).")], 4),
         ("ngram_min", Annotated[int, typer.Option(
             "--ngram-min", rich_help_panel=PANEL,
-            help="n-gram draft: the shortest n-gram to look up; no proposal below it.")], 2),
+            help="n-gram and suffix drafts: the shortest n-gram to look up; no proposal below it.")], 2),
         ("draft_dtype", Annotated[str, typer.Option(
             "--draft-dtype", rich_help_panel=PANEL,
             help="The draft's dtype: auto (the alias's own, else as --dtype auto), float32, bfloat16, float16.")],
@@ -100,6 +104,14 @@ SPECULATIVE = group(SpeculativeOptions, [
             "--trace", rich_help_panel=PANEL, show_default="off", metavar="FILE",
             help="Write one JSON line per round: proposed tokens, p(x) and q(x), accepted or not, "
                  "and the token that replaced the first rejection (or the bonus token).")], None),
+        ("draft_cache", Annotated[Path | None, typer.Option(
+            "--draft-cache", rich_help_panel=PANEL, show_default="off", metavar="FILE",
+            help="Suffix draft: read what it learned from FILE first, and save it there at the end (a cache: a "
+                 "file for another tokenizer, or a damaged one, is ignored with a note).")], None),
+        ("build_draft_cache", Annotated[Path | None, typer.Option(
+            "--build-draft-cache", rich_help_panel=PANEL, show_default="off", metavar="CORPUS",
+            help="Instead of generating: add the text file CORPUS (paragraphs) to the --draft-cache FILE, "
+                 "for the model's tokenizer; then --draft suffix --draft-cache FILE drafts from it.")], None),
     )
 ])
 
@@ -122,20 +134,29 @@ def speculate(prompt: PromptArg = None, *, spec: SpeculativeOptions, sampling: D
       llmgen speculate --draft ngram --gamma auto --greedy "Fix the spelling: Teh quick brwon fox."
 
       llmgen speculate -d small -g 4 --compare --trace rounds.jsonl --temperature 0.7 "Tell me a story."
+
+      llmgen speculate --build-draft-cache manual.txt --draft-cache manual.sfx
+
+      llmgen speculate -d suffix --draft-cache manual.sfx -n 4 "How do I reset the device?"
     """
     from llmgen.decoding.generation import Speculation
     from llmgen.decoding.speculative import check_compatible
 
     model_opts = common.model_options(sampling, model_opts)
+    if spec.build_draft_cache is not None:
+        _build_draft_cache(spec.build_draft_cache, spec.draft_cache, model_opts)
+        return
     resolved = common.resolve_settings(sampling)
     config = resolved.config
+    if spec.draft_cache is not None and spec.draft != SUFFIX:
+        raise UsageError("--draft-cache is the suffix draft's: add --draft suffix")
     gamma = plan_speculate(config, resolved.sources, draft=spec.draft, gamma=spec.gamma,
                            ngram_max=spec.ngram_max, ngram_min=spec.ngram_min)
     draft_ref = spec.draft
     assert draft_ref is not None  # plan_speculate refuses a missing --draft
     logprobs = common.logprob_spec(probs, output.json)
     if sampling.dump_config:
-        draft_settings = {} if spec.draft == NGRAM else common.model_settings(
+        draft_settings = {} if spec.draft in (NGRAM, SUFFIX) else common.model_settings(
             model_opts, "draft_", model_opts.model if spec.draft == SELF else spec.draft, spec.draft_engine)
         common.dump_config(resolved, {"model": (model_opts.model, "flag or default"),
                                       **common.model_settings(model_opts),
@@ -155,10 +176,61 @@ def speculate(prompt: PromptArg = None, *, spec: SpeculativeOptions, sampling: D
     renderer = common.make_renderer(output, probs, logprobs, target.tokenizer, legend=True)
     if spec.compare:
         renderer = WithBaseline(renderer, target, config)
+    store = suffix_store(target, spec.draft_cache) if draft_ref == SUFFIX else None
     with _trace_file(spec.trace) as trace:
         common.run_all(target, ids, resolved, renderer, logprobs=logprobs,
-                       speculation=Speculation(draft, gamma, spec.ngram_max, spec.ngram_min),
+                       speculation=Speculation(draft, gamma, spec.ngram_max, spec.ngram_min, store),
                        on_round=(lambda sequence: _trace_writer(trace, sequence, target.tokenizer)) if trace else None)
+    if store is not None and spec.draft_cache is not None:
+        _save_cache(spec.draft_cache, store, target)
+
+
+def suffix_store(target: LoadedModel, cache: Path | None) -> SuffixStore:
+    """The suffix draft's store for this process, with what `cache` holds when it fits the tokenizer."""
+    from llmgen.decoding.speculative import SuffixStore
+    from llmgen.decoding.speculative.proposers import lookup_cache
+
+    store = SuffixStore()
+    if cache is not None:
+        note = lookup_cache.load(cache, store, _digest(target), target.vocab_size)
+        if note:
+            print(f"llmgen: {note}", file=sys.stderr)
+    return store
+
+
+def _digest(target: LoadedModel) -> str:
+    from llmgen.decoding.speculative.proposers import lookup_cache
+
+    return lookup_cache.tokenizer_digest(target.tokenizer.get_vocab(), target.vocab_size)
+
+
+def _save_cache(path: Path, store: SuffixStore, target: LoadedModel) -> None:
+    from llmgen.decoding.speculative.proposers import lookup_cache
+
+    try:
+        lookup_cache.save(path, store, _digest(target), target.vocab_size)
+    except OSError as err:
+        print(f"llmgen: --draft-cache {path}: not saved ({err.strerror or err})", file=sys.stderr)
+
+
+def _build_draft_cache(corpus: Path, cache: Path | None, model_opts: ModelOptions) -> None:
+    """`--build-draft-cache CORPUS`: the corpus's paragraphs, encoded, added to the cache file."""
+    from llmgen.decoding.speculative.proposers import lookup_cache
+
+    if cache is None:
+        raise UsageError("--build-draft-cache needs --draft-cache FILE: where to write what it builds")
+    try:
+        text = corpus.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--build-draft-cache: cannot read {corpus}: {getattr(err, 'strerror', None) or err}") from None
+    target = common.load_model(model_opts.model, model_opts)
+    store = suffix_store(target, cache)
+    sequences = lookup_cache.corpus_sequences(text, lambda p: target.tokenizer(p, add_special_tokens=False)["input_ids"])
+    lookup_cache.add_all(store, sequences)
+    _save_cache(cache, store, target)
+    held = sum(len(s) for s in store.sequences())
+    print(f"llmgen: --draft-cache {cache}: {len(sequences)} paragraphs, {held} tokens held "
+          f"(budget {store.budget})", file=sys.stderr)
 
 
 def _speculate_on_vllm(prompt: str | None, resolved: Resolved, draft_ref: str, spec: SpeculativeOptions,
@@ -181,7 +253,7 @@ def _speculate_on_vllm(prompt: str | None, resolved: Resolved, draft_ref: str, s
 
 def _load_draft(ref: str, dtype: str, quant: str, model_opts: ModelOptions,
                 engine: str = "auto") -> LoadedModel | None:
-    if ref == NGRAM:
+    if ref in (NGRAM, SUFFIX):
         return None
     if ref == SELF:  # the target's own weights, in 4 bits unless asked otherwise
         ref, quant = model_opts.model, "int4" if quant == "auto" and engine != "llamacpp" else quant

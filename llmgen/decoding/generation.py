@@ -28,6 +28,7 @@ from llmgen.decoding.processors.tables import tables_for
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, Token, TokenSource, run_sequence
 from llmgen.decoding.speculative.loop import OnRound
+from llmgen.decoding.speculative.proposers.suffix import SuffixStore
 from llmgen.decoding.speculative.runner import Gamma, make_source
 from llmgen.loading.engines.base import SequenceCache
 from llmgen.loading.models import LoadedModel
@@ -35,12 +36,18 @@ from llmgen.loading.models import LoadedModel
 
 @dataclass(frozen=True)
 class Speculation:
-    """How a sequence is drafted: a draft model (None: the n-gram draft), γ and the n-gram bounds."""
+    """How a sequence is drafted: a draft model (None: the n-gram draft), γ and the n-gram bounds.
+
+    `suffix`: with no draft model, the suffix draft over this store instead of the n-gram draft. Pass
+    the same `SuffixStore` to every sequence of a process (serve's rows, a chat's turns, `-n`) and
+    each drafts from the others' prompts and outputs too.
+    """
 
     draft: LoadedModel | None = None
     gamma: Gamma = "auto"
     ngram_max: int = 4
     ngram_min: int = 2
+    suffix: SuffixStore | None = None
 
 
 @dataclass
@@ -77,7 +84,7 @@ def stream(model: LoadedModel, prompt_ids: Sequence[int], config: DecodingConfig
     tokens, stats = make_source(model, speculation.draft, prompt_ids, config, generator, gamma=speculation.gamma,
                                 ngram_max=speculation.ngram_max, ngram_min=speculation.ngram_min, on_round=on_round,
                                 logprobs=logprobs, target_lm=lm, draft_lm=draft_lm, matcher=matcher, tables=tables,
-                                check_draft=check_draft)
+                                check_draft=check_draft, suffix=speculation.suffix)
     return Stream(tokens, stats)
 
 

@@ -24,7 +24,7 @@ from typing import Literal
 from llmgen.decoding.config import DecodingConfig
 from llmgen.errors import UsageError
 
-NGRAM, SELF = "ngram", "self"  # the drafts that are not a model reference (NGRAM as speculative.runner's)
+NGRAM, SELF, SUFFIX = "ngram", "self", "suffix"  # the drafts that are not a model reference (as speculative.runner's)
 
 
 @dataclass(frozen=True)
@@ -94,5 +94,7 @@ def check_speculate_on_vllm(*, draft: str, draft_quant: str, logprobs: bool) -> 
     """What `speculate --backend vllm` refuses besides `plan_speculate`'s checks (vLLM's own drafting)."""
     if logprobs:
         raise UsageError("--logprobs and --show-probs are not mapped from vLLM yet; use --backend hf")
+    if draft == SUFFIX:
+        raise UsageError("--backend vllm: --draft suffix is llmgen's own draft (its store and --draft-cache)")
     if draft != NGRAM and (draft == SELF or draft_quant not in ("auto", "none")):
         raise UsageError("--backend vllm: an int4 draft (--draft self, --draft-quant int4) is llmgen's own CPU path")

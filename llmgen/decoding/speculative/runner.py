@@ -19,7 +19,14 @@ from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult, TokenSource, run_sequence, token_budget
 from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, GammaPolicy
 from llmgen.decoding.speculative.loop import OnRound, speculative_tokens
-from llmgen.decoding.speculative.proposers import DraftModelProposer, ForcedFirst, NgramProposer, Proposer
+from llmgen.decoding.speculative.proposers import (
+    DraftModelProposer,
+    ForcedFirst,
+    NgramProposer,
+    Proposer,
+    SuffixProposer,
+    SuffixStore,
+)
 from llmgen.decoding.speculative.stats import SpeculativeStats
 from llmgen.errors import IncompatibleDraftError, UsageError
 from llmgen.loading.engines.base import SequenceCache
@@ -27,6 +34,7 @@ from llmgen.loading.models import LoadedModel
 
 Gamma = int | Literal["auto"]
 NGRAM = "ngram"
+SUFFIX = "suffix"
 
 
 def parse_gamma(value: str | int) -> Gamma:
@@ -68,9 +76,10 @@ def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
 
 def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int,
                   draft_lm: SequenceCache | None = None, matcher: Matcher | None = None,
-                  tables: TokenTables | None = None) -> Proposer:
+                  tables: TokenTables | None = None, suffix: SuffixStore | None = None) -> Proposer:
+    """A draft model's proposer; without one, the suffix draft over `suffix` when given, else the n-gram draft."""
     if draft is None:
-        return NgramProposer(ngram_max, ngram_min)
+        return NgramProposer(ngram_max, ngram_min) if suffix is None else SuffixProposer(suffix, ngram_min)
     return DraftModelProposer(draft_lm or draft.engine.sequence(), config, draft.context_length, matcher, tables)
 
 
@@ -82,10 +91,12 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
                 ngram_max: int = 4, ngram_min: int = 2, on_round: OnRound | None = None,
                 logprobs: LogprobSpec | None = None, target_lm: SequenceCache | None = None,
                 draft_lm: SequenceCache | None = None, matcher: Matcher | None = None,
-                tables: TokenTables | None = None, check_draft: bool = True) -> SourceWithStats:
+                tables: TokenTables | None = None, check_draft: bool = True,
+                suffix: SuffixStore | None = None) -> SourceWithStats:
     """A fresh token source for one sequence, and a function returning its statistics when it is done.
 
-    `draft` is a loaded draft model, or None for the n-gram (prompt lookup) draft. `target_lm` and
+    `draft` is a loaded draft model, or None for the n-gram (prompt lookup) draft, or the suffix draft
+    when `suffix` (the store the sequence reads and joins, shared across requests) is given. `target_lm` and
     `draft_lm` are caches to reuse (`chat.py`): each may hold a prefix of `prompt_ids` already, and only
     the rest is prefilled; by default both start empty. `matcher` (the sequence's own) and `tables`:
     built here when not given.
@@ -99,7 +110,7 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
         matcher = new_matcher(config, target)
     if tables is None:  # the token controls' and DRY's ids
         tables = tables_for(config, target.tokenizer, target.eos_token_ids)
-    proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher, tables)
+    proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher, tables, suffix)
     if matcher is not None:  # the grammar's forced tokens are a free draft (docs/constrained.md: 1.23x on n-gram)
         proposer = ForcedFirst(proposer, matcher)
     source = speculative_tokens(target_lm or target.engine.sequence(), proposer,
@@ -111,11 +122,13 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
 def speculate(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequence[int], config: DecodingConfig,
               *, gamma: Gamma = "auto", ngram_max: int = 4, ngram_min: int = 2,
               generator: torch.Generator | None = None, on_text: OnText | None = None,
-              on_round: OnRound | None = None, logprobs: LogprobSpec | None = None) -> SequenceResult:
+              on_round: OnRound | None = None, logprobs: LogprobSpec | None = None,
+              suffix: SuffixStore | None = None) -> SequenceResult:
     """Generate one sequence with speculative decoding; `result.stats` holds timings and the counts."""
     generator = generator or make_generator(config.seed, target.device)
     source, extra = make_source(target, draft, prompt_ids, config, generator, gamma=gamma,
-                                ngram_max=ngram_max, ngram_min=ngram_min, on_round=on_round, logprobs=logprobs)
+                                ngram_max=ngram_max, ngram_min=ngram_min, on_round=on_round, logprobs=logprobs,
+                                suffix=suffix)
     result = run_sequence(source, target.tokenizer, prompt_ids, config, target.eos_token_ids,
                           target.context_length, on_text)
     result.stats.update(extra())
