@@ -12,8 +12,9 @@ One round, with S the target's tokens so far (prompt + output):
 3. Draft -> target, at a safe boundary: the last w tokens of S (w = 4, else 3, 2, 1) are decoded and
    read again by the target tokenizer together with the new text. If that reading starts with exactly
    those w tokens, the boundary after them is stable, and the tokens after them are the reading. If no
-   window reads back as itself (the tail ends inside a character, or would merge with the new text),
-   the reading is empty.
+   window reads back as itself (the tail would merge with the new text: the target wrote "." and the
+   draft goes on with "\n", which the tokenizer reads as one ".\n"), the reading is the new text's
+   tokens read alone: the target, having written "." as a token, will not write ".\n" next either.
 4. A token of the reading is stable when the reading after one more draft token still has it: the
    proposal is the common prefix of the last two readings (all of the last one once the draft has
    ended). This drops a trailing token that could merge with text the draft has not written yet
@@ -80,14 +81,15 @@ def retokenize(tokenizer: Tokenizer, tail: Sequence[int], text: str) -> list[int
 
 
 def target_tokens(tokenizer: Tokenizer, sequence: Sequence[int], text: str) -> list[int]:
-    """`retokenize` after the largest stable window of `sequence`'s last tokens (`WINDOWS`); [] if none."""
+    """`retokenize` after the largest stable window of `sequence`'s last tokens (`WINDOWS`); if none is
+    stable, `text` read alone."""
     for w in WINDOWS:
         if w > len(sequence):
             continue
         new = retokenize(tokenizer, sequence[-w:], text)
         if new is not None:
             return new
-    return []
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 class CrossTokenizerProposer:
