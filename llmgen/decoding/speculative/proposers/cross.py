@@ -31,7 +31,8 @@ accepted, i.e. with the context the target really has) the whole sequence follow
 NOTE: our x depends on the context only (a greedy draft draws no random numbers), so this holds
 trivially. A draft that sampled its tokens with its own randomness would stay exact too, provided
 its draws are independent of the verifier's (earlier draws of the same stream are); greedy is also
-the better one-hot choice: the acceptance probability of x is p(x), highest at the mode.
+the better one-hot choice: x is accepted with probability p(x), highest at p's mode, which the draft's
+own mode is the best guess of.
 
 NOTE: step 1 decodes and re-tokenizes the whole sequence each round (O(length) tokenizer work,
 tenths of a millisecond for the lengths here, next to a draft forward of milliseconds); the model
