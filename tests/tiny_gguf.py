@@ -9,6 +9,7 @@ several likely outcomes. Small enough that every context of a few tokens can be 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,14 @@ CHAT_TEMPLATE = (
 
 def write_tiny_llama(path: Path, seed: int, *, hidden: int = 32, layers: int = 2, heads: int = 4,
                      kv_heads: int = 2, context: int = 256, scale: float = 0.35, noise: float = 0.0,
-                     noise_seed: int = 0) -> Path:
+                     noise_seed: int = 0, order: Sequence[int] | None = None) -> Path:
     """The model of `seed`; with `noise`, each weight moved by noise * N(0, 1) (a draft that resembles
-    its target, so that speculative decoding both accepts and rejects)."""
+    its target, so that speculative decoding both accepts and rejects). With `order` (new id -> id, the
+    specials in place), the same model under another vocabulary: tokens, embedding and output rows permuted."""
     import gguf
+
+    order = list(range(VOCAB)) if order is None else list(order)
+    assert sorted(order) == list(range(VOCAB)) and order[:len(SPECIALS)] == list(range(len(SPECIALS)))
 
     rng = np.random.default_rng(seed)
     jitter = np.random.default_rng(noise_seed)
@@ -53,8 +58,9 @@ def write_tiny_llama(path: Path, seed: int, *, hidden: int = 32, layers: int = 2
     writer.add_vocab_size(VOCAB)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
-    writer.add_token_list(TOKENS)
-    writer.add_token_scores([0.0] * len(SPECIALS) + [-float(i) for i in range(len(CHARS))])
+    writer.add_token_list([TOKENS[i] for i in order])
+    scores = [0.0] * len(SPECIALS) + [-float(i) for i in range(len(CHARS))]
+    writer.add_token_scores([scores[i] for i in order])
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     writer.add_token_types(types + [gguf.TokenType.NORMAL] * len(CHARS))
     writer.add_unk_token_id(0)
@@ -64,9 +70,9 @@ def write_tiny_llama(path: Path, seed: int, *, hidden: int = 32, layers: int = 2
     writer.add_add_space_prefix(False)  # (llguidance looks for a token that tokenizes as itself)
     writer.add_chat_template(CHAT_TEMPLATE)
     # numpy shapes are [out, in]; gguf stores them reversed, as llama.cpp reads them
-    writer.add_tensor("token_embd.weight", weight(VOCAB, hidden))
+    writer.add_tensor("token_embd.weight", weight(VOCAB, hidden)[order])
     writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(VOCAB, hidden))
+    writer.add_tensor("output.weight", weight(VOCAB, hidden)[order])
     for i in range(layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.attn_q.weight", weight(hidden, hidden))

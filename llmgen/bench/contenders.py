@@ -32,14 +32,15 @@ from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.generation import Speculation, stream
 from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import run_sequence, token_budget
-from llmgen.decoding.speculative.runner import parse_gamma
+from llmgen.decoding.speculative.runner import parse_gamma, shares_vocabulary
 from llmgen.decoding.stats import Timer
 from llmgen.errors import UsageError
 from llmgen.loading.models import LoadedModel
 
 # The strategies `llmgen bench` knows, in the order rows are shown. `int4` is plain decoding with the
-# target's weights in 4 bits (`--quant int4`), measured against `plain` in the same run.
-STRATEGIES = ("plain", "int4", "penalties", "ngram", "suffix", "draft", "beam")
+# target's weights in 4 bits (`--quant int4`), measured against `plain` in the same run. `cross`: a --draft
+# with another vocabulary (`proposers/cross.py`); `draft` takes those with the target's.
+STRATEGIES = ("plain", "int4", "penalties", "ngram", "suffix", "draft", "cross", "beam")
 # The `penalties` strategy: plain decoding with these OpenAI penalties, unless set by flag or preset.
 PENALTIES = {"frequency_penalty": 0.5, "presence_penalty": 0.5}
 HF_PROMPT_LOOKUP = 10  # HF generate(prompt_lookup_num_tokens=...), the value HF's docs suggest
@@ -48,7 +49,7 @@ HF_PROMPT_LOOKUP = 10  # HF generate(prompt_lookup_num_tokens=...), the value HF
 def available(strategy: str) -> str | None:
     """None when the strategy can run here, else why not."""
     module = {"ngram": "llmgen.decoding.speculative", "suffix": "llmgen.decoding.speculative",
-              "draft": "llmgen.decoding.speculative",
+              "draft": "llmgen.decoding.speculative", "cross": "llmgen.decoding.speculative",
               "beam": "llmgen.decoding.beam"}.get(strategy)
     if module is None:
         return None
@@ -171,7 +172,7 @@ def speculative(loaded: LoadedModel, config: DecodingConfig, draft: LoadedModel 
         seen.add(tuple(ids))
         return measure(loaded.device, lambda: _run_source(loaded, config, ids, speculation), len(ids))
 
-    strategy = "suffix" if suffix else "ngram" if draft is None else "draft"
+    strategy = ("suffix" if suffix else "ngram") if draft is None else "draft" if shares_vocabulary(loaded, draft) else "cross"
     return Contender(label, strategy, "llmgen", run_once, gamma=gamma,
                      draft=None if draft is None else draft.ref, settings=_settings(config))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmgen.decoding.config import DecodingConfig, Resolved
+from llmgen.decoding.speculative.runner import shares_vocabulary
 from llmgen.errors import IncompatibleDraftError, ModelError, UsageError
 from llmgen.loading.registry import DEFAULT_MODEL  # the model whose built-in draft is 'small'
 
@@ -80,6 +81,8 @@ def pick_strategies(requested: list[str], explicit: bool, drafts: list[str], mod
         why = contenders.available(name)
         if why is None and name == "draft" and not drafts and model != DEFAULT_MODEL:
             why = "no --draft given (the built-in draft 'small' belongs to smollm2-135m)"
+        if why is None and name == "cross" and not drafts:
+            why = "no --draft given (a model with another vocabulary than the target's)"
         if why is not None:
             if explicit:
                 raise UsageError(f"--strategies {name}: {why}")
@@ -131,13 +134,17 @@ def load_models(load: Loader, model: str, engines: list[str], chosen: list[str],
             models.notes.append(f"skipping int4: {err}")
     if "llamacpp" in baselines:
         models.llamacpp_gguf = _llamacpp_baseline(target, config, model)
-    if "draft" in chosen:
+    if "draft" in chosen or "cross" in chosen:
         for ref in drafts or ["small"]:
             draft = (load(model, "torch", "auto", "int4") if ref == "self"
                      else load(ref, engines[0], "auto", "auto"))
-            if draft.vocab_size != target.vocab_size:
-                raise IncompatibleDraftError(f"draft {ref!r} has a vocabulary of {draft.vocab_size} tokens; "
-                                             f"the target {target.ref!r} has {target.vocab_size}")
+            shared = shares_vocabulary(target, draft)
+            if not shared and "cross" not in chosen:
+                raise IncompatibleDraftError(f"draft {ref!r} has another vocabulary than the target {target.ref!r}; "
+                                             "--strategies cross measures such a draft")
+            if shared and "draft" not in chosen:
+                raise IncompatibleDraftError(f"--strategies cross: draft {ref!r} shares the target's vocabulary; "
+                                             "--strategies draft measures it")
             models.drafts.append(draft)
     return models
 

@@ -26,6 +26,7 @@ from llmgen.bench.prompts import PromptSet
 from llmgen.bench.stats import Summary, peak_rss_bytes, quality, schedule, summarize
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.sequence import encode_prompt
+from llmgen.decoding.speculative.runner import shares_vocabulary
 from llmgen.errors import PromptError, UsageError
 from llmgen.loading.models import LoadedModel
 
@@ -35,7 +36,8 @@ OnProgress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class Plan:
-    """What to measure. `drafts` are loaded models (for the `draft` strategy)."""
+    """What to measure. `drafts` are loaded models (for the `draft` strategy, or `cross` for those with
+    another vocabulary than the target's)."""
 
     prompt_sets: Sequence[PromptSet]
     strategies: Sequence[str] = ("plain",)
@@ -177,8 +179,13 @@ def _build(loaded: LoadedModel, config: DecodingConfig, plan: Plan) -> list[cs.C
         elif strategy == "suffix":
             for gamma in plan.gammas:
                 out.append(cs.speculative(loaded, config, None, gamma, f"suffix {gamma_label(gamma)}", suffix=True))
-        elif strategy == "draft":
+        elif strategy == "cross":
             for draft in plan.drafts:
+                if not shares_vocabulary(loaded, draft):
+                    out.extend(cs.speculative(loaded, config, draft, gamma, f"cross {draft.ref} {gamma_label(gamma)}")
+                               for gamma in plan.gammas)
+        elif strategy == "draft":
+            for draft in (d for d in plan.drafts if shares_vocabulary(loaded, d)):
                 for gamma in plan.gammas:
                     label = f"draft {draft.ref} {gamma_label(gamma)}"
                     out.append(cs.speculative(loaded, config, draft, gamma, label))
@@ -217,7 +224,8 @@ def run(loaded: LoadedModel, config: DecodingConfig, plan: Plan,
             row.records.append(record)
     if on_progress:
         on_progress(len(slots), len(slots), "done")
-    calibration = calibrate(loaded, plan, encoded[0][0]) if "draft" in plan.strategies and plan.drafts else {}
+    calibration = (calibrate(loaded, plan, encoded[0][0])
+                   if "draft" in plan.strategies and any(shares_vocabulary(loaded, d) for d in plan.drafts) else {})
     peak = peak_rss_bytes()
     kl = {}
     if plan.int4 is not None and any(r.contender.strategy == "int4" and r.contender.engine == "llmgen" for r in rows):
@@ -238,7 +246,7 @@ def calibrate(loaded: LoadedModel, plan: Plan, prompt_ids: list[int], repeats: i
     """
     ks = sorted({g + 1 for g in plan.gammas if isinstance(g, int)})  # γ=auto varies: no prediction
     target = cs.ForwardClock(loaded, prompt_ids)
-    drafts = {d.ref: cs.ForwardClock(d, prompt_ids) for d in plan.drafts}
+    drafts = {d.ref: cs.ForwardClock(d, prompt_ids) for d in plan.drafts if shares_vocabulary(loaded, d)}
     times: dict[tuple[str, Any], list[float]] = {}
     for _ in range(repeats + 1):  # the first round is a warm-up
         for k in [1, *ks]:

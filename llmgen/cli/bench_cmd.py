@@ -31,10 +31,11 @@ def bench(
         rich_help_panel=PANEL)] = None,
     strategies: Annotated[list[str] | None, typer.Option(
         "--strategies", "-s", help="plain, int4 (plain decoding with the target's weights in 4 bits), penalties, "
-        "ngram, suffix (its store kept across a row's runs), draft, beam; repeat or separate with commas.",
+        "ngram, suffix (its store kept across a row's runs), draft, cross (a --draft with another vocabulary), "
+        "beam; repeat or separate with commas.",
         show_default="plain,int4,ngram,draft,beam (those that can run)", rich_help_panel=PANEL)] = None,
     gamma: Annotated[list[str] | None, typer.Option(
-        "--gamma", "-g", help="Draft lengths for ngram, suffix and draft, e.g. 1,2,4,8,auto (a sweep).",
+        "--gamma", "-g", help="Draft lengths for ngram, suffix, draft and cross, e.g. 1,2,4,8,auto (a sweep).",
         show_default="5", rich_help_panel=PANEL)] = None,
     draft: Annotated[list[str] | None, typer.Option(
         "--draft", help="Draft model(s) for the draft strategy, each with its alias's own --quant ('small' is "

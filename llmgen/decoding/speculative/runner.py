@@ -5,6 +5,7 @@ caches, fresh statistics). `generation.stream` and `generation.generate` are the
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from llmgen.decoding.sequence import OnText, SequenceResult, TokenSource, run_se
 from llmgen.decoding.speculative.gamma import AdaptiveGamma, FixedGamma, GammaPolicy
 from llmgen.decoding.speculative.loop import OnRound, speculative_tokens
 from llmgen.decoding.speculative.proposers import (
+    CrossTokenizerProposer,
     DraftModelProposer,
     ForcedFirst,
     NgramProposer,
@@ -28,7 +30,7 @@ from llmgen.decoding.speculative.proposers import (
     SuffixStore,
 )
 from llmgen.decoding.speculative.stats import SpeculativeStats
-from llmgen.errors import IncompatibleDraftError, UsageError
+from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
 from llmgen.loading.models import LoadedModel
 
@@ -49,19 +51,24 @@ def parse_gamma(value: str | int) -> Gamma:
     raise UsageError(f"--gamma must be a positive integer or 'auto', got {value!r}")
 
 
+def shares_vocabulary(target: LoadedModel, draft: LoadedModel) -> bool:
+    """Whether the draft has the target's token ids and logits width (its q can be verified against p);
+    otherwise it drafts across tokenizers (`proposers/cross.py`). Remembered per pair of tokenizers."""
+    known = _SHARED.setdefault(target.tokenizer, weakref.WeakKeyDictionary())
+    if draft.tokenizer not in known:
+        known[draft.tokenizer] = (target.vocab_size == draft.vocab_size
+                                  and target.tokenizer.get_vocab() == draft.tokenizer.get_vocab())
+    return known[draft.tokenizer]
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]] = weakref.WeakKeyDictionary()
+
+
 def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:
-    """The draft must share the target's vocabulary: the same token ids and the same logits width."""
-    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
-    if t_vocab != d_vocab:
-        differ = len(set(t_vocab.items()) ^ set(d_vocab.items()))
-        raise IncompatibleDraftError(
-            f"draft {draft.ref!r} has a different vocabulary from the target {target.ref!r} "
-            f"({len(d_vocab)} vs {len(t_vocab)} tokens, {differ} entries differ); speculative decoding "
-            "needs a draft with the same tokenizer")
-    if target.vocab_size != draft.vocab_size:
-        raise IncompatibleDraftError(
-            f"draft {draft.ref!r} outputs {draft.vocab_size} logits per token but the target {target.ref!r} "
-            f"outputs {target.vocab_size}; speculative decoding needs the same vocabulary size")
+    """Any draft model can draft: one with the target's vocabulary samples from its own q
+    (`DraftModelProposer`), one with another vocabulary proposes text (`CrossTokenizerProposer`).
+    Called once by the front-ends, so that the vocabulary comparison happens at load time."""
+    shares_vocabulary(target, draft)
 
 
 def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
@@ -76,11 +83,17 @@ def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
 
 def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int,
                   draft_lm: SequenceCache | None = None, matcher: Matcher | None = None,
-                  tables: TokenTables | None = None, suffix: SuffixStore | None = None) -> Proposer:
-    """A draft model's proposer; without one, the suffix draft over `suffix` when given, else the n-gram draft."""
+                  tables: TokenTables | None = None, suffix: SuffixStore | None = None,
+                  target: LoadedModel | None = None) -> Proposer:
+    """Without a draft model, the suffix draft over `suffix` when given, else the n-gram draft; a draft model
+    sharing the vocabulary of `target`, or one with another vocabulary (`target` given and
+    `shares_vocabulary` false)."""
     if draft is None:
         return NgramProposer(ngram_max, ngram_min) if suffix is None else SuffixProposer(suffix, ngram_min)
-    return DraftModelProposer(draft_lm or draft.engine.sequence(), config, draft.context_length, matcher, tables)
+    lm = draft_lm or draft.engine.sequence()
+    if target is not None and not shares_vocabulary(target, draft):
+        return CrossTokenizerProposer(lm, draft.tokenizer, target.tokenizer, draft.eos_token_ids, draft.context_length)
+    return DraftModelProposer(lm, config, draft.context_length, matcher, tables)
 
 
 SourceWithStats = tuple[TokenSource, Callable[[], dict[str, Any]]]
@@ -99,10 +112,9 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
     when `suffix` (the store the sequence reads and joins, shared across requests) is given. `target_lm` and
     `draft_lm` are caches to reuse (`chat.py`): each may hold a prefix of `prompt_ids` already, and only
     the rest is prefilled; by default both start empty. `matcher` (the sequence's own) and `tables`:
-    built here when not given.
+    built here when not given. `check_draft` is kept for the callers' sake: the vocabulary comparison
+    that chooses the proposer is remembered per pair of tokenizers, so it is never repeated.
     """
-    if draft is not None and check_draft:
-        check_compatible(target, draft)
     stats = SpeculativeStats()
     policy = make_policy(gamma, draft)
     budget = token_budget(len(prompt_ids), config, target.context_length)
@@ -110,7 +122,7 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
         matcher = new_matcher(config, target)
     if tables is None:  # the token controls' and DRY's ids
         tables = tables_for(config, target.tokenizer, target.eos_token_ids)
-    proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher, tables, suffix)
+    proposer = make_proposer(draft, config, ngram_max, ngram_min, draft_lm, matcher, tables, suffix, target)
     if matcher is not None:  # the grammar's forced tokens are a free draft (docs/constrained.md: 1.23x on n-gram)
         proposer = ForcedFirst(proposer, matcher)
     source = speculative_tokens(target_lm or target.engine.sequence(), proposer,
