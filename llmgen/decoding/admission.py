@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,13 +30,11 @@ from torch import Tensor
 
 from llmgen.decoding.history import History
 from llmgen.decoding.processors.tables import needs_tables, tables_for
+from llmgen.decoding.row import Row
 from llmgen.decoding.sequence import SequenceResult, SequenceState
 from llmgen.loading.engines.base import Engine, RowsCache, SequenceCache, Start
 from llmgen.loading.engines.prefix import PrefixCache, common_prefix
 from llmgen.loading.loaded import ModelInfo
-
-if TYPE_CHECKING:  # batch.py imports this module
-    from llmgen.decoding.batch import Row
 
 BUDGET = 1.5  # a chunk's prefill may take this many times a step of the running batch
 FIRST_CHUNK = 8  # tokens, before anything is measured

@@ -33,19 +33,19 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from llmgen.decoding.admission import Admission, Prefill
 from llmgen.decoding.config import DecodingConfig
-from llmgen.decoding.constraints import Constraint, Matcher
-from llmgen.decoding.history import History, process_rows
+from llmgen.decoding.constraints import Constraint
+from llmgen.decoding.history import process_rows
 from llmgen.decoding.logprobs import LogprobSpec, TokenLogprob, token_logprobs
 from llmgen.decoding.processors import TokenTables
+from llmgen.decoding.row import Row
 from llmgen.decoding.sampling import make_generator, pick
-from llmgen.decoding.sequence import SequenceResult, SequenceState
+from llmgen.decoding.sequence import SequenceResult
 from llmgen.loading.engines.torch import Rows
 from llmgen.loading.loaded import ModelInfo
 
@@ -62,29 +62,6 @@ def row_seed(seed: int, index: int) -> int:
 def row_generator(seed: int | None, index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """Row `index`'s random stream: from (seed, index), or fresh entropy without a seed."""
     return make_generator(None if seed is None else row_seed(seed, index), device)
-
-
-@dataclass(eq=False)
-class Row:
-    """One sequence to decode. `key` identifies it to the caller (the sample or prompt index)."""
-
-    key: int
-    prompt_ids: list[int]
-    config: DecodingConfig
-    generator: torch.Generator
-    state: SequenceState | None = field(default=None, repr=False)  # created when the row is admitted
-    logprobs: LogprobSpec | None = None  # report each token's logprobs (`logprobs.py`)
-    matcher: Matcher | None = None  # the row's own constraint state (`constraints.py`)
-    tables: TokenTables | None = None  # the tokenizer's tables for the token controls and DRY (`processors.tables`)
-    history: History | None = field(default=None, repr=False)  # created when the row is admitted
-
-    @property
-    def running(self) -> SequenceState:
-        """The stop rules of a row that was admitted."""
-        assert self.state is not None, "the row has not been admitted"
-        return self.state
-    cancelled: bool = False  # set (from any thread) to drop the row at the next step; it ends "cancelled"
-    cached: int = 0  # prompt tokens copied from cells that held them (the prefix cache), not prefilled
 
 
 OnText = Callable[[Row, str], None]
