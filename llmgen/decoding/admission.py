@@ -32,6 +32,7 @@ from llmgen.decoding.history import History
 from llmgen.decoding.processors.tables import needs_tables, tables_for
 from llmgen.decoding.row import Row
 from llmgen.decoding.sequence import SequenceResult, SequenceState
+from llmgen.errors import ModelError
 from llmgen.loading.engines.base import Engine, RowsCache, SequenceCache, Start
 from llmgen.loading.engines.prefix import PrefixCache, common_prefix
 from llmgen.loading.loaded import ModelInfo
@@ -240,7 +241,11 @@ class Admission:
             tokens = row.prompt_ids + row.running.tokens
             if prefix.covered(tokens[:-1]):
                 continue
-            cells = self.cache.save(i)
+            try:
+                cells = self.cache.save(i)
+            except ModelError:  # NOTE: a copy that fails costs the reuse, never the rows decoding now
+                prefix.stats.errors += 1
+                continue
             if cells is not None:
                 prefix.store(tokens[:cells.length], cells)
 

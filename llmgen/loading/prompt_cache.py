@@ -98,8 +98,7 @@ def _to_tensors(cells: Cells) -> dict[str, torch.Tensor]:
     from llmgen.loading.engines.torch import TorchCells
 
     if isinstance(cells, LlamaCells):
-        return {f"state.{i}": torch.frombuffer(bytearray(p), dtype=torch.uint8)
-                for i, p in enumerate(cells.state.payloads)}
+        return {f"state.{i}": torch.from_numpy(np.ascontiguousarray(p)) for i, p in enumerate(cells.state.payloads)}
     assert isinstance(cells, TorchCells), "cells of a known engine"
     out = {}
     for i, (keys, values) in enumerate(cells.layers):
@@ -113,7 +112,7 @@ def _from_tensors(engine: str, tensors: dict[str, torch.Tensor], length: int) ->
         from llmgen.loading.engines.llamacpp_state import CellState
 
         count = len(tensors)
-        return LlamaCells(CellState(tuple(tensors[f"state.{i}"].numpy().tobytes() for i in range(count))), length)
+        return LlamaCells(CellState(tuple(tensors[f"state.{i}"].numpy() for i in range(count))), length)
     from llmgen.loading.engines.torch import TorchCells
 
     layers = [(tensors[f"keys.{i}"], tensors[f"values.{i}"]) for i in range(len(tensors) // 2)]

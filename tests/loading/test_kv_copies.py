@@ -9,6 +9,7 @@ cells out; `llamacpp_state`'s NOTE). On torch, with a tiny transformers model an
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,10 +24,10 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def test_a_state_blob_is_rebuilt_for_any_stream_count() -> None:
-    one = CellState((b"\x02\x00\x00\x00payload",))
+    one = CellState((np.frombuffer(b"\x02\x00\x00\x00payload", dtype=np.uint8),))
     magic = b"\xd8\x3c\x14\xaf\x00\x00\x00\x00"
-    assert one.blob(1) == magic + b"\x01\x00\x00\x00\x02\x00\x00\x00payload"
-    assert one.blob(3) == magic + b"\x03\x00\x00\x00\x02\x00\x00\x00payload" + b"\x00" * 8
+    assert one.blob(1).tobytes() == magic + b"\x01\x00\x00\x00\x02\x00\x00\x00payload"
+    assert one.blob(3).tobytes() == magic + b"\x03\x00\x00\x00\x02\x00\x00\x00payload" + b"\x00" * 8
     with pytest.raises(StateFormatError):
         _payloads(memoryview(b"\x01\x00\x00\x00\x05\x00\x00\x00"), 0, None)  # 5 cells, no bytes for them
 

@@ -36,6 +36,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _EMPTY = _U32.pack(0)  # a stream without cells: cell_count 0
@@ -48,20 +50,23 @@ class StateFormatError(Exception):
 
 @dataclass(frozen=True)
 class CellState:
-    """A sequence's cells: one payload per KV cache (see the module docstring)."""
+    """A sequence's cells: one payload per KV cache (see the module docstring), uint8 arrays.
 
-    payloads: tuple[bytes, ...]
+    NOTE: the arrays are views of the buffer llama.cpp wrote into where they fill most of it (a sequence's
+    own state), so a copy out is one memcpy by llama.cpp and nothing more; `blob` makes one more."""
+
+    payloads: tuple[np.ndarray, ...]
 
     @property
     def nbytes(self) -> int:
-        return sum(len(p) for p in self.payloads)
+        return sum(int(p.nbytes) for p in self.payloads)
 
-    def blob(self, n_stream: int) -> bytes:
-        """A sequence state for a context of `n_stream` streams."""
-        parts: list[bytes] = [struct.pack("<Ii", MAGIC, 0)]
+    def blob(self, n_stream: int) -> np.ndarray:
+        """A sequence state for a context of `n_stream` streams (uint8)."""
+        parts: list[bytes | np.ndarray] = [struct.pack("<Ii", MAGIC, 0)]
         for payload in self.payloads:
             parts += [_U32.pack(n_stream), payload, _EMPTY * (n_stream - 1)]
-        return b"".join(parts)
+        return np.concatenate([np.frombuffer(p, dtype=np.uint8) if isinstance(p, bytes) else p for p in parts])
 
 
 def _streams(buf: memoryview, offset: int) -> tuple[list[tuple[int, int, int]], int]:
@@ -99,9 +104,10 @@ def _streams(buf: memoryview, offset: int) -> tuple[list[tuple[int, int, int]], 
     return streams, offset
 
 
-def _payloads(buf: memoryview, offset: int, stream: int | None) -> CellState:
-    """The payload of stream `stream` (None: the one stream with cells) of every KV cache from `offset`."""
-    payloads = []
+def _payloads(buf: memoryview, offset: int, stream: int | None, array: np.ndarray | None = None) -> CellState:
+    """The payload of stream `stream` (None: the one stream with cells) of every KV cache from `offset`:
+    views of `array` (the same bytes as `buf`) when given and the payloads fill most of it, else copies."""
+    spans = []
     try:
         while offset < len(buf):
             streams, offset = _streams(buf, offset)
@@ -112,12 +118,16 @@ def _payloads(buf: memoryview, offset: int, stream: int | None) -> CellState:
                 start, end = held[0] if held else (0, 0)
             else:
                 start, end, _ = streams[stream]
-            payloads.append(bytes(buf[start:end]) if end > start else _EMPTY)
+            spans.append((start, end))
     except struct.error as err:
         raise StateFormatError(str(err)) from None
-    if offset != len(buf) or not payloads:
+    if offset != len(buf) or not spans:
         raise StateFormatError("trailing bytes")
-    return CellState(tuple(payloads))
+    source = array if array is not None else np.frombuffer(buf, dtype=np.uint8)
+    views = 2 * sum(end - start for start, end in spans) > len(buf)  # else copy: do not keep a big buffer alive
+    empty = np.frombuffer(_EMPTY, dtype=np.uint8)
+    return CellState(tuple((source[start:end] if views else source[start:end].copy()) if end > start else empty
+                           for start, end in spans))
 
 
 def save_sequence(lib: Any, context: Any, seq_id: int, whole: bool) -> CellState:
@@ -126,24 +136,26 @@ def save_sequence(lib: Any, context: Any, seq_id: int, whole: bool) -> CellState
     sequence's stream is then stream `seq_id` (one stream per sequence)."""
     if whole:
         size = lib.llama_state_get_size(context)
-        buffer = (ctypes.c_uint8 * size)()
-        written = lib.llama_state_get_data(context, buffer, size)
+        array = np.empty(size, dtype=np.uint8)  # NOTE: not zeroed: llama.cpp writes every byte it reports
+        written = lib.llama_state_get_data(context, array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size)
     else:
         size = lib.llama_state_seq_get_size(context, seq_id)
-        buffer = (ctypes.c_uint8 * size)()
-        written = lib.llama_state_seq_get_data(context, buffer, size, seq_id)
-    view = memoryview(buffer).cast("B")[:written]
+        array = np.empty(size, dtype=np.uint8)
+        written = lib.llama_state_seq_get_data(context, array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                               size, seq_id)
+    array = array[:written]
+    view = memoryview(array.data)
     if whole:  # the architecture's name first
         (length,) = _U32.unpack_from(view, 0)
-        return _payloads(view, 4 + length, seq_id)
+        return _payloads(view, 4 + length, seq_id, array)
     if written < 8 or _U32.unpack_from(view, 0)[0] != MAGIC:
         raise StateFormatError("no sequence-state magic")
-    return _payloads(view, 8, None)
+    return _payloads(view, 8, None, array)
 
 
 def load_sequence(lib: Any, context: Any, seq_id: int, state: CellState, n_stream: int) -> bool:
     """Restore `state`'s cells as sequence `seq_id` of `context` (which has `n_stream` streams); False if
     llama.cpp refused it."""
     blob = state.blob(n_stream)
-    buffer = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
-    return bool(lib.llama_state_seq_set_data(context, buffer, len(blob), seq_id))
+    pointer = blob.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+    return bool(lib.llama_state_seq_set_data(context, pointer, len(blob), seq_id))

@@ -47,6 +47,7 @@ class PrefixStats:
     reused_tokens: int = 0  # tokens not prefilled thanks to the cache
     stored: int = 0
     evicted: int = 0
+    errors: int = 0  # copies that failed (the rows went on; their cells were not kept)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
