@@ -9,7 +9,7 @@ allowed_token_ids; llmgen's reasoning_budget) are listed here, beside `samplers`
 order) and `chat_template_kwargs` (vLLM's; chat requests only).
 
 Spellings with a meaning of their own:
-- top_k: -1 is off (vLLM's), as llmgen's 0;
+- top_k, top_n_sigma: -1 is off (vLLM's top_k, llama-server's both), as llmgen's 0;
 - repeat_penalty (llama-server) is repetition_penalty (both may be given, with the same value);
 - repeat_last_n (llama-server): N > 0 is penalty_window N; -1 (the whole context) is penalty_window 0;
   0, llama-server's "no tokens are counted", turns the penalties off.
@@ -30,7 +30,7 @@ from llmgen.errors import ConfigError, LlmgenError
 from llmgen.serve.errors import APIError
 
 MASK_FIELDS = ("logit_bias", "min_tokens", "stop_token_ids", "bad_words", "allowed_token_ids", "reasoning_budget")
-SPECIAL = ("top_k",)  # a stage setting mapped by hand (-1 = off)
+SPECIAL = ("top_k", "top_n_sigma")  # stage settings where -1 is off (vLLM's top_k, llama-server's both)
 
 # Request field -> DecodingConfig field, one to one (each value checked by `config.coerce`).
 SAMPLER_FIELDS: dict[str, str] = {
@@ -53,9 +53,10 @@ def sampler_changes(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     for request, name in SAMPLER_FIELDS.items():
         if body.get(request) is not None:
             changes[name], given[name] = coerce_field(name, body[request], request), request
-    if body.get("top_k") is not None:
-        top_k = coerce_field("top_k", body["top_k"], "top_k")
-        changes["top_k"], given["top_k"] = (0 if top_k == -1 else top_k), "top_k"
+    for name in SPECIAL:
+        if body.get(name) is not None:
+            value = coerce_field(name, body[name], name)
+            changes[name], given[name] = (type(value)(0) if value == -1 else value), name
     if body.get("repeat_penalty") is not None:
         value = coerce_field("repetition_penalty", body["repeat_penalty"], "repeat_penalty")
         if changes.get("repetition_penalty", value) != value:

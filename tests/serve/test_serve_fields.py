@@ -9,48 +9,54 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from serving import MODEL_ID, need_server, start
+from serving import MODEL_ID, need_server
 
 from llmgen.decoding.chat import render
-from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.config import REQUEST_NAMES, DecodingConfig
 from llmgen.decoding.generation import generate
+from llmgen.decoding.processors.registry import LLAMACPP_ORDER, STAGES
+from llmgen.serve.protocol import CHAT_FIELDS, COMPLETION_FIELDS, APIError, to_config
 
 need_server()
 httpx = pytest.importorskip("httpx")
 
 PROMPT = "bad cafe"
 TOKENS = 16
-LEAD_TEMPLATE = "{% if lead is defined %}{{ lead }} {% endif %}"  # a template variable, for chat_template_kwargs
 
 
-@pytest.fixture(scope="module", params=["torch", "llamacpp"])
-def served(request, tmp_path_factory: pytest.TempPathFactory):
-    """(loaded, url): a tiny model whose chat template reads a variable `lead`, served."""
-    from llmgen.loading import models
+def test_every_setting_of_every_stage_is_a_request_field_of_both_endpoints() -> None:
+    settings = {REQUEST_NAMES.get(f, f) for stage in STAGES for f in (*stage.switches, *stage.params)}
+    assert settings <= CHAT_FIELDS & COMPLETION_FIELDS
+    assert {"logit_bias", "min_tokens", "stop_token_ids", "bad_words", "allowed_token_ids", "reasoning_budget",
+            "samplers", "repeat_penalty", "repeat_last_n"} <= CHAT_FIELDS & COMPLETION_FIELDS
+    assert "chat_template_kwargs" in CHAT_FIELDS - COMPLETION_FIELDS
 
-    path = tmp_path_factory.mktemp(f"fields-{request.param}")
-    if request.param == "torch":
-        from tiny_models import CHAT_TEMPLATE, VOCAB, build_char_tokenizer, build_llama
 
-        tokenizer = build_char_tokenizer(path)
-        tokenizer.chat_template = LEAD_TEMPLATE + CHAT_TEMPLATE
-        tokenizer.save_pretrained(path)
-        build_llama(path, VOCAB, seed=1)
-        loaded = models.load(str(path))
-    else:
-        pytest.importorskip("llama_cpp")
-        import tiny_gguf
+def test_docs_serve_md_lists_every_request_field() -> None:
+    from pathlib import Path
 
-        template = tiny_gguf.CHAT_TEMPLATE
-        tiny_gguf.CHAT_TEMPLATE = LEAD_TEMPLATE + template  # read by write_tiny_llama when it writes
-        try:
-            gguf = tiny_gguf.write_tiny_llama(path / "tiny.gguf", seed=1)
-        finally:
-            tiny_gguf.CHAT_TEMPLATE = template
-        loaded = models.load(str(gguf), engine="llamacpp", threads=1)
-    _, context = start(loaded)
-    with context as url:
-        yield loaded, url
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "serve.md").read_text()
+    table = docs[docs.index("## Request fields"):docs.index("Refused with a 400")]
+    missing = [f for f in sorted(CHAT_FIELDS | COMPLETION_FIELDS) if f"`{f}`" not in table]
+    assert not missing, f"docs/serve.md's field table lacks {missing}"
+
+
+def test_llama_servers_spellings_and_samplers_map_onto_the_config() -> None:
+    base = DecodingConfig()
+    assert to_config({"repeat_penalty": 1.3, "repeat_last_n": 64}, base, 8) == base.replace(
+        repetition_penalty=1.3, penalty_window=64)
+    assert to_config({"repeat_last_n": -1}, base.replace(penalty_window=5), 8).penalty_window == 0
+    assert to_config({"repeat_penalty": 1.3, "repetition_penalty": 1.3}, base, 8).repetition_penalty == 1.3
+    assert to_config({"top_n_sigma": -1, "top_k": -1}, base.replace(top_n_sigma=2.0, top_k=3), 8) == base
+    assert to_config({"samplers": ["penalties", "dry", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]},
+                     base, 8).samplers == ("penalties", "dry", "top_k", "typical_p", "top_p", "min_p", "xtc",
+                                           "temperature")
+    assert to_config({"samplers": "llama.cpp"}, base, 8).samplers == LLAMACPP_ORDER
+    kwargs = {"enable_thinking": False, "n": "3", "depth": 2}
+    assert to_config({"chat_template_kwargs": kwargs}, base, 8).template_kwargs() == kwargs  # "3" stays a string
+    with pytest.raises(APIError) as info:
+        to_config({"dry_sequence_breakers": [""]}, base, 8)
+    assert info.value.param == "dry_sequence_breakers"
 
 
 @dataclass(frozen=True)
