@@ -251,6 +251,9 @@ ALIASES = {"num_return_sequences": "n", "bad_word": "bad_words", "stop_token_id"
            "allowed_token_id": "allowed_token_ids", "dry_sequence_breaker": "dry_sequence_breakers",
            "chat_template_kwarg": "chat_template_kwargs", "typical": "typical_p"}
 
+# The mask stage's settings (it is no `Stage` record: it always runs first).
+MASK_FIELDS = ("logit_bias", "min_tokens", "stop_token_ids", "bad_words", "allowed_token_ids", "reasoning_budget")
+
 # The name an OpenAI-compatible request gives a field where it is not the field's own: llama-server's
 # (`tools/server`). `llmgen serve` reads requests with these names, and `llmgen audit` sends them.
 REQUEST_NAMES = {"dynatemp_exp": "dynatemp_exponent"}

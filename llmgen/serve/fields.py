@@ -4,9 +4,9 @@ names it where it has the setting, else as vLLM does, else as llmgen does.
 Derived, not listed: each `Stage` record's switches and params (`decoding/processors/registry.py`) are
 request fields, under the `DecodingConfig` field's name except where llama-server spells it otherwise
 (`config.REQUEST_NAMES`: dynatemp_exponent). A stage added to the registry is a request field at once.
-The mask stage is no record: its settings (vLLM's logit_bias, min_tokens, stop_token_ids, bad_words,
-allowed_token_ids; llmgen's reasoning_budget) are listed here, beside `samplers` (llama-server's stage
-order) and `chat_template_kwargs` (vLLM's; chat requests only).
+The mask stage is no record: its settings (`config.MASK_FIELDS`: vLLM's logit_bias, min_tokens,
+stop_token_ids, bad_words, allowed_token_ids; llmgen's reasoning_budget) are added, with `samplers`
+(llama-server's stage order) and `chat_template_kwargs` (vLLM's; chat requests only).
 
 Spellings with a meaning of their own:
 - top_k, top_n_sigma: -1 is off (vLLM's top_k, llama-server's both), as llmgen's 0;
@@ -24,12 +24,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmgen.decoding.config import REQUEST_NAMES, DecodingConfig, canonical_key, coerce
+from llmgen.decoding.config import MASK_FIELDS, REQUEST_NAMES, DecodingConfig, canonical_key, coerce
 from llmgen.decoding.processors.registry import STAGES
 from llmgen.errors import ConfigError, LlmgenError
 from llmgen.serve.errors import APIError
 
-MASK_FIELDS = ("logit_bias", "min_tokens", "stop_token_ids", "bad_words", "allowed_token_ids", "reasoning_budget")
 SPECIAL = ("top_k", "top_n_sigma")  # stage settings where -1 is off (vLLM's top_k, llama-server's both)
 
 # Request field -> DecodingConfig field, one to one (each value checked by `config.coerce`).

@@ -238,3 +238,24 @@ def test_nan_and_infinity_are_not_json(served) -> None:
                 b'{"model": "tiny", "prompt": "a", "top_n_sigma": Infinity}'):
         response = httpx.post(url + "/v1/completions", content=raw, headers={"content-type": "application/json"})
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("claim", [["--typical-p", "0.6"], ["--top-n-sigma", "0.7"]])
+def test_the_audit_sends_the_sampler_fields_and_finds_them_honoured(served, capsys, monkeypatch, claim) -> None:
+    """`llmgen audit --url` sends a claimed llama-server setting as its request field: the server's samples
+    follow the exact distribution of the claim; without the field sent, the audit rejects it."""
+    import json
+
+    from llmgen.cli import main
+    from llmgen.evaluate import client
+
+    loaded, url = served
+    argv = ["audit", "--url", url, "--served-model", MODEL_ID, "-m", loaded.ref, "--engine", loaded.engine.name,
+            "--oracle-engine", loaded.engine.name, "-n", "300", "--seed", "1", "--json", "--temperature", "1.5",
+            *claim, PROMPT]
+    assert main(argv) == 0, capsys.readouterr()
+    assert not json.loads(capsys.readouterr().out)["rejected"]
+    claimed = {flag[2:].replace("-", "_") for flag in claim if flag.startswith("--")}
+    monkeypatch.setattr(client, "FIELDS", {k: v for k, v in client.FIELDS.items() if k not in claimed})
+    assert main(argv) == 1
+    assert json.loads(capsys.readouterr().out)["rejected"]
