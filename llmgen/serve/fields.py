@@ -122,17 +122,21 @@ def check_tokens(config: DecodingConfig, size: int) -> None:
 def check_for_model(config: DecodingConfig, loaded: Any) -> Any:
     """The request's settings against the model; returns the token tables its rows use (None when no
     stage needs them), built here so that a setting the vocabulary cannot serve is a 400, not a 500."""
-    from llmgen.decoding.processors.tables import needs_tables, tables_for
+    from llmgen.decoding.processors.tables import THINK_CLOSE, THINK_OPEN, needs_tables, tables_for
 
     check_tokens(config, vocabulary(loaded))
-    for word in config.bad_words:  # NOTE: each is tokenized (`tables.build_tables`); a GGUF vocabulary may not spell it
+    # NOTE: the tables tokenize these; a GGUF vocabulary without byte tokens may not spell them
+    spelled = [("bad_words", word) for word in config.bad_words]
+    if config.reasoning_budget >= 0:
+        spelled += [("reasoning_budget", THINK_OPEN), ("reasoning_budget", THINK_CLOSE)]
+    for field, text in spelled:
         try:
-            loaded.tokenizer(word, add_special_tokens=False)
+            loaded.tokenizer(text, add_special_tokens=False)
         except LlmgenError as err:
-            raise APIError(f"invalid value for bad_words: {err}", param="bad_words") from None
+            raise APIError(f"invalid value for {field}: {err}", param=field) from None
     try:
         tables = tables_for(config, loaded.tokenizer, loaded.eos_token_ids)
-    except LlmgenError as err:  # NOTE: what is left to fail: the think tags, or the tail of a DRY breaker
+    except LlmgenError as err:  # NOTE: what is left to fail: think tags of no tokens, or the tail of a DRY breaker
         message = str(err).replace("--reasoning-budget", "reasoning_budget")
         param = "reasoning_budget" if "reasoning_budget" in message else "dry_sequence_breakers"
         raise APIError(message, param=param) from None

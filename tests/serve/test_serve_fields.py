@@ -259,3 +259,42 @@ def test_the_audit_sends_the_sampler_fields_and_finds_them_honoured(served, caps
     monkeypatch.setattr(client, "FIELDS", {k: v for k, v in client.FIELDS.items() if k not in claimed})
     assert main(argv) == 1
     assert json.loads(capsys.readouterr().out)["rejected"]
+
+
+@pytest.fixture(scope="module", params=["torch", "llamacpp"])
+def smol_served(request):
+    """(loaded, url) over SmolLM2's vocabulary, which writes <think> and </think>: the tiny Llama of
+    tests/conftest.py (torch), the embedded GGUF itself (llamacpp)."""
+    from serving import start
+
+    from llmgen.loading import models
+
+    if request.param == "torch":
+        loaded = request.getfixturevalue("wide_lm")
+    else:
+        pytest.importorskip("llama_cpp")
+        loaded = models.load(models.DEFAULT_MODEL, engine="llamacpp", threads=1)
+    _, context = start(loaded)
+    with context as url:
+        yield loaded, url
+
+
+def test_reasoning_budget_forces_the_closing_tag_as_the_library_does(smol_served) -> None:
+    loaded, url = smol_served
+    prompt = "Why is the sky blue?\n<think>"
+    ids = [int(i) for i in loaded.tokenizer(prompt)["input_ids"]]
+    config = DecodingConfig(temperature=0.0, max_new_tokens=10, reasoning_budget=2)
+    want = generate(loaded, ids, config)
+    body = {"model": MODEL_ID, "prompt": prompt, "temperature": 0, "max_tokens": 10, "reasoning_budget": 2}
+    got = httpx.post(url + "/v1/completions", json=body, timeout=120).json()
+    assert got["choices"][0]["text"] == want.text and got["usage"]["completion_tokens"] == len(want.token_ids)
+    assert "</think>" in want.text and want.text != generate(loaded, ids, config.replace(reasoning_budget=-1)).text
+
+
+def test_reasoning_budget_is_refused_where_the_vocabulary_cannot_write_think_tags(served) -> None:
+    loaded, url = served
+    if loaded.engine.name == "torch":
+        pytest.skip("the char tokenizer writes any text, as unknown tokens")
+    response = httpx.post(url + "/v1/completions", timeout=60, json={"model": MODEL_ID, "prompt": "abc",
+                                                                     "reasoning_budget": 4})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "reasoning_budget", response.text
