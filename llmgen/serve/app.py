@@ -211,9 +211,9 @@ def _encode(service: Service, req: protocol.Request) -> list[list[int]]:
             if isinstance(prompt, str):
                 encoded.append(tokens.text_ids(loaded, prompt, "prompt"))
             else:
-                if max(prompt) >= fields.vocabulary(loaded):
-                    raise APIError(f"prompt token {max(prompt)} is outside the vocabulary ({fields.vocabulary(loaded)})",
-                                   param="prompt")
+                size = fields.vocabulary(loaded)
+                if max(prompt) >= size:
+                    raise APIError(f"prompt token {max(prompt)} is outside the vocabulary ({size})", param="prompt")
                 encoded.append(prompt)
     param = "messages" if req.kind == "chat" else "prompt"
     for ids in encoded:

@@ -70,7 +70,8 @@ def sampler_changes(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
         if last_n == 0:  # NOTE: llama-server counts no tokens: every penalty is a no-op
             changes.update(PENALTIES_OFF)
         elif "penalty_window" in given and changes["penalty_window"] != max(last_n, 0):
-            raise APIError("repeat_last_n and penalty_window are one setting: give one", param="repeat_last_n")
+            raise APIError("repeat_last_n and penalty_window are one setting: give one, or the same value",
+                           param="repeat_last_n")
         else:
             changes["penalty_window"], given["penalty_window"] = max(last_n, 0), "repeat_last_n"
     return changes, given
