@@ -10,6 +10,9 @@ stop_token_ids, bad_words, allowed_token_ids; llmgen's reasoning_budget) are add
 
 Spellings with a meaning of their own:
 - top_k, top_n_sigma: -1 is off (vLLM's top_k, llama-server's both), as llmgen's 0;
+- samplers: a list of stage names (llama.cpp's spellings too), or a string: llama-server's letters
+  ("edkypmxt"), else `;`-separated names or a named order, as `--samplers`; with mirostat on, a list
+  that leaves it out gets it last (llama-server runs Mirostat whatever the list says);
 - repeat_penalty (llama-server) is repetition_penalty (both may be given, with the same value);
 - repeat_last_n (llama-server): N > 0 is penalty_window N; -1 (the whole context) is penalty_window 0;
   0, llama-server's "no tokens are counted", turns the penalties off.
@@ -42,6 +45,9 @@ CHAT_ONLY = ("chat_template_kwargs",)
 REQUEST_FIELDS = (*SAMPLER_FIELDS, *SPECIAL, *LLAMA_ALIASES)  # the sampler fields of both endpoints
 FIELD_OF_REQUEST = {config_name: request for request, config_name in SAMPLER_FIELDS.items()}
 PENALTIES_OFF = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
+# llama-server's one-letter stage names (`samplers` as a string: llama.cpp's common_sampler_type_from_chr).
+LLAMA_LETTERS = {"e": "penalties", "d": "dry", "s": "top_n_sigma", "k": "top_k", "y": "typical_p", "p": "top_p",
+                 "m": "min_p", "x": "xtc", "t": "temperature"}
 
 
 def sampler_changes(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -52,6 +58,8 @@ def sampler_changes(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     for request, name in SAMPLER_FIELDS.items():
         if body.get(request) is not None:
             changes[name], given[name] = coerce_field(name, body[request], request), request
+    if "samplers" in changes:
+        changes["samplers"] = _llama_order(body["samplers"], changes["samplers"], changes.get("mirostat", 0))
     for name in SPECIAL:
         if body.get(name) is not None:
             value = coerce_field(name, body[name], name)
@@ -75,6 +83,16 @@ def sampler_changes(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
         else:
             changes["penalty_window"], given["penalty_window"] = max(last_n, 0), "repeat_last_n"
     return changes, given
+
+
+def _llama_order(value: Any, order: tuple[str, ...], mirostat: int) -> tuple[str, ...]:
+    """llama-server's readings of `samplers`: a string of its letters ("edkypmxt") is those stages; and
+    with Mirostat on, llama-server runs it whatever the list says, so a list without it gets it last."""
+    if isinstance(value, str) and value and set(value) <= set(LLAMA_LETTERS):
+        order = tuple(LLAMA_LETTERS[c] for c in value)
+    if mirostat and "mirostat" not in order:
+        order = (*order, "mirostat")
+    return order
 
 
 def chat_template_kwargs(body: Mapping[str, Any]) -> dict[str, Any]:

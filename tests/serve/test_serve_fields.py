@@ -52,6 +52,11 @@ def test_llama_servers_spellings_and_samplers_map_onto_the_config() -> None:
                      base, 8).samplers == ("penalties", "dry", "top_k", "typical_p", "top_p", "min_p", "xtc",
                                            "temperature")
     assert to_config({"samplers": "llama.cpp"}, base, 8).samplers == LLAMACPP_ORDER
+    assert to_config({"samplers": "edkypmxt"}, base, 8).samplers == ("penalties", "dry", "top_k", "typical_p",
+                                                                    "top_p", "min_p", "xtc", "temperature")
+    assert to_config({"samplers": "top_k;temperature"}, base, 8).samplers == ("top_k", "temperature")
+    assert to_config({"samplers": ["top_k", "temperature"], "mirostat": 2}, base, 8).samplers == (
+        "top_k", "temperature", "mirostat")  # llama-server runs Mirostat whatever the list says
     kwargs = {"enable_thinking": False, "n": "3", "depth": 2}
     assert to_config({"chat_template_kwargs": kwargs}, base, 8).template_kwargs() == kwargs  # "3" stays a string
     with pytest.raises(APIError) as info:
@@ -200,7 +205,7 @@ def test_chat_template_kwargs_are_the_templates_variables(served) -> None:
     ("/v1/completions", {"bad_words": [3]}, "bad_words"),
     ("/v1/completions", {"prompt": [1, 99999999]}, "prompt"),
     ("/v1/completions", {"mirostat": 1}, "mirostat"),
-    ("/v1/completions", {"mirostat": 2, "samplers": ["top_k", "temperature"]}, "samplers"),
+    ("/v1/completions", {"temperature": 0.5, "samplers": ["top_k"]}, "samplers"),
     ("/v1/completions", {"samplers": ["top_k", "infill"]}, "samplers"),
     ("/v1/completions", {"dynatemp_exponent": 0}, "dynatemp_exponent"),
     ("/v1/completions", {"dry_sequence_breakers": [""], "dry_multiplier": 1}, "dry_sequence_breakers"),
