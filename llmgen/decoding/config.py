@@ -251,6 +251,13 @@ ALIASES = {"num_return_sequences": "n", "bad_word": "bad_words", "stop_token_id"
            "allowed_token_id": "allowed_token_ids", "dry_sequence_breaker": "dry_sequence_breakers",
            "chat_template_kwarg": "chat_template_kwargs", "typical": "typical_p"}
 
+# The mask stage's settings (it is no `Stage` record: it always runs first).
+MASK_FIELDS = ("logit_bias", "min_tokens", "stop_token_ids", "bad_words", "allowed_token_ids", "reasoning_budget")
+
+# The name an OpenAI-compatible request gives a field where it is not the field's own: llama-server's
+# (`tools/server`). `llmgen serve` reads requests with these names, and `llmgen audit` sends them.
+REQUEST_NAMES = {"dynatemp_exp": "dynatemp_exponent"}
+
 # Fields that hold a list of values (a flag repeated, a TOML array); each coerced by `_coerce_list`.
 LIST_FIELDS = ("stop", "choice", "logit_bias", "stop_token_ids", "bad_words", "allowed_token_ids",
                "dry_sequence_breakers", "samplers", "chat_template_kwargs")
@@ -367,7 +374,8 @@ def _coerce_list(name: str, value: Any) -> tuple:
     if name == "chat_template_kwargs" and isinstance(value, dict):  # a TOML table or a JSON object
         import json
 
-        return tuple(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items())
+        # NOTE: every value as JSON, strings too: "3" stays a string ('k="3"'), where k=3 would read as a number
+        return tuple(f"{k}={json.dumps(v)}" for k, v in value.items())
     items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
     if not isinstance(items, (list, tuple)):
         raise _bad(name, value, "must be a list")

@@ -1,10 +1,12 @@
 """N completions from an OpenAI-compatible server (`/v1/completions`), as the audit sends them.
 
 Each request asks for `max_tokens` k with logprobs off, and carries the claimed settings the user
-gave, spelled as OpenAI (temperature, top_p, frequency_penalty, presence_penalty, seed) and as the
+gave, spelled as OpenAI (temperature, top_p, frequency_penalty, presence_penalty, seed), as the
 common extensions (top_k and min_p: vLLM, llama.cpp, ollama; repetition_penalty: vLLM; repeat_penalty
-and repeat_last_n: llama.cpp). Nothing else is sent: whatever the server does with the rest is what
-the audit looks at.
+and repeat_last_n: llama.cpp), and every other sampler setting as llama-server names it where it has
+it (typical_p, top_n_sigma, dry_*, xtc_*, mirostat*, dynatemp_*, samplers), else as vLLM (bad_words,
+allowed_token_ids, min_tokens, ...) or llmgen (`llmgen serve` reads them all). Nothing else is sent:
+whatever the server does with the rest is what the audit looks at.
 
 A completion is mapped back to token ids with the audit's own tokenizer (`Completion`): the
 server's `token_ids` when it gives them (vLLM's `return_token_ids`), else the text.
@@ -18,7 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from llmgen.decoding.config import DecodingConfig
+from llmgen.decoding.config import MASK_FIELDS, REQUEST_NAMES, DecodingConfig
+from llmgen.decoding.processors.registry import STAGES
 from llmgen.errors import LlmgenError, UsageError
 
 
@@ -29,16 +32,16 @@ class ServerError(LlmgenError):
     exit_code = 2
 
 
-FIELDS = {  # DecodingConfig field -> the request fields that carry it
-    "temperature": ("temperature",),
-    "top_p": ("top_p",),
-    "top_k": ("top_k",),
-    "min_p": ("min_p",),
-    "frequency_penalty": ("frequency_penalty",),
-    "presence_penalty": ("presence_penalty",),
-    "repetition_penalty": ("repetition_penalty", "repeat_penalty"),
-    "penalty_window": ("repeat_last_n",),
-}
+# DecodingConfig field -> the request fields that carry it: every setting of every stage (from the stage
+# records) and of the mask, under llama-server's name where it has the setting (`config.REQUEST_NAMES`), which
+# `llmgen serve` reads too; the penalties' common spellings beside (vLLM's repetition_penalty, llama-server's
+# repeat_penalty and repeat_last_n).
+FIELDS: dict[str, tuple[str, ...]] = {
+    name: (REQUEST_NAMES.get(name, name),)
+    for name in (*(f for s in STAGES for f in (*s.switches, *s.params)), *MASK_FIELDS, "samplers")}
+FIELDS["repetition_penalty"] = ("repetition_penalty", "repeat_penalty")
+FIELDS["penalty_window"] = ("penalty_window", "repeat_last_n")
+LLAMA_STAGE_NAMES = {"typical_p": "typ_p"}  # llama-server's `samplers` spelling, where it is not llmgen's
 
 
 def request_fields(claimed: dict[str, Any], config: DecodingConfig) -> dict[str, Any]:
@@ -48,8 +51,20 @@ def request_fields(claimed: dict[str, Any], config: DecodingConfig) -> dict[str,
         if name == "greedy":
             out["temperature"] = 0.0
         for key in FIELDS.get(name, ()):
-            out[key] = getattr(config, name)
+            out[key] = _wire(key, getattr(config, name))
     return out
+
+
+def _wire(key: str, value: Any) -> Any:
+    """A setting as a request spells it: logit_bias as {"id": bias}; repeat_last_n -1 for the whole scope
+    (its 0 counts nothing); llama-server's stage names in `samplers`; tuples as lists."""
+    if key == "logit_bias":
+        return {str(token): bias for token, bias in value}
+    if key == "repeat_last_n":
+        return value or -1
+    if key == "samplers":
+        return [LLAMA_STAGE_NAMES.get(stage, stage) for stage in value]
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ that goes away cancels its rows: streamed, when Starlette sees the disconnect an
 not streamed, when the watcher of `whole` sees it.
 
 Routes: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions,
-POST /v1/completions. With an API key, every /v1 route needs `Authorization: Bearer <key>`.
+POST /v1/completions, POST /tokenize, POST /detokenize (`tokens.py`). With an API key, every route
+but /health needs `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from llmgen.decoding.logprobs import to_json, token_logprobs
 from llmgen.decoding.sequence import SequenceResult, check_prompt
 from llmgen.errors import LlmgenError
 from llmgen.loading.models import batch_invariance
-from llmgen.serve import protocol, responses
+from llmgen.serve import fields, protocol, responses, tokens
 from llmgen.serve.protocol import APIError
 from llmgen.serve.scheduler import Job, Scheduler, next_key
 
@@ -73,7 +74,9 @@ def create_app(service: Service) -> Starlette:
               Route("/v1/models", partial(_models, service)),
               Route("/v1/models/{model_id:path}", partial(_model, service)),
               Route("/v1/chat/completions", partial(_generate, service, kind="chat"), methods=["POST"]),
-              Route("/v1/completions", partial(_generate, service, kind="completion"), methods=["POST"])]
+              Route("/v1/completions", partial(_generate, service, kind="completion"), methods=["POST"]),
+              Route("/tokenize", partial(_tokens, service, tokens.tokenize), methods=["POST"]),
+              Route("/detokenize", partial(_tokens, service, tokens.detokenize), methods=["POST"])]
     handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _server_error}
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
 
@@ -142,12 +145,24 @@ def _check_model(service: Service, model: str) -> None:
                        status=404, param="model", code="model_not_found")
 
 
-async def _generate(service: Service, request: Request, *, kind: str) -> Response:
+async def _body(service: Service, request: Request) -> dict[str, Any]:
     _authorize(service, request)
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise APIError(f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB", status=413)
-    body = protocol.parse_body(raw)
+    return protocol.parse_body(raw)
+
+
+async def _tokens(service: Service, answer: Any, request: Request) -> Response:
+    """/tokenize and /detokenize: `answer(loaded, base, body)` in a worker thread of the event loop."""
+    body = await _body(service, request)
+    if body.get("model") is not None:
+        _check_model(service, body["model"])
+    return JSONResponse(await run_in_threadpool(answer, service.loaded, service.base, body))
+
+
+async def _generate(service: Service, request: Request, *, kind: str) -> Response:
+    body = await _body(service, request)
     parse = protocol.chat_request if kind == "chat" else protocol.completion_request
     req = parse(body, service.base, service.max_batch)
     _check_model(service, req.model)
@@ -161,8 +176,9 @@ async def _generate(service: Service, request: Request, *, kind: str) -> Respons
         assert echoed is not None  # score_only is echo with max_tokens 0
         return JSONResponse(_Answer.scored(service, req, echoed, [len(ids) for ids in prompts]))
     constraint = await run_in_threadpool(_constraint, service, req.config)
+    tables = await run_in_threadpool(fields.check_for_model, req.config, service.loaded)
     rows = [Row(next_key(), list(ids), req.config, row_generator(req.config.seed, j, service.loaded.device),
-                logprobs=req.logprobs, matcher=None if constraint is None else constraint.matcher())
+                logprobs=req.logprobs, matcher=None if constraint is None else constraint.matcher(), tables=tables)
             for ids in prompts for j in range(req.config.n)]
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -183,27 +199,21 @@ async def _generate(service: Service, request: Request, *, kind: str) -> Respons
 
 
 def _encode(service: Service, req: protocol.Request) -> list[list[int]]:
-    """Prompt ids: the chat template over the messages, or each completion prompt as `tokenizer(text)`
-    (what `llmgen generate --raw` reads). Checked against the context."""
+    """Prompt ids: the chat template over the messages (with the settings' chat_template_kwargs), or
+    each completion prompt as `tokenizer(text)` (what `llmgen generate --raw` reads), as `tokens.py`
+    encodes them for /tokenize. Checked against the context."""
     loaded = service.loaded
-    tokenizer = loaded.tokenizer
     if req.kind == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise APIError(f"the model {service.model_id!r} has no chat template; use /v1/completions",
-                           param="messages")
-        ids = tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        encoded = [[int(i) for i in ids]]
+        encoded = [tokens.chat_ids(loaded, req.messages, req.config)]
     else:
         encoded = []
         for prompt in req.prompts:
             if isinstance(prompt, str):
-                encoded.append([int(i) for i in tokenizer(prompt)["input_ids"]])
+                encoded.append(tokens.text_ids(loaded, prompt, "prompt"))
             else:
-                if max(prompt) >= loaded.vocab_size:
-                    raise APIError(f"prompt token {max(prompt)} is outside the vocabulary ({loaded.vocab_size})",
-                                   param="prompt")
+                size = fields.vocabulary(loaded)
+                if max(prompt) >= size:
+                    raise APIError(f"prompt token {max(prompt)} is outside the vocabulary ({size})", param="prompt")
                 encoded.append(prompt)
     param = "messages" if req.kind == "chat" else "prompt"
     for ids in encoded:
@@ -240,8 +250,9 @@ def _constraint(service: Service, config: DecodingConfig) -> Any:
     try:
         return constraints.for_model(config, service.loaded)
     except LlmgenError as err:
+        param = "regex" if config.regex else "choice" if config.choice else "response_format"
         raise APIError(str(err).replace("--json-object", "response_format json_object")
-                       .replace("--schema", "response_format json_schema"), param="response_format") from None
+                       .replace("--schema", "response_format json_schema"), param=param) from None
 
 
 def _echo(choice: dict[str, Any], echoed: dict[str, Any]) -> None:

@@ -4,14 +4,18 @@ Everything here is pure (no model, no HTTP): `chat_request` and `completion_requ
 JSON body and return what the server needs; `to_config` is THE mapping of request fields to decoding
 settings, on top of the server's base settings (llmgen's defaults < `--preset` < the request).
 
-The fields, in three groups (the table in docs/serve.md):
+The fields, in four groups (the table in docs/serve.md):
 - OpenAI's: model, messages | prompt, max_tokens | max_completion_tokens, temperature, top_p, n, seed,
   stop, frequency_penalty, presence_penalty, logit_bias, logprobs, top_logprobs, response_format,
   stream, stream_options, user (ignored), echo (not streamed), best_of (null or n);
 - vLLM's extras (`entrypoints/openai/protocol.py`): top_k (-1 = off), min_p, repetition_penalty,
-  min_tokens, ignore_eos, stop_token_ids;
-- llmgen's own: penalty_scope, penalty_window, regex, choice, logprobs_mode ("raw", the default, or
-  "processed": the distribution each token was drawn from, after penalties, temperature and truncation).
+  min_tokens, ignore_eos, stop_token_ids, bad_words, allowed_token_ids, chat_template_kwargs (chat);
+- llama-server's (`tools/server`): typical_p, top_n_sigma, dynatemp_range, dynatemp_exponent, dry_*,
+  xtc_*, mirostat*, samplers, repeat_penalty, repeat_last_n;
+- llmgen's own: penalty_scope, penalty_window, epsilon_cutoff, eta_cutoff, reasoning_budget, regex,
+  choice, logprobs_mode ("raw", the default, or "processed": the distribution each token was drawn
+  from, after penalties, temperature and truncation).
+The sampler fields come from the stage records (`fields.py`), so a new stage is a request field at once.
 A field that is none of these is refused with a 400 naming it; so are the ones not mapped yet
 (`NOT_YET`). Errors are `APIError`s, which the app turns into OpenAI's error object.
 """
@@ -26,37 +30,21 @@ from typing import Any
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.logprobs import MAX_TOP, LogprobSpec, Mode
 from llmgen.errors import ConfigError
+from llmgen.serve import fields
+from llmgen.serve.errors import APIError as APIError  # re-exported: the app and the tests read it here
 
-
-class APIError(Exception):
-    """An error answered with OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.message, self.status, self.param, self.code, self.type = message, status, param, code, type
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-SAMPLING_FIELDS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop",
-                   "frequency_penalty", "presence_penalty", "logit_bias", "response_format",
-                   "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
-                   "penalty_scope", "penalty_window", "regex", "choice")
+# The sampler fields (every stage's settings, `fields.py`) and the rest of the decoding settings.
+SAMPLING_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "stop", "response_format", "ignore_eos",
+                   "regex", "choice", *fields.REQUEST_FIELDS)
 COMMON_FIELDS = ("model", "stream", "stream_options", "user") + SAMPLING_FIELDS
-CHAT_FIELDS = frozenset(COMMON_FIELDS + ("messages", "logprobs", "top_logprobs", "logprobs_mode"))
+CHAT_FIELDS = frozenset(COMMON_FIELDS + ("messages", "logprobs", "top_logprobs", "logprobs_mode", *fields.CHAT_ONLY))
 COMPLETION_FIELDS = frozenset(COMMON_FIELDS + ("prompt", "logprobs", "echo", "best_of", "logprobs_mode"))
 
 # Request field -> DecodingConfig field, where the value maps one to one (checked by `config.coerce`).
-DIRECT = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "frequency_penalty": "frequency_penalty",
-          "presence_penalty": "presence_penalty", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-          "ignore_eos": "ignore_eos", "penalty_scope": "penalty_scope", "penalty_window": "penalty_window",
-          "regex": "regex", "choice": "choice", "logit_bias": "logit_bias", "min_tokens": "min_tokens",
-          "stop_token_ids": "stop_token_ids"}
+DIRECT = {"seed": "seed", "ignore_eos": "ignore_eos", "regex": "regex", "choice": "choice"}
 
-# Fields not mapped yet: each is accepted only at its "off" value; anything else is a 400. (logit_bias,
-# min_tokens and stop_token_ids were here until the sampler chain had their stages; now none is.)
+# Fields not mapped yet: each is accepted only at its "off" value; anything else is a 400. (The token
+# controls, then every other sampler stage, were here until mapped; now none is.)
 NOT_YET: dict[str, Any] = {}
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -80,18 +68,22 @@ class Request:
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400."""
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    try:  # NOTE: Python's json reads NaN and Infinity, which JSON has not: refused, not passed to the ranges
+        body = json.loads(raw, parse_constant=_no_constant)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, a constant
         raise APIError(f"the body is not valid JSON: {getattr(err, 'msg', err)}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(f"the body must be a JSON object, not {_kind(body)}", code="invalid_json")
     return body
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def chat_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> Request:
-    _check_known(body, CHAT_FIELDS)
-    messages = _messages(body.get("messages"))
+    check_known(body, CHAT_FIELDS)
+    messages = parse_messages(body.get("messages"))
     spec = None
     if _get(body, "logprobs", bool, False):
         spec = LogprobSpec(_int_in(body, "top_logprobs", 0, MAX_TOP, 0), _mode(body))
@@ -102,7 +94,10 @@ def chat_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> R
 
 
 def completion_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> Request:
-    _check_known(body, COMPLETION_FIELDS)
+    if body.get("chat_template_kwargs") is not None:
+        raise APIError("chat_template_kwargs applies to /v1/chat/completions (a completion prompt is used as "
+                       "written)", param="chat_template_kwargs")
+    check_known(body, COMPLETION_FIELDS)
     echo = _get(body, "echo", bool, False)
     if echo and body.get("stream"):
         raise APIError("echo is supported without stream only", param="echo")
@@ -139,20 +134,21 @@ def to_config(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> Deco
             raise APIError(f"{name} is not supported by this server yet", param=name, code="unsupported_parameter")
     for name, target in DIRECT.items():
         if body.get(name) is not None:
-            changes[target] = _coerce(target, body[name], name)
+            changes[target] = fields.coerce_field(target, body[name], name)
+    samplers, given_as = fields.sampler_changes(body)
+    changes.update(samplers)
+    changes.update(fields.chat_template_kwargs(body))
     budget = body.get("max_tokens")
     budget_name = "max_tokens"
     if budget is None:
         budget, budget_name = body.get("max_completion_tokens"), "max_completion_tokens"
     if budget is not None:
-        changes["max_new_tokens"] = _coerce("max_new_tokens", budget, budget_name)
-    if body.get("top_k") is not None:
-        top_k = _coerce("top_k", body["top_k"], "top_k")
-        changes["top_k"] = 0 if top_k == -1 else top_k
+        changes["max_new_tokens"] = fields.coerce_field("max_new_tokens", budget, budget_name)
+    given_as["max_new_tokens"] = budget_name
     if body.get("stop") is not None:
-        changes["stop"] = _coerce("stop", body["stop"], "stop")
+        changes["stop"] = fields.coerce_field("stop", body["stop"], "stop")
     if body.get("n") is not None:
-        n = _coerce("n", body["n"], "n")
+        n = fields.coerce_field("n", body["n"], "n")
         if not 1 <= n <= max_n:
             raise APIError(f"n must be from 1 to {max_n} (this server's --max-batch), got {n}", param="n")
         changes["n"] = n
@@ -160,7 +156,7 @@ def to_config(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> Deco
     try:
         config = base.replace(**changes)
     except ConfigError as err:  # a range check of DecodingConfig: name the request's field, not llmgen's flag
-        param = budget_name if err.field == "max_new_tokens" else err.field
+        param = fields.param_of(err, given_as)
         message = str(err) if param is None else f"invalid value for {param}: {err.reason}"
         raise APIError(message, param=param) from None
     given = [name for name in ("schema", "json_object", "regex", "choice") if getattr(config, name) not in (None, False, ())]
@@ -192,17 +188,8 @@ def _response_format(value: Any) -> dict[str, Any]:
                    param="response_format")
 
 
-def _coerce(target: str, value: Any, param: str) -> Any:
-    from llmgen.decoding.config import coerce
-
-    try:
-        return coerce(target, value)
-    except ConfigError as err:
-        message = err.reason if err.reason is not None else str(err)
-        raise APIError(f"invalid value for {param}: {message}", param=param) from None
-
-
-def _check_known(body: Mapping[str, Any], known: frozenset[str]) -> None:
+def check_known(body: Mapping[str, Any], known: frozenset[str]) -> None:
+    """A field not in `known` is a 400 naming it (code unknown_field): none is dropped silently."""
     unknown = sorted(set(body) - known)
     if unknown:
         raise APIError(f"unknown or unsupported field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
@@ -216,7 +203,8 @@ def _model(body: Mapping[str, Any]) -> str:
     return model
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def parse_messages(value: Any) -> list[dict[str, str]]:
+    """OpenAI's messages: roles system, developer (as system), user, assistant; text content."""
     if not isinstance(value, list) or not value:
         raise APIError("messages must be a non-empty list of {\"role\", \"content\"}", param="messages")
     out = []
