@@ -119,7 +119,7 @@ class Admission:
             starts: list[Start | None] = []
             unheld: list[np.ndarray] = []  # prompts of this round that start from nothing
             for key, members in (list(groups.items()) if round_ == 0 else later):
-                start = self._start(key, active + ready)
+                start = self._start(key, active + ready) if all(row.reuse for row in members) else None
                 array = np.asarray(key, dtype=np.int64)
                 if round_ == 0 and start is None and prefill.prefix is not None and any(
                         common_prefix(array, other) >= prefill.prefix.min_reuse for other in unheld):

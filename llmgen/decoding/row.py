@@ -36,3 +36,4 @@ class Row:
         return self.state
     cancelled: bool = False  # set (from any thread) to drop the row at the next step; it ends "cancelled"
     cached: int = 0  # prompt tokens copied from cells that held them (the prefix cache), not prefilled
+    reuse: bool = True  # may start from copied cells (llama-server's cache_prompt: false turns it off)

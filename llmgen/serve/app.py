@@ -178,7 +178,8 @@ async def _generate(service: Service, request: Request, *, kind: str) -> Respons
     constraint = await run_in_threadpool(_constraint, service, req.config)
     tables = await run_in_threadpool(fields.check_for_model, req.config, service.loaded)
     rows = [Row(next_key(), list(ids), req.config, row_generator(req.config.seed, j, service.loaded.device),
-                logprobs=req.logprobs, matcher=None if constraint is None else constraint.matcher(), tables=tables)
+                logprobs=req.logprobs, matcher=None if constraint is None else constraint.matcher(), tables=tables,
+                reuse=req.cache_prompt)
             for ids in prompts for j in range(req.config.n)]
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()

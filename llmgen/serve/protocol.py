@@ -36,7 +36,7 @@ from llmgen.serve.errors import APIError as APIError  # re-exported: the app and
 # The sampler fields (every stage's settings, `fields.py`) and the rest of the decoding settings.
 SAMPLING_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "stop", "response_format", "ignore_eos",
                    "regex", "choice", *fields.REQUEST_FIELDS)
-COMMON_FIELDS = ("model", "stream", "stream_options", "user") + SAMPLING_FIELDS
+COMMON_FIELDS = ("model", "stream", "stream_options", "user", "cache_prompt") + SAMPLING_FIELDS
 CHAT_FIELDS = frozenset(COMMON_FIELDS + ("messages", "logprobs", "top_logprobs", "logprobs_mode", *fields.CHAT_ONLY))
 COMPLETION_FIELDS = frozenset(COMMON_FIELDS + ("prompt", "logprobs", "echo", "best_of", "logprobs_mode"))
 
@@ -64,6 +64,7 @@ class Request:
     include_usage: bool = False
     echo: bool = False  # completions: the prompt (and its logprobs) before the output
     score_only: bool = False  # echo with max_tokens 0: the prompt's logprobs, nothing generated
+    cache_prompt: bool = True  # llama-server's field: false = prefill the whole prompt (no prefix cache)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -90,7 +91,8 @@ def chat_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> R
     elif body.get("top_logprobs") is not None or body.get("logprobs_mode") is not None:
         raise APIError("top_logprobs and logprobs_mode need logprobs: true", param="logprobs")
     return Request("chat", _model(body), to_config(body, base, max_n), messages=messages, logprobs=spec,
-                   stream=_get(body, "stream", bool, False), include_usage=_include_usage(body))
+                   stream=_get(body, "stream", bool, False), include_usage=_include_usage(body),
+                   cache_prompt=_get(body, "cache_prompt", bool, True))
 
 
 def completion_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> Request:
@@ -116,7 +118,7 @@ def completion_request(body: Mapping[str, Any], base: DecodingConfig, max_n: int
     spec = None if top is None else LogprobSpec(_int_in(body, "logprobs", 0, MAX_TOP, 0), _mode(body))
     return Request("completion", _model(body), config, prompts=prompts, logprobs=spec,
                    stream=_get(body, "stream", bool, False), include_usage=_include_usage(body), echo=echo,
-                   score_only=score_only)
+                   score_only=score_only, cache_prompt=_get(body, "cache_prompt", bool, True))
 
 
 def to_config(body: Mapping[str, Any], base: DecodingConfig, max_n: int) -> DecodingConfig:

@@ -365,7 +365,7 @@ class Scheduler:
         """A target sequence for a speculative row, holding the longest prefix the prefix cache has."""
         lm = self.loaded.engine.sequence()
         prefix = self.prefill.prefix if self.prefill else None
-        start = prefix.lookup(row.prompt_ids) if prefix is not None else None
+        start = prefix.lookup(row.prompt_ids) if prefix is not None and row.reuse else None
         if start is not None:
             lm.load(*start)
             row.cached = start[1]

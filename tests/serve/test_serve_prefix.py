@@ -150,3 +150,19 @@ def test_a_speculative_server_reuses_the_turns_too(servers) -> None:
                 assert got["usage"]["prompt_tokens_details"]["cached_tokens"] > got["usage"]["prompt_tokens"] // 2
             messages.append({"role": "assistant", "content": answer(got)[0]})
     assert service.scheduler.counters.speculative >= 3
+
+
+def test_cache_prompt_false_prefills_the_whole_prompt(servers) -> None:
+    """llama-server's `cache_prompt: false`: no reuse for that request, the same answer."""
+    import httpx
+
+    url, fresh_url, (system, questions), engine, _, _ = servers
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": questions[0]}]
+    chat(url, messages, None)
+    body = {"model": MODEL_ID, "messages": messages, "max_tokens": 12, "logprobs": True, "top_logprobs": 1,
+            "temperature": 0.0}
+    again = httpx.post(url + "/v1/chat/completions", json=body, timeout=300).json()
+    off = httpx.post(url + "/v1/chat/completions", json={**body, "cache_prompt": False}, timeout=300).json()
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert off["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert_same(engine, off, again)
