@@ -2,7 +2,7 @@
 
 - `verify.py`     the pure verifier (p, q, residual, bonus)
 - `proposers/`   one module per draft: the draft model, the n-gram (prompt lookup) draft
-- `gamma.py`      fixed γ and `auto`
+- `gamma.py`      fixed γ and `auto` (γ = 0 included), over the engine's verify cost (`loading/verify_cost.py`)
 - `loop.py`       propose -> verify -> rollback, as a token iterator
 - `stats.py`      acceptance counts and the expected tokens per forward
 - `runner.py`     wiring from loaded models; `speculate()` for one whole sequence
