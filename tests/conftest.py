@@ -28,6 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the tests that compare with HF or exercise the torch paths expect torch. The llama.cpp engine's own tests
 # pass --engine explicitly (tests/test_engine_llamacpp*.py).
 os.environ.setdefault("LLMGEN_ENGINE", "torch")
+# NOTE: γ = auto reads this verify-cost curve (a tiny torch model's: nearly flat) instead of measuring the engine
+os.environ.setdefault("LLMGEN_VERIFY_COST", "1:1,2:1.05,4:1.1,8:1.2,16:1.4")
 
 from tiny_models import VOCAB, build_char_tokenizer, build_llama  # noqa: E402
 

@@ -3,6 +3,10 @@
 `table_rows` computes every derived number once (ratios, predicted speedups); the renderers only
 format. Ratios are of medians: `× plain` = this row's decode tokens/s over llmgen plain decoding's on
 the same prompt set, `× HF` = a llmgen row's over its HF `generate()` twin's.
+
+A speculative row also shows its γ choices (`γ chosen`: the share of rounds that were plain steps, γ = 0,
+and the mean γ of the others) and, with `--gamma auto`, the speedup the policy expected (`γ auto exp.`,
+`gamma.Expectation`), to read against the realised one, `× plain`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class TableRow:
     quality: dict[str, Summary | None]
     vs_llamacpp: float | None = None  # speed over the llama.cpp row that names this row as its twin
     kl: float | None = None  # mean KL(float || this row) on the corpus, for int4 rows (`evaluate.divergence.corpus_kl`)
+    gammas: list[int] | None = None  # rounds per proposed γ (0: plain steps), over all runs
+    expected: Summary | None = None  # γ = auto: the speedup its policy expected, per run
 
 
 def twin_key(row: Row) -> str:
@@ -78,7 +84,8 @@ def table_rows(result: Result) -> list[TableRow]:
                 row.extra_summary("tokens_per_target_forward"), _predicted(result, row, acceptance),
                 _same(row, twin) if twin and result.config.greedy else None, row.quality(),
                 _ratio(tps, llamacpp.summary("decode_tps")) if llamacpp else None,
-                result.kl.get(row.contender.label) if row.contender.engine == "llmgen" else None))
+                result.kl.get(row.contender.label) if row.contender.engine == "llmgen" else None,
+                _gammas(row), row.extra_summary("expected_speedup")))
     return out
 
 
@@ -93,6 +100,25 @@ def _predicted(result: Result, row: Row, acceptance: Summary | None) -> float | 
     except KeyError:
         return None
     return predicted_speedup(acceptance.median, c.gamma, cost, v)
+
+
+def _gammas(row: Row) -> list[int] | None:
+    """Rounds per proposed γ over the row's runs (`SpeculativeStats.gammas`); None for other rows."""
+    total: list[int] = []
+    for record in row.records:
+        for g, count in enumerate(record.extra.get("gamma_histogram") or []):
+            total.extend([0] * (g + 1 - len(total)))
+            total[g] += count
+    return total or None
+
+
+def gamma_choice(gammas: list[int] | None) -> str | None:
+    """'83% γ=0, mean 2.4': the share of plain rounds, and the mean γ of the rounds that proposed."""
+    if not gammas or not sum(gammas):
+        return None
+    proposing = sum(gammas[1:])
+    mean = sum(g * count for g, count in enumerate(gammas)) / proposing if proposing else 0.0
+    return f"{gammas[0] / sum(gammas):.0%} γ=0, mean {mean:.1f}"
 
 
 def _same(row: Row, twin: Row) -> str | None:
@@ -139,7 +165,8 @@ def _span(s: Summary | None, pattern: str = "{:.1f}") -> str:
 
 
 HEADERS = ("prompts", "strategy", "decode tok/s (min–max)", "× plain", "× HF", "× llama.cpp", "TTFT ms", "prefill tok/s",
-           "peak MB", "α", "tok/fwd", "speedup pred", "distinct-2", "distinct-3", "rep. 3-grams", "KL vs float")
+           "peak MB", "α", "tok/fwd", "γ chosen", "γ auto exp.", "speedup pred", "distinct-2", "distinct-3",
+           "rep. 3-grams", "KL vs float")
 
 
 def cells(t: TableRow) -> list[str]:
@@ -149,7 +176,8 @@ def cells(t: TableRow) -> list[str]:
         _f(t.vs_llamacpp, "{:.2f}×"),
         _f(t.ttft.median * 1000 if t.ttft else None, "{:.0f}"), _f(t.prefill.median if t.prefill else None, "{:.0f}"),
         _f(t.peak.max / MB if t.peak else None, "{:.0f}"), _f(t.acceptance.median if t.acceptance else None, "{:.2f}"),
-        _f(t.per_forward.median if t.per_forward else None, "{:.2f}"), _f(t.predicted, "{:.2f}×"),
+        _f(t.per_forward.median if t.per_forward else None, "{:.2f}"), gamma_choice(t.gammas) or "—",
+        _f(t.expected.median if t.expected else None, "{:.2f}×"), _f(t.predicted, "{:.2f}×"),
         *(_f(m.median if (m := q[k]) else None, "{:.2f}") for k in ("distinct_2", "distinct_3", "repeated_3gram_rate")),
         _f(t.kl, "{:.2g}"),
     ]
@@ -227,7 +255,9 @@ def as_json(result: Result, roofline: Roofline | None = None) -> dict[str, Any]:
             "ratio_to_llamacpp": None if t.vs_llamacpp is None else round(t.vs_llamacpp, 4),
             "acceptance_rate": s(t.acceptance), "tokens_per_target_forward": s(t.per_forward),
             "predicted_speedup": None if t.predicted is None else round(t.predicted, 4),
-            "measured_speedup": None if t.vs_plain is None or c.strategy not in ("ngram", "suffix", "draft")
+            "gamma_histogram": t.gammas, "gamma_choice": gamma_choice(t.gammas),
+            "expected_speedup": s(t.expected),
+            "measured_speedup": None if t.vs_plain is None or c.strategy not in ("ngram", "suffix", "draft", "cross")
             else round(t.vs_plain, 4),
             "same_tokens_as_twin": t.same_as_twin,
             "quality": {k: s(v) for k, v in t.quality.items()},

@@ -53,6 +53,8 @@ def format_stats(stats: dict[str, object]) -> list[tuple[str, str]]:
         "tokens_per_target_forward": ("tokens per target forward", "{:.2f}"),
         "expected_tokens_per_forward": ("expected from alpha", "{:.2f}"),
         "mean_gamma": ("mean gamma", "{:.2f}"),
+        "expected_speedup": ("gamma auto: expected speedup", "{:.2f}x"),
+        "realised_speedup": ("gamma auto: realised speedup", "{:.2f}x"),
         "baseline_tokens_per_second": ("plain decoding speed", "{:.1f} tok/s"),
         "speedup": ("speedup over plain decoding", "{:.2f}x"),
         "num_beams": ("beams", "{}"),
@@ -65,6 +67,9 @@ def format_stats(stats: dict[str, object]) -> list[tuple[str, str]]:
     histogram = stats.get("acceptance_histogram")
     if isinstance(histogram, (list, tuple)) and histogram:
         rows.append(("accepted per round (0..gamma)", " ".join(str(c) for c in histogram)))
+    gammas = stats.get("gamma_histogram")
+    if isinstance(gammas, (list, tuple)) and gammas:
+        rows.append(("rounds per chosen gamma (0..)", " ".join(str(c) for c in gammas)))
     return rows
 
 

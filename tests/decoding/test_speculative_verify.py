@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmgen.decoding.sampling import make_generator
-from llmgen.decoding.speculative.verify import verify
+from llmgen.decoding.speculative.verify import verify, verify_greedy
 
 V = 5
 
@@ -130,3 +130,17 @@ def test_shape_errors() -> None:
         verify([1, 2], None, peaked(1, 2), make_generator(0))
     with pytest.raises(ValueError, match="shape"):
         verify([1], peaked(1, 2), peaked(1, 2), make_generator(0))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_verify_greedy_is_verify_on_one_hot_p_and_q(seed: int) -> None:
+    # Random drafts against random argmaxes (a small vocabulary, so that drafts are often right): the
+    # greedy verdict equals `verify`'s on the one-hot rows, with a one-hot q and with q = None.
+    rng = torch.Generator().manual_seed(seed)
+    gamma = int(torch.randint(0, 6, (1,), generator=rng))
+    argmax = torch.randint(0, 3, (gamma + 1,), generator=rng).tolist()
+    draft = torch.randint(0, 3, (gamma,), generator=rng).tolist()
+    p = peaked(*argmax)  # [γ+1, V], one-hot
+    got = verify_greedy(draft, argmax)
+    for q in (peaked(*draft) if gamma else torch.empty(0, V), None):
+        assert got == verify(draft, q, p, make_generator(seed))

@@ -1,9 +1,9 @@
 """Exact speculative decoding: a draft proposes, the target verifies in one forward, caches roll back.
 
 - `verify.py`     the pure verifier (p, q, residual, bonus)
-- `proposers/`   one module per draft: the draft model, the n-gram (prompt lookup) draft,
-                  the suffix draft and its cache file
-- `gamma.py`      fixed γ and `auto`
+- `proposers/`   one module per draft: the draft model, the n-gram (prompt lookup) draft, the suffix
+                  draft and its cache file, the cross-tokenizer draft
+- `gamma.py`      fixed γ and `auto` (γ = 0 included), over the engine's verify cost (`loading/verify_cost.py`)
 - `loop.py`       propose -> verify -> rollback, as a token iterator
 - `stats.py`      acceptance counts and the expected tokens per forward
 - `runner.py`     wiring from loaded models; `speculate()` for one whole sequence

@@ -10,7 +10,8 @@ its last token:
    token controls, DRY and Mirostat) include x_1..x_i.
    With logprobs asked for, the tokens the round emits get theirs from these same rows: the target's
    raw and processed logits at their positions, exactly what plain decoding computes there.
-4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ).
+4. `verify` accepts a prefix x_1..x_n and samples one more token t (resampled, or bonus if n = γ);
+   greedy, `verify_greedy` gives the same verdict from the argmaxes of p.
 5. Both caches roll back to S + x_1..x_n; t becomes the last token of S, which no cache holds yet.
 
 The sequence's `History` (`history.py`) holds S and takes each emitted token (with its surprise
@@ -21,7 +22,8 @@ rolled back to S after `verify`; the history then advances it along the tokens t
 same mask, so the verifier's guarantee carries over to the constrained distribution. A draft token the
 grammar forbids (the n-gram draft knows no grammar) ends the draft there: it would be rejected anyway.
 
-A round that proposes nothing (the n-gram draft found no match) is one plain decoding step.
+A round that proposes nothing (γ = 0 by the policy, or the n-gram draft found no match) is one plain
+decoding step: the pick of `plain.py` on row 0, with no verify (the same token and the same random draws).
 The loop never stops by itself before `max_tokens`: the consumer (`sequence.run_sequence`) applies the
 stop rules and simply stops reading.
 """
@@ -42,11 +44,12 @@ from llmgen.decoding.counts import draft_counts
 from llmgen.decoding.history import History
 from llmgen.decoding.logprobs import LogprobSpec, token_logprobs
 from llmgen.decoding.processors import TokenTables, distribution_of, process_chained
+from llmgen.decoding.sampling import pick
 from llmgen.decoding.sequence import Token
-from llmgen.decoding.speculative.gamma import GammaPolicy
+from llmgen.decoding.speculative.gamma import Expectation, GammaPolicy
 from llmgen.decoding.speculative.proposers import Proposer
 from llmgen.decoding.speculative.stats import SpeculativeStats
-from llmgen.decoding.speculative.verify import verify
+from llmgen.decoding.speculative.verify import Verdict, verify, verify_greedy
 
 
 class TargetLM(Protocol):
@@ -72,15 +75,24 @@ class Round:
     origin: str  # 'resampled', 'bonus', or 'target' when nothing was proposed
     draft_seconds: float
     target_seconds: float
+    gamma: int = 0  # what the policy chose (the draft may propose fewer: a short n-gram match)
+    expected: Expectation | None = None  # what `--gamma auto` expected of the round
 
     def as_json(self) -> dict[str, Any]:
+        expected = self.expected
+        seconds = self.draft_seconds + self.target_seconds
         return {"round": self.index, "proposed": self.proposed, "p": [round(v, 6) for v in self.p],
                 "q": [round(v, 6) for v in self.q],
                 "accepted": [i < self.accepted for i in range(len(self.proposed))],
                 "accepted_count": self.accepted,
                 "rejected_token": self.proposed[self.accepted] if self.accepted < len(self.proposed) else None,
                 "replacement" if self.origin == "resampled" else self.origin: self.token,
-                "draft_seconds": round(self.draft_seconds, 6), "target_seconds": round(self.target_seconds, 6)}
+                "draft_seconds": round(self.draft_seconds, 6), "target_seconds": round(self.target_seconds, 6),
+                "gamma": self.gamma,
+                "expected_tokens": None if expected is None else round(expected.tokens, 4),
+                "expected_speedup": None if expected is None else round(expected.speedup, 4),
+                "realised_speedup": (None if expected is None or seconds <= 0
+                                     else round((self.accepted + 1) * expected.plain_seconds / seconds, 4))}
 
 
 OnRound = Callable[[Round], None]
@@ -113,6 +125,7 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         allowed = None
         if matcher is not None:  # the masks of rows 0..γ; the matcher is now advanced along the draft
             draft, q, allowed = constrain_draft(matcher, draft, q)
+        expected = policy.expect(len(draft))
         # 2. One target forward over the pending token(s) and the draft.
         tail = [*prompt, *generated][target.length:]
         logits = target.forward([*tail, *draft], all_logits=True)[len(tail) - 1:]  # [γ+1, vocab]
@@ -120,21 +133,25 @@ def speculative_tokens(target: TargetLM, proposer: Proposer, prompt_ids: Sequenc
         counts = draft_counts(prompt, generated, draft, config, logits.shape[-1], logits.device)
         contexts = [history.ahead(draft[:i]) for i in range(len(draft) + 1)] if config.needs_context else None
         processed = process_chained(logits, counts, config, allowed, contexts, draft)  # [γ+1, vocab]
-        p = distribution_of(processed, config)  # [γ+1, vocab]
-        # 4. Accept a prefix, then one more token.
-        verdict = verify(draft, q, p, generator)
+        # 4. Accept a prefix, then one more token (nothing proposed: plain decoding's pick).
+        if not draft:
+            verdict = Verdict([int(pick(processed, config.greedy, [generator])[0])], 0, [], [])
+        elif config.greedy:  # p and q one-hot: the same verdict from the argmaxes alone
+            verdict = verify_greedy(draft, processed.argmax(dim=-1).tolist())
+        else:
+            verdict = verify(draft, q, distribution_of(processed, config), generator)  # p: [γ+1, vocab]
         finished = time.perf_counter()
         # 5. Keep only what both caches got right: S plus the accepted draft tokens.
         target.rollback(length + verdict.accepted)
         proposer.rollback(length + verdict.accepted)
         if matcher is not None:  # back to S: the history advances it along the tokens the round emits
             matcher.rollback(len(draft))
-        stats.record(len(draft), verdict.accepted)
+        stats.record(len(draft), verdict.accepted, expected, finished - started)
         policy.update(len(draft), verdict.accepted, drafted - started, finished - drafted)
         last_origin = verdict.last_origin if draft else "target"
         if on_round is not None:
             on_round(Round(index, draft, verdict.p_draft, verdict.q_draft, verdict.accepted,
-                           verdict.tokens[-1], last_origin, drafted - started, finished - drafted))
+                           verdict.tokens[-1], last_origin, drafted - started, finished - drafted, gamma, expected))
         index += 1
         origins = ["accepted"] * verdict.accepted + [last_origin]
         emitted = len(verdict.tokens)  # rows 0..accepted of the target's logits: one per emitted token

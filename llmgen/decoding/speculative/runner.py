@@ -33,6 +33,7 @@ from llmgen.decoding.speculative.stats import SpeculativeStats
 from llmgen.errors import UsageError
 from llmgen.loading.engines.base import SequenceCache
 from llmgen.loading.models import LoadedModel
+from llmgen.loading.verify_cost import verify_cost
 
 Gamma = int | Literal["auto"]
 NGRAM = "ngram"
@@ -71,14 +72,23 @@ def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:
     shares_vocabulary(target, draft)
 
 
-def make_policy(gamma: Gamma, draft: LoadedModel | None) -> GammaPolicy:
+def make_policy(gamma: Gamma, target: LoadedModel, draft: LoadedModel | None) -> GammaPolicy:
+    """A fixed γ, or `auto` over the target's verify-cost curve (`loading/verify_cost.py`: measured once per
+    engine, model and threads, and cached) and, for a model draft, its own curve (what catching up costs)
+    and its step over the target's (c's prior)."""
     if gamma != "auto":
         return FixedGamma(gamma)
-    if draft is None:  # n-gram: drafting is nearly free
-        return AdaptiveGamma(start=4, max_gamma=24, draft_cost=0.02)
-    # NOTE: priors for c (a draft step over a target step), replaced by measured costs within a few rounds:
-    # the same-size model in int4 measured 0.15-0.3 of a float32 step; a float draft is assumed costlier.
-    return AdaptiveGamma(start=4, max_gamma=16, draft_cost=0.25 if draft.quant == "int4" else 0.65)
+    cost = verify_cost(target)
+    if draft is None:  # n-gram: drafting is nearly free, and there is no draft cache to catch up
+        return AdaptiveGamma(start=4, max_gamma=24, draft_cost=0.02, forward_cost=cost.curve,
+                             step_seconds=cost.step_seconds)
+    draft_cost = verify_cost(draft)
+    if cost.step_seconds and draft_cost.step_seconds:
+        c = draft_cost.step_seconds / cost.step_seconds
+    else:  # NOTE: given curves have no seconds: the same-size model in int4 measured 0.15-0.3 of a float32 step
+        c = 0.25 if draft.quant == "int4" else 0.65
+    return AdaptiveGamma(start=4, max_gamma=16, draft_cost=c, forward_cost=cost.curve,
+                         draft_forward_cost=draft_cost.curve, step_seconds=cost.step_seconds)
 
 
 def make_proposer(draft: LoadedModel | None, config: DecodingConfig, ngram_max: int, ngram_min: int,
@@ -116,7 +126,7 @@ def make_source(target: LoadedModel, draft: LoadedModel | None, prompt_ids: Sequ
     that chooses the proposer is remembered per pair of tokenizers, so it is never repeated.
     """
     stats = SpeculativeStats()
-    policy = make_policy(gamma, draft)
+    policy = make_policy(gamma, target, draft)
     budget = token_budget(len(prompt_ids), config, target.context_length)
     if matcher is None:  # this sequence's own; the proposer and the loop share it
         matcher = new_matcher(config, target)
