@@ -74,6 +74,7 @@ ARGV: dict[str, Argv | str] = {
                                          "--top", "2", "--out", str(out / "logprobs.json")],
     "bench_ray.py": (lambda m, out: ["--model", m.long, "--runs", "1", "--prompts", "2", "--max-new-tokens", "2"])
     if SLOW else "starts a local Ray cluster in two fresh processes (about 70 s): LLMGEN_SLOW_SCRIPTS=1 runs it",
+    "bench_prompt_cache.py": lambda m, out: ["--model", m.long, "--runs", "1", "--tokens", "40"],
     "bench_samplers.py": lambda m, out: ["--model", m.fixture("char_model"), "--runs", "1"],
     "bench_score.py": lambda m, out: ["--model", m.fixture("char_model"), "--window", "32", "--stride", "16",
                                       "--runs", "1", "--tokens", "100"],
