@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from llmgen.decoding.chat import common_prefix
 from llmgen.decoding.speculative.proposers import prompt_lookup
+from llmgen.loading.engines.prefix import common_prefix
 
 # (context, the output still to come) -> draft tokens
 Draft = Callable[[list[int], list[int]], list[int]]

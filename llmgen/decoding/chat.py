@@ -33,19 +33,11 @@ from llmgen.decoding.sampling import make_generator
 from llmgen.decoding.sequence import OnText, SequenceResult
 from llmgen.errors import PromptError, UsageError
 from llmgen.loading.engines.base import Engine
+from llmgen.loading.engines.prefix import common_prefix
 from llmgen.loading.models import LoadedModel
 
 ROLES = ("system", "user", "assistant")
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the longest common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass

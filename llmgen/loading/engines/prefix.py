@@ -33,10 +33,10 @@ from llmgen.loading.engines.base import Cells, Start
 MIN_REUSE = 16  # tokens: below this a prefill costs about what a copy does
 
 
-def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    """The length of the longest common prefix of two token arrays."""
+def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
+    """The length of the longest common prefix of two token sequences (lists or arrays)."""
     n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
+    differ = np.flatnonzero(np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64))
     return int(differ[0]) if len(differ) else n
 
 

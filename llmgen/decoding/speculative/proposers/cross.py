@@ -48,20 +48,13 @@ import torch
 from llmgen.decoding.speculative.proposers.base import Proposal
 from llmgen.errors import PromptError
 from llmgen.loading.engines.base import SequenceCache
+from llmgen.loading.engines.prefix import common_prefix
 from llmgen.loading.tokenizer import Tokenizer
 
 WINDOWS = (4, 3, 2, 1)  # target tokens re-read with the new text, largest first
 CONTEXT = 4  # draft tokens decoded before the new ones
 REPLACEMENT = "\ufffd"  # what decoding writes for an unfinished UTF-8 character
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def new_text(tokenizer: Tokenizer, context: Sequence[int], new: Sequence[int]) -> str:
