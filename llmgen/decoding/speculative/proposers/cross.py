@@ -149,7 +149,10 @@ class CrossTokenizerProposer:
             if not ended:
                 drafted.append(token)
             text = new_text(self.draft_tokenizer, context, drafted)
-            now = target_tokens(self.target_tokenizer, sequence, text) if text else []
+            try:
+                now = target_tokens(self.target_tokenizer, sequence, text) if text else []
+            except PromptError:  # a character the target's vocabulary cannot spell: what came before it
+                return Proposal(([] if reading is None else reading[:-1])[:gamma], None)
             stable = now if ended else [] if reading is None else now[:common_prefix(reading, now)]
             reading = now
             if ended or len(stable) >= gamma or len(drafted) >= steps:
