@@ -32,6 +32,17 @@ def test_a_state_blob_is_rebuilt_for_any_stream_count() -> None:
         _payloads(memoryview(b"\x01\x00\x00\x00\x05\x00\x00\x00"), 0, None)  # 5 cells, no bytes for them
 
 
+@pytest.fixture(params=["torch", "llamacpp"])
+def real_or_none(request: pytest.FixtureRequest):
+    """None for the torch engine (the test loads the tiny model), else SmolLM2 on llama.cpp."""
+    if request.param == "torch":
+        return None
+    pytest.importorskip("llama_cpp")
+    from llmgen.loading import models
+
+    return models.load(models.DEFAULT_MODEL, engine="llamacpp", threads=2)
+
+
 @pytest.fixture(scope="module", params=["smollm2", "gemma"])
 def real(request: pytest.FixtureRequest):
     pytest.importorskip("llama_cpp")
@@ -114,3 +125,25 @@ def test_torch_cells_copied_give_the_same_logits(quant: str, char_model) -> None
     torch.testing.assert_close(first, want[0], rtol=0, atol=1e-5)
     copy = rows.save(1)
     assert copy is not None and copy.length == 40
+
+
+def test_rows_keep_the_prompts_order_when_starts_and_fresh_prompts_mix(char_model, real_or_none) -> None:
+    """`add(prompts, starts)` appends row i for prompt i whichever of them start from copies: the rows that
+    follow are stepped in that order (a joining row with a start before a fresh request, in serve)."""
+    loaded = real_or_none
+    if loaded is None:
+        from llmgen.loading import models
+
+        loaded = models.load(str(char_model))
+    ids = [3 + (i * 7) % 10 for i in range(40)]
+    source = loaded.engine.sequence()
+    source.forward(ids)
+    cells = source.save()
+    other = [4, 5, 6, 7]
+    rows = loaded.engine.rows(4)
+    first = rows.add([ids + [5], other, ids[:30] + [9]], [(cells, len(ids)), None, (cells, 30)])
+    stepped = rows.step(torch.tensor([6, 7, 8]))
+    for got, then, (prompt, token) in zip(first, stepped, [(ids + [5], 6), (other, 7), (ids[:30] + [9], 8)]):
+        alone = loaded.engine.sequence()
+        want = [alone.forward(prompt)[0], alone.forward([token])[0]]
+        torch.testing.assert_close(torch.stack([got, then]), torch.stack(want), rtol=0, atol=1e-5)

@@ -165,16 +165,20 @@ class RowCache:
         """Prefill `prompts` as new rows after the existing ones; return their logits [len(prompts), vocab].
         A row with a start (cells, n) gets the first n positions of those cells, then its prompt from n, alone."""
         starts = starts or [None] * len(prompts)
-        fresh = [i for i, start in enumerate(starts) if start is None]
-        out: list[Tensor | None] = [None] * len(prompts)
-        if fresh:
-            logits = self._add([prompts[i] for i in fresh])  # [fresh, vocab]
-            for j, i in enumerate(fresh):
-                out[i] = logits[j]
-        for i, start in enumerate(starts):
+        out: list[Tensor] = []
+        i = 0
+        while i < len(prompts):  # NOTE: in the prompts' order: row before + i is prompt i
+            start = starts[i]
             if start is not None:
-                out[i] = self._add_from(prompts[i], start)
-        return torch.stack([o for o in out if o is not None])  # [k, vocab]
+                out.append(self._add_from(prompts[i], start))
+                i += 1
+                continue
+            j = i
+            while j < len(prompts) and starts[j] is None:
+                j += 1
+            out.extend(self._add(prompts[i:j]))  # a run of fresh prompts, one padded prefill
+            i = j
+        return torch.stack(out)  # [k, vocab]
 
     def _add_from(self, prompt: Sequence[int], start: Start) -> Tensor:
         """One new row: the first n positions from `start`'s cells, the rest of `prompt` prefilled; its logits [vocab]."""
