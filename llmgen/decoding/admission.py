@@ -20,6 +20,7 @@ The copies are exact (the engines' `save`/`load`), so none of this changes a row
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ from llmgen.decoding.history import History
 from llmgen.decoding.processors.tables import needs_tables, tables_for
 from llmgen.decoding.row import Row
 from llmgen.decoding.sequence import SequenceResult, SequenceState
-from llmgen.errors import ModelError
 from llmgen.loading.engines.base import Engine, RowsCache, SequenceCache, Start
 from llmgen.loading.engines.prefix import PrefixCache, common_prefix
 from llmgen.loading.loaded import ModelInfo
@@ -61,7 +61,6 @@ class _Waiting:
     sequence: SequenceCache
     done: int  # tokens of key[:-1] that the sequence holds
     cached: int  # of those, tokens copied from a start
-    chunks: int = 0
 
 
 @dataclass(eq=False)
@@ -146,26 +145,26 @@ class Admission:
         return ready, torch.cat(logits)
 
     def _start(self, key: Sequence[int], sources: Sequence[Row]) -> Start | None:
-        """Where the cells of `key`'s longest held beginning are: the prefix cache or a running row."""
+        """Where the cells of `key`'s longest held beginning are: a running row, or the prefix cache (which
+        wins a tie)."""
         prefix = self.prefill.prefix if self.prefill else None
         if prefix is None:
             return None
-        found = prefix.longest(key)
-        cached = 0 if found is None else found[1]
         array = np.asarray(key, dtype=np.int64)
-        best, best_row = cached, -1
+        best, best_row = 0, -1
         for i, row in enumerate(sources):
-            n = common_prefix(np.asarray(row.prompt_ids + row.running.tokens, dtype=np.int64), array)
+            n = common_prefix(row.prompt_ids + row.running.tokens, array)
             if n > best:
                 best, best_row = n, i
         best = min(best, len(key) - 1)
-        if best_row >= 0 and best >= prefix.min_reuse:
-            cells = self.cache.save(best_row)  # a copy: the row goes on decoding
-            if cells is not None:
-                prefix.stats.hits += 1
-                prefix.stats.reused_tokens += best
-                return cells, best
-        return prefix.lookup(key)
+        start = prefix.lookup(key, beat=best)
+        if start is not None or best_row < 0 or best < prefix.min_reuse:
+            return start
+        cells = self.cache.save(best_row)  # a copy: the row goes on decoding
+        if cells is None:  # this cache cannot copy a row: the prefix cache's shorter match, if any
+            return prefix.lookup(key)
+        prefix.reused(best)
+        return cells, best
 
     def _add(self, groups: list[tuple[tuple[int, ...], list[Row]]],
              starts: Sequence[Start | None]) -> tuple[list[Row], Tensor]:
@@ -214,7 +213,6 @@ class Admission:
                     self.token_seconds = per_token if self.token_seconds is None else (
                         DECAY * self.token_seconds + (1 - DECAY) * per_token)
                 waiting.done = upto
-                waiting.chunks += 1
             if live and waiting.done < end:
                 break
             self.waiting.pop(0)
@@ -234,26 +232,8 @@ class Admission:
     def keep(self, leaving: Sequence[int], active: Sequence[Row]) -> None:
         """Copy the cells of the rows `leaving` (cache rows; `active[i]` is row i) into the prefix cache."""
         prefix = self.prefill.prefix if self.prefill else None
-        if prefix is None or prefix.max_bytes <= 0:
+        if prefix is None:
             return
         for i in leaving:
             row = active[i]
-            tokens = row.prompt_ids + row.running.tokens
-            if prefix.covered(tokens[:-1]):
-                continue
-            try:
-                cells = self.cache.save(i)
-            except ModelError:  # NOTE: a copy that fails costs the reuse, never the rows decoding now
-                prefix.stats.errors += 1
-                continue
-            if cells is not None:
-                prefix.store(tokens[:cells.length], cells)
-
-    def drop_waiting(self, on_done: Callable[[Row, SequenceResult], None] | None) -> None:
-        """End the rows still waiting for their prefill (the batch is being torn down)."""
-        for waiting in self.waiting:
-            for row in waiting.rows:
-                row.running.reason = "cancelled"
-                if on_done:
-                    on_done(row, row.running.result())
-        self.waiting.clear()
+            prefix.keep(row.prompt_ids + row.running.tokens, functools.partial(self.cache.save, i))

@@ -379,9 +379,7 @@ class Scheduler:
         tokens = row.prompt_ids + row.state.tokens
         keep = min(lm.length, len(tokens))
         lm.rollback(keep)
-        cells = lm.save()
-        if cells is not None and not prefix.covered(tokens[:keep]):
-            prefix.store(tokens[:keep], cells)
+        prefix.keep(tokens, lm.save, held=keep)
 
     def _count(self, stats: dict[str, Any]) -> None:
         self.counters.draft_proposed += stats["draft_tokens"]

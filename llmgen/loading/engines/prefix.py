@@ -23,11 +23,12 @@ reply without it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from llmgen.errors import ModelError
 from llmgen.loading.engines.base import Cells, Start
 
 MIN_REUSE = 16  # tokens: below this a prefill costs about what a copy does
@@ -76,20 +77,39 @@ class PrefixCache:
                 best = (key, n)
         return best
 
-    def lookup(self, tokens: Sequence[int]) -> Start | None:
-        """A start for `tokens`: an entry's cells and how many of their tokens to keep (≤ len(tokens) - 1)."""
+    def lookup(self, tokens: Sequence[int], beat: int = 0) -> Start | None:
+        """A start for `tokens`: an entry's cells and how many of their tokens to keep (≤ len(tokens) - 1);
+        None when no entry shares at least `min_reuse` tokens, or at least `beat` (another source's match)."""
         self.stats.lookups += 1
         found = self.longest(tokens)
         if found is None:
             return None
         key, n = found
         n = min(n, len(tokens) - 1)
-        if n < self.min_reuse:
+        if n < max(self.min_reuse, beat):
             return None
         self.entries.move_to_end(key)  # used now
+        self.reused(n)
+        return self.entries[key][1], n
+
+    def reused(self, n: int) -> None:
+        """Count a start of `n` tokens (from here, or from a running row's cells that this cache was asked for)."""
         self.stats.hits += 1
         self.stats.reused_tokens += n
-        return self.entries[key][1], n
+
+    def keep(self, tokens: Sequence[int], copy: Callable[[], Cells | None], held: int | None = None) -> None:
+        """Store the cells `copy()` takes, those of `tokens`' first `cells.length`, unless an entry holds the
+        first `held` of `tokens` already (checked before the copy is taken; by default all but the last token,
+        which a finished row never fed). A copy that fails costs the reuse, never the caller's work."""
+        if self.max_bytes <= 0 or self.covered(tokens[:len(tokens) - 1 if held is None else held]):
+            return
+        try:
+            cells = copy()
+        except ModelError:
+            self.stats.errors += 1
+            return
+        if cells is not None:
+            self.store(tokens[:cells.length], cells)
 
     def store(self, tokens: Sequence[int], cells: Cells) -> None:
         """Keep `cells`, the cells of `tokens`, evicting the least recently used entries past the bound."""
