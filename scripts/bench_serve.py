@@ -118,13 +118,7 @@ def run_load(url: str, model: str, clients: int, requests: int, max_tokens: int)
                 with lock:
                     results.append(result)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = wl.concurrently(client_loop, clients)
     ttfts = sorted(r["ttft"] for r in results if r["ttft"] is not None)
     gaps = sorted(b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:]))
     tokens = sum(len(r["stamps"]) for r in results)

@@ -14,6 +14,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -104,6 +105,17 @@ def chat(url: str, model: str, tag: str, system_tokens: int, max_tokens: int) ->
             "prompt_tokens": [t["prompt_tokens"] for t in turns], "tokens": [len(t["stamps"]) for t in turns]}
 
 
+def concurrently(target: Callable[[int], None], count: int) -> float:
+    """Run target(0) .. target(count - 1) on threads at once; the wall time until all have returned."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def shared(url: str, model: str, tag: str, system_tokens: int, max_tokens: int, requests: int = 8) -> dict:
     """`requests` requests sent at once, each its own question after the same system prompt: wall time."""
     system = {"role": "system", "content": system_prompt(tag, system_tokens)}
@@ -117,13 +129,7 @@ def shared(url: str, model: str, tag: str, system_tokens: int, max_tokens: int, 
         with lock:
             results.append(result)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(requests)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = concurrently(one, requests)
     ttfts = sorted(r["ttft"] for r in results if r["ttft"] is not None)
     return {"requests": requests, "wall_s": wall, "ttft_p50_s": pct(ttfts, 50), "ttft_max_s": max(ttfts, default=None),
             "tokens": sum(len(r["stamps"]) for r in results), "prompt_tokens": results[0]["prompt_tokens"]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +37,32 @@ class TableLM:
         self.tokens.extend(token_ids)
         rows = [self.table[tuple(self.tokens[:end])] for end in range(start + 1, len(self.tokens) + 1)]
         return torch.stack(rows if all_logits else rows[-1:])  # [k or 1, vocab]
+
+    def rollback(self, length: int) -> None:
+        del self.tokens[length:]
+
+
+class MemoLM:
+    """A `SequenceCache` whose next-token logits [1, vocab] come from `logits_of(context)`, each context's
+    computed once and kept in `memo` (shared across samples): a greedy draft meets few contexts, so 10^4
+    samples need a few hundred forwards."""
+
+    def __init__(self, logits_of: Callable[[tuple[int, ...]], torch.Tensor],
+                 memo: dict[tuple[int, ...], torch.Tensor]) -> None:
+        self.logits_of, self.memo = logits_of, memo
+        self.tokens: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def forward(self, token_ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
+        assert not all_logits
+        self.tokens.extend(token_ids)
+        key = tuple(self.tokens)
+        if key not in self.memo:
+            self.memo[key] = self.logits_of(key)
+        return self.memo[key][None]  # [1, vocab]
 
     def rollback(self, length: int) -> None:
         del self.tokens[length:]

@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from tables import CONFIGS, LENGTH, SAMPLES, TableLM, chi_square_p_value, exact_joint, logits_table
+from tables import CONFIGS, LENGTH, SAMPLES, MemoLM, TableLM, chi_square_p_value, exact_joint, logits_table
 
 from llmgen.decoding.config import DecodingConfig
 from llmgen.decoding.generation import generate
@@ -283,29 +283,13 @@ def test_the_target_as_its_own_cross_draft_is_accepted(target) -> None:
     assert proposed >= 12 and sum(r.accepted for r in rounds) == proposed
 
 
-class MemoLM:
-    """A `SequenceCache` over a torch model without a KV cache: each context's logits computed once and kept
-    (the greedy draft meets few contexts, so 10^4 samples need a few hundred forwards)."""
+def torch_logits(model: Any) -> Callable[[tuple[int, ...]], torch.Tensor]:
+    """A whole context through a torch model without a cache: its next-token logits [vocab]."""
+    def logits_of(context: tuple[int, ...]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([context])).logits[0, -1].float()
 
-    def __init__(self, model: Any, memo: dict[tuple[int, ...], torch.Tensor]) -> None:
-        self.model, self.memo = model, memo
-        self.tokens: list[int] = []
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens)
-
-    def forward(self, token_ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
-        assert not all_logits
-        self.tokens.extend(token_ids)
-        key = tuple(self.tokens)
-        if key not in self.memo:
-            with torch.inference_mode():
-                self.memo[key] = self.model(input_ids=torch.tensor([key])).logits[0, -1].float()
-        return self.memo[key][None]  # [1, vocab]
-
-    def rollback(self, length: int) -> None:
-        del self.tokens[length:]
+    return logits_of
 
 
 EVERY_OPTION = DecodingConfig(temperature=0.9, top_k=8, top_p=0.95, min_p=0.01, presence_penalty=0.6,
@@ -323,7 +307,7 @@ def test_sampling_with_a_cross_draft_follows_the_target_distribution(char_model:
     observed: Counter = Counter()
     proposed = accepted = 0
     for _ in range(SAMPLES):
-        proposer = CrossTokenizerProposer(MemoLM(permuted.model, memo), permuted.tokenizer, target.tokenizer,
+        proposer = CrossTokenizerProposer(MemoLM(torch_logits(permuted.model), memo), permuted.tokenizer, target.tokenizer,
                                           permuted.eos_token_ids, permuted.context_length)
         rounds: list = []
         tokens = speculative_tokens(TableLM(table), proposer, prompt, config, generator, FixedGamma(2), LENGTH,

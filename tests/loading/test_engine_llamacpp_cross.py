@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import pytest
 import torch
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from tables import chi_square_p_value  # noqa: E402
+from tables import MemoLM, chi_square_p_value  # noqa: E402
 from test_engine_llamacpp_exact import EVERY_OPTION, LENGTH, SAMPLES, exact_joint, logits_table  # noqa: E402
 from tiny_gguf import SPECIALS, VOCAB, gemma_path, write_tiny_llama  # noqa: E402
 
@@ -70,29 +70,15 @@ def test_greedy_with_a_regex_equals_plain_greedy(tiny_cross) -> None:
     assert result.stats["draft_tokens"] > 0
 
 
-class MemoLM:
-    """A `SequenceCache` over a llama.cpp model: each context's next-token logits computed once (by a fresh
-    read of the context) and kept; the greedy draft meets few contexts."""
+def engine_logits(loaded: models.LoadedModel) -> Callable[[tuple[int, ...]], torch.Tensor]:
+    """A whole context read afresh on one llama.cpp sequence: its next-token logits [vocab]."""
+    lm = loaded.engine.sequence()
 
-    def __init__(self, loaded: models.LoadedModel, memo: dict[tuple[int, ...], torch.Tensor]) -> None:
-        self.lm, self.memo = loaded.engine.sequence(), memo
-        self.tokens: list[int] = []
+    def logits_of(context: tuple[int, ...]) -> torch.Tensor:
+        lm.rollback(0)
+        return lm.forward(list(context))[0]
 
-    @property
-    def length(self) -> int:
-        return len(self.tokens)
-
-    def forward(self, token_ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
-        assert not all_logits
-        self.tokens.extend(token_ids)
-        key = tuple(self.tokens)
-        if key not in self.memo:
-            self.lm.rollback(0)
-            self.memo[key] = self.lm.forward(list(key))[0]
-        return self.memo[key][None]  # [1, vocab]
-
-    def rollback(self, length: int) -> None:
-        del self.tokens[length:]
+    return logits_of
 
 
 # NOTE: 10^4 samples: the target runs on the engine (rolled back between samples), the draft's contexts
@@ -108,7 +94,7 @@ def test_sampling_with_every_option_follows_the_engines_exact_distribution(tiny_
     proposed = accepted = 0
     for _ in range(SAMPLES):
         target_lm.rollback(len(prompt) - 1)
-        proposer = CrossTokenizerProposer(MemoLM(draft, memo), draft.tokenizer, target.tokenizer,
+        proposer = CrossTokenizerProposer(MemoLM(engine_logits(draft), memo), draft.tokenizer, target.tokenizer,
                                           draft.eos_token_ids, draft.context_length)
         rounds: list = []
         tokens = speculative_tokens(target_lm, proposer, prompt, EVERY_OPTION, generator, FixedGamma(2), LENGTH,
