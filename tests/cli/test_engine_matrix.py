@@ -141,3 +141,33 @@ def test_chat(capfd, files, engine: str, monkeypatch) -> None:
                          stdin=b"ab\nba\n", monkeypatch=monkeypatch)
     clean_or_refused(code, out, err)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_prompt_cache(capfd, files, engine: str, command: str, tmp_path: Path, monkeypatch) -> None:
+    """--prompt-cache runs on each engine, and the second run reads the file (cached tokens in its stats)."""
+    argv = [command, "-m", str(files["model"]), "--engine", engine, "--threads", "1", "--greedy", "-N", "4",
+            "--json", "--prompt-cache", str(tmp_path / "p.kv")]
+    for turn in range(2):
+        if command == "chat":
+            code, out, err = run(capfd, *argv, "--system", "ab ab ba", stdin=b"ab\n", monkeypatch=monkeypatch)
+        else:
+            code, out, err = run(capfd, *argv, "--raw", "ab ba ab ba ab ba")
+        assert code == 0, err
+        assert (json.loads(out.splitlines()[0])["stats"]["cached_tokens"] > 0) == (turn == 1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("draft", ["suffix", "cross"])
+def test_new_drafts(capfd, files, engine: str, draft: str, tmp_path: Path) -> None:
+    """--draft suffix (with its --draft-cache file) and a draft with another vocabulary (`small`, SmolLM2's)
+    run on each engine and give generate --greedy's text."""
+    flags = ["--draft", "suffix", "--draft-cache", str(tmp_path / "d.bin")] if draft == "suffix" else \
+        ["--draft", "small", "--draft-engine", engine]
+    common = ["-m", str(files["model"]), "--engine", engine, "--threads", "1", "--greedy", "-N", "6", "--raw"]
+    code, want, err = run(capfd, "generate", *common, "ab ba ab ba")
+    assert code == 0, err
+    code, got, err = run(capfd, "speculate", *common, *flags, "ab ba ab ba")
+    assert code == 0 and "Traceback" not in err, err
+    assert got == want
